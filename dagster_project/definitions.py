@@ -1,0 +1,38 @@
+"""The one root Definitions: every area exports its definitions and they are wired here."""
+
+from __future__ import annotations
+
+from dagster import AssetSelection, Definitions, define_asset_job
+
+from checks import ALL_CHECKS
+from dagster_project.settings import Paths
+from kb_assets.defs import KB_ASSETS
+from resources import default_resources
+from sensors import ALL_SCHEDULES, ALL_SENSORS
+
+KB_GROUPS = ("ingest", "index", "release")
+
+# Refresh the knowledge base: ingest -> chunks -> embeddings -> index (-> release, eval).
+kb_job = define_asset_job(
+    "kb_job", selection=AssetSelection.groups(*KB_GROUPS),
+    description="Refresh the knowledge base from the inbox.", tags={"kb/writer": "true"})
+# Everything, fine-tuning included.
+all_job = define_asset_job(
+    "all_job", selection=AssetSelection.all(),
+    description="Refresh the knowledge base and the fine-tuned assistant.",
+    tags={"kb/writer": "true"})
+
+
+def build_definitions(paths: Paths | None = None, **resource_overrides) -> Definitions:
+    paths = (paths or Paths.from_env()).ensure()
+    return Definitions(
+        assets=KB_ASSETS,
+        asset_checks=ALL_CHECKS,
+        jobs=[kb_job, all_job],
+        sensors=ALL_SENSORS,
+        schedules=ALL_SCHEDULES,
+        resources=default_resources(paths, **resource_overrides),
+    )
+
+
+defs = build_definitions()

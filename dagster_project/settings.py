@@ -1,0 +1,73 @@
+"""Where state lives. Everything hangs off KB_HOME (default ./data); each path can be
+overridden by its own environment variable. Also switches telemetry and model hubs off."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "1",
+    "DAGSTER_DISABLE_TELEMETRY": "1",
+    "GIT_PYTHON_REFRESH": "quiet",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+}
+
+DAGSTER_YAML = """\
+# Written by the kb platform. Telemetry and sign-up prompts are off.
+telemetry:
+  enabled: false
+nux:
+  enabled: false
+run_queue:
+  max_concurrent_runs: 4
+  tag_concurrency_limits:
+    # Runs that write the knowledge base never overlap: a second trigger queues.
+    - key: kb/writer
+      limit: 1
+"""
+
+
+def apply_offline_env() -> None:
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+@dataclass(frozen=True)
+class Paths:
+    home: Path
+    inbox: Path
+    db: Path
+    versions: Path
+    dagster_home: Path
+    mlflow_uri: str
+    mlflow_artifacts: Path
+
+    @classmethod
+    def from_env(cls) -> "Paths":
+        home = Path(os.environ.get("KB_HOME", "data")).expanduser().resolve()
+        inbox = Path(os.environ.get("KB_INBOX", home / "inbox")).expanduser().resolve()
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
+        return cls(home=home, inbox=inbox, db=home / "kb.duckdb", versions=home / "versions",
+                   dagster_home=Path(os.environ.get("DAGSTER_HOME", home / "dagster")).resolve(),
+                   mlflow_uri=uri, mlflow_artifacts=home / "mlartifacts")
+
+    def ensure(self) -> "Paths":
+        for d in (self.home, self.inbox, self.versions, self.dagster_home, self.mlflow_artifacts):
+            d.mkdir(parents=True, exist_ok=True)
+        cfg = self.dagster_home / "dagster.yaml"
+        if not cfg.exists():
+            cfg.write_text(DAGSTER_YAML, encoding="utf-8")
+        os.environ["DAGSTER_HOME"] = str(self.dagster_home)
+        return self
+
+
+apply_offline_env()

@@ -1,0 +1,96 @@
+"""Token-aware, CJK-aware chunking. Pure: no Dagster, no I/O.
+
+A token is one CJK character or one run of letters/digits in any other script (see
+`text.TOKEN`), so Chinese, which has no spaces, is measured the same way as English. Chunks
+end at a sentence boundary when one lies in the last third of the window, and consecutive
+chunks share `overlap` tokens. The text is scanned once with a sliding buffer, so a 20 MB
+document is never copied into a token list."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Iterator
+
+from .text import NORMALISER_VERSION, SENTENCE_END, TOKEN, sha256_text
+
+TOKENIZER_NAME = "unicode-word-cjk-char-v1"
+
+
+@dataclass(frozen=True)
+class ChunkerConfig:
+    size: int = 200
+    overlap: int = 40
+    mask_pii: bool = True
+
+    def __post_init__(self) -> None:
+        if self.size < 8:
+            raise ValueError(f"chunk size must be >= 8 tokens, got {self.size}")
+        if not 0 <= self.overlap < self.size // 2 + 1:
+            raise ValueError(f"chunk overlap must be in [0, size/2], got {self.overlap}")
+
+    @property
+    def version(self) -> str:
+        """Everything that changes chunk text is part of the version."""
+        return (f"{TOKENIZER_NAME}:size={self.size}:overlap={self.overlap}"
+                f":pii={'mask' if self.mask_pii else 'keep'}:{NORMALISER_VERSION}")
+
+    def as_dict(self) -> dict:
+        return {"tokenizer": TOKENIZER_NAME, "size": self.size, "overlap": self.overlap,
+                "mask_pii": self.mask_pii, "normaliser": NORMALISER_VERSION,
+                "version": self.version}
+
+
+@dataclass(frozen=True)
+class Chunk:
+    ordinal: int
+    text: str
+    n_tokens: int
+    start: int  # character offsets in the cleaned document text
+    end: int
+
+    @property
+    def text_hash(self) -> str:
+        return sha256_text(self.text)
+
+
+def chunk_text(text: str, cfg: ChunkerConfig) -> Iterator[Chunk]:
+    # Each buffered token: (start, end, sentence_boundary_after_it)
+    buf: list[tuple[int, int, bool]] = []
+    ordinal = 0
+    tokens = TOKEN.finditer(text)
+    pending = next(tokens, None)
+
+    def is_boundary(end: int, next_start: int) -> bool:
+        return SENTENCE_END.search(text, end, next_start) is not None
+
+    while pending is not None or buf:
+        while pending is not None and len(buf) < cfg.size:
+            nxt = next(tokens, None)
+            boundary = True if nxt is None else is_boundary(pending.end(), nxt.start())
+            buf.append((pending.start(), pending.end(), boundary))
+            pending = nxt
+        if not buf:
+            break
+        cut = len(buf)
+        if pending is not None:  # more text follows: prefer a sentence end near the window end
+            for i in range(len(buf) - 1, len(buf) * 2 // 3 - 1, -1):
+                if buf[i][2]:
+                    cut = i + 1
+                    break
+        start, end = buf[0][0], buf[cut - 1][1]
+        # Keep sentence punctuation that directly follows the last token.
+        while end < len(text) and text[end] in ".!?;:。！？；：)」』】\"'":
+            end += 1
+        yield Chunk(ordinal, text[start:end], cut, start, end)
+        ordinal += 1
+        if pending is None and cut == len(buf):
+            break
+        keep_from = max(cut - cfg.overlap, 1)
+        buf = buf[keep_from:]
+
+
+def chunk_id(doc_key: str, ordinal: int, text_hash: str) -> int:
+    """Stable positive int64 id (FAISS ids are int64) of a chunk."""
+    digest = hashlib.sha256(f"{doc_key}\x1f{ordinal}\x1f{text_hash}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & 0x7FFF_FFFF_FFFF_FFFF

@@ -1,0 +1,8 @@
+"""The knowledge-base assets this area exports to the root Definitions."""
+
+from .chunks import cleaned_chunks
+from .embed import embeddings
+from .index import faiss_index
+from .ingest import raw_docs
+
+KB_ASSETS = [raw_docs, cleaned_chunks, embeddings, faiss_index]

@@ -1,0 +1,91 @@
+"""embeddings: a vector for every active chunk, from a DuckDB cache keyed by (embedding model
+id, chunk text hash). Only texts the cache lacks are encoded; each batch is committed as it
+finishes, so a crashed run loses at most one batch of work."""
+
+
+import time
+
+import numpy as np
+import pandas as pd
+from dagster import AssetExecutionContext, MaterializeResult, asset
+
+from resources.embedder import Embedder
+from resources.store import KBStore, fetch_one
+
+from .chunks import cleaned_chunks
+from .ingest import now
+
+COMMIT_EVERY = 512  # texts per encode call and cache commit
+
+
+def missing_texts(store: KBStore, model_id: str) -> tuple[list[tuple[str, str]], int]:
+    with store.connect() as con:
+        todo = con.execute("""
+            SELECT text_hash, any_value(text) FROM chunks
+            WHERE text_hash NOT IN (SELECT text_hash FROM embedding_cache WHERE model_id = ?)
+            GROUP BY text_hash""", [model_id]).fetchall()
+        total = fetch_one(con, "SELECT count(DISTINCT text_hash) FROM chunks")[0]
+    return todo, total
+
+
+def embed_missing(store: KBStore, embedder: Embedder, log=None) -> dict:
+    model_id = embedder.model_id
+    todo, total = missing_texts(store, model_id)
+    # Similar lengths per batch waste less padding.
+    todo.sort(key=lambda r: len(r[1]))
+    t0 = time.perf_counter()
+    encode_s = 0.0
+    for start in range(0, len(todo), COMMIT_EVERY):
+        part = todo[start:start + COMMIT_EVERY]
+        t1 = time.perf_counter()
+        vecs = embedder.encode([t for _, t in part])
+        encode_s += time.perf_counter() - t1
+        df = pd.DataFrame({"model_id": model_id, "text_hash": [h for h, _ in part],
+                           "vector": [v.tobytes() for v in vecs], "created_at": now()})
+        with store.connect() as con:
+            con.register("new_vecs", df)
+            con.execute("INSERT OR IGNORE INTO embedding_cache SELECT * FROM new_vecs")
+        if log:
+            done = start + len(part)
+            log.info(f"embedded {done}/{len(todo)} chunks "
+                     f"({done / max(time.perf_counter() - t0, 1e-9):.0f}/s)")
+    return {"embedding_model": model_id, "dim": embedder.dim if todo else None,
+            "chunks_embedded": len(todo), "chunks_reused_from_cache": total - len(todo),
+            "distinct_chunk_texts": total, "encode_s": round(encode_s, 3),
+            "texts_per_s": round(len(todo) / encode_s, 1) if encode_s else None}
+
+
+def load_vectors(store: KBStore, model_id: str, text_hashes: list[str], dim: int) -> np.ndarray:
+    """Vectors for `text_hashes`, in that order; raises if any is missing from the cache."""
+    if not text_hashes:
+        return np.zeros((0, dim), np.float32)
+    with store.connect() as con:
+        con.register("wanted", pd.DataFrame({"text_hash": list(dict.fromkeys(text_hashes))}))
+        rows = con.execute("""
+            SELECT e.text_hash, e.vector FROM embedding_cache e JOIN wanted w USING (text_hash)
+            WHERE e.model_id = ?""", [model_id]).fetchall()
+    found = {h: i for i, (h, _) in enumerate(rows)}
+    missing = [h for h in text_hashes if h not in found]
+    if missing:
+        raise RuntimeError(f"{len(missing)} chunk texts have no cached embedding for "
+                           f"{model_id}; materialize `embeddings` first")
+    matrix = np.frombuffer(b"".join(v for _, v in rows), dtype=np.float32).reshape(len(rows), dim)
+    return matrix[[found[h] for h in text_hashes]]
+
+
+@asset(
+    deps=[cleaned_chunks],
+    group_name="index",
+    kinds={"duckdb", "pytorch"},
+    description="Chunk vectors from an embedding cache keyed by (model id, text hash); "
+                "only uncached chunks are encoded.",
+    tags={"kb/writer": "true"},
+)
+def embeddings(context: AssetExecutionContext, store: KBStore,
+               embedder: Embedder) -> MaterializeResult:
+    t0 = time.perf_counter()
+    r = embed_missing(store, embedder, log=context.log)
+    r["duration_s"] = round(time.perf_counter() - t0, 3)
+    context.log.info(f"{r['chunks_embedded']} chunks embedded, "
+                     f"{r['chunks_reused_from_cache']} reused from cache")
+    return MaterializeResult(metadata={k: v for k, v in r.items() if v is not None})

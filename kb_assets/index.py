@@ -1,0 +1,155 @@
+"""faiss_index: an immutable, numbered KB version (FAISS index + chunk manifest + BM25)
+published atomically, with its members recorded in DuckDB. Nothing changed -> no version."""
+
+
+import hashlib
+import json
+import time
+
+import pandas as pd
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+
+from resources.config import KBConfig, code_version
+from resources.embedder import Embedder
+from resources.store import KBStore, fetch_one
+from resources.vector_index import SOURCES_FILE, VersionStore, build_faiss_index
+
+from .embed import embeddings, load_vectors
+from .ingest import now
+from .lexical import LEXICAL_VERSION, BM25Index
+from .report import md_table
+
+MEMBER_SQL = """
+    SELECT c.chunk_id, c.doc_key, d.doc_id, d.source_path, d.title, c.ordinal, c.text,
+           c.n_tokens, c.text_hash, c.doc_content_hash
+    FROM chunks c JOIN documents d USING (doc_key)
+    WHERE d.active ORDER BY c.chunk_id"""
+
+
+def fingerprint(model_id: str, chunker_version: str, members: pd.DataFrame) -> str:
+    h = hashlib.sha256(f"{model_id}\n{chunker_version}\n{LEXICAL_VERSION}\n".encode())
+    for cid, th in zip(members["chunk_id"].tolist(), members["text_hash"].tolist()):
+        h.update(f"{cid}:{th}\n".encode())
+    return h.hexdigest()
+
+
+def register_version(con, number: int, path: str, info: dict, members: pd.DataFrame,
+                     sources: list[dict]) -> None:
+    con.execute("DELETE FROM kb_versions WHERE version = ?", [number])
+    con.execute("DELETE FROM kb_version_members WHERE version = ?", [number])
+    con.execute("DELETE FROM kb_version_sources WHERE version = ?", [number])
+    con.execute("""INSERT INTO kb_versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                [number, info["created_at"], info["run_id"], path, info["fingerprint"],
+                 info["n_docs"], info["n_chunks"], info["embedding_model"], info["dim"],
+                 json.dumps(info["chunker"]), info["index_sha256"], info["manifest_sha256"],
+                 info["source_manifest_sha256"], info["code_version"], json.dumps(info)])
+    m = members.assign(version=number)[["version", "chunk_id", "doc_key", "doc_id",
+                                        "doc_content_hash", "text_hash", "n_tokens"]]
+    con.register("version_members", m)
+    con.execute("INSERT INTO kb_version_members SELECT * FROM version_members")
+    if sources:
+        con.register("version_sources", pd.DataFrame(sources).assign(version=number)[
+            ["version", "path", "sha256", "n_docs"]])
+        con.execute("INSERT INTO kb_version_sources SELECT * FROM version_sources")
+
+
+def recover_unregistered(con, versions: VersionStore) -> list[int]:
+    """A publisher killed after the atomic rename but before its DuckDB commit leaves a
+    complete version directory without lineage rows: register it from its own files."""
+    known = {r[0] for r in con.execute("SELECT version FROM kb_versions").fetchall()}
+    recovered = []
+    for n in versions.numbers():
+        if n in known:
+            continue
+        v = versions.load(n)
+        sources = json.loads((v.path / SOURCES_FILE).read_text(encoding="utf-8"))
+        register_version(con, n, str(v.path), v.info, v.manifest, sources)
+        recovered.append(n)
+    return recovered
+
+
+def publish_if_changed(store: KBStore, versions: VersionStore, embedder: Embedder,
+                       kb_config: KBConfig, run_id: str, log=None) -> dict:
+    t0 = time.perf_counter()
+    removed_tmp = versions.clean_stale_tmp()
+    chunker = kb_config.chunker()
+    model_id = embedder.model_id
+    with store.transaction() as con:
+        recovered = recover_unregistered(con, versions)
+        members = con.execute(MEMBER_SQL).df()
+        latest = fetch_one(
+            con, "SELECT version, fingerprint FROM kb_versions ORDER BY version DESC LIMIT 1")
+        sources = con.execute("""
+            SELECT path, sha256, n_docs FROM source_files
+            WHERE path IN (SELECT DISTINCT source_path FROM documents WHERE active)
+            ORDER BY path""").df().to_dict("records")
+    fp = fingerprint(model_id, chunker.version, members)
+    base = {"stale_tmp_removed": removed_tmp, "versions_recovered": recovered}
+    if latest and latest[1] == fp:
+        return {**base, "new_version": False, "kb_version": latest[0],
+                "n_chunks": len(members), "duration_s": round(time.perf_counter() - t0, 3)}
+
+    dim = embedder.dim
+    t1 = time.perf_counter()
+    vectors = load_vectors(store, model_id, members["text_hash"].tolist(), dim)
+    index = build_faiss_index(vectors, members["chunk_id"].to_numpy(), dim)
+    lexical = BM25Index.build(members["text"].tolist())
+    build_s = time.perf_counter() - t1
+    source_manifest = json.dumps(sources, sort_keys=True).encode()
+    number = max(versions.numbers() + [latest[0] if latest else 0]) + 1
+    info = {
+        "created_at": now().isoformat(), "run_id": run_id, "fingerprint": fp,
+        "n_docs": int(members["doc_key"].nunique()), "n_chunks": len(members),
+        "embedding_model": model_id, "dim": dim, "chunker": chunker.as_dict(),
+        "lexical": LEXICAL_VERSION, "code_version": code_version(),
+        "source_manifest_sha256": hashlib.sha256(source_manifest).hexdigest(),
+        "previous_version": latest[0] if latest else None,
+    }
+    manifest = members[["chunk_id", "doc_key", "doc_id", "source_path", "title", "ordinal",
+                        "text", "n_tokens", "text_hash", "doc_content_hash"]]
+    path = versions.publish(number, index, manifest, lexical, info, sources)
+    info = versions.info(number)
+    with store.transaction() as con:
+        register_version(con, number, str(path), info, members, sources)
+    if log:
+        log.info(f"published KB version {number} at {path} ({len(members)} chunks)")
+    return {**base, "new_version": True, "kb_version": number, "path": str(path),
+            "n_chunks": len(members), "n_docs": info["n_docs"],
+            "index_sha256": info["index_sha256"], "build_s": round(build_s, 3),
+            "duration_s": round(time.perf_counter() - t0, 3), "info": info}
+
+
+@asset(
+    deps=[embeddings],
+    group_name="index",
+    kinds={"faiss", "duckdb"},
+    description="Immutable numbered KB version (FAISS + manifest + BM25), published "
+                "atomically; no new version when nothing changed.",
+    tags={"kb/writer": "true"},
+)
+def faiss_index(context: AssetExecutionContext, store: KBStore, versions: VersionStore,
+                embedder: Embedder, kb_config: KBConfig) -> MaterializeResult:
+    r = publish_if_changed(store, versions, embedder, kb_config, context.run_id, context.log)
+    if not r["new_version"]:
+        context.log.info(f"no content change: KB version {r['kb_version']} stays current")
+    info = r.pop("info", None)
+    metadata = {
+        "kb_version": r["kb_version"],
+        "new_version": r["new_version"],
+        "n_chunks": r["n_chunks"],
+        "duration_s": r["duration_s"],
+        "summary": MetadataValue.md(
+            f"Published **KB version {r['kb_version']}**." if r["new_version"] else
+            f"No content change since KB version {r['kb_version']}: no new version."),
+    }
+    if info:
+        metadata.update({
+            "path": MetadataValue.path(r["path"]), "n_docs": r["n_docs"],
+            "index_sha256": r["index_sha256"], "build_s": r["build_s"],
+            "embedding_model": info["embedding_model"], "chunker_version": info["chunker"]["version"],
+            "version_info": MetadataValue.md(md_table(
+                [(k, v) for k, v in info.items() if k != "chunker"], ["field", "value"])),
+        })
+    if r["versions_recovered"]:
+        metadata["versions_recovered"] = str(r["versions_recovered"])
+    return MaterializeResult(metadata=metadata)

@@ -1,0 +1,144 @@
+"""BM25 over CJK-aware tokens: character unigrams + bigrams for CJK runs, lower-cased and
+lightly stemmed words for other scripts. Pure numpy/scipy; saved beside each KB version."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import sparse
+
+from .text import CJK_CHAR, TOKEN
+
+LEXICAL_VERSION = "bm25-cjk-bigram-v1"
+
+_STOPWORDS = frozenset(
+    "a an and are as at be by do does for from how i if in is it its me my of on or our "
+    "should so that the their this to was we what when where which who will with you your "
+    "can may must not any all there".split()
+)
+# Very common function characters that carry no topic on their own (bigrams keep them).
+_CJK_STOP = frozenset("的了是在我有和就不人都一也你要會嗎呢吧什麼")
+
+
+def _stem(word: str) -> str:
+    if len(word) > 4 and word.endswith("ies"):
+        return word[:-3] + "y"
+    if len(word) > 5 and word.endswith("ing"):
+        return word[:-3]
+    if len(word) > 4 and word.endswith("ed"):
+        return word[:-2]
+    if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
+        return word[:-1]
+    return word
+
+
+def lexical_tokens(text: str) -> list[str]:
+    out: list[str] = []
+    run: list[str] = []  # consecutive CJK characters
+
+    def flush() -> None:
+        out.extend(c for c in run if c not in _CJK_STOP)
+        out.extend(a + b for a, b in zip(run, run[1:]))
+        run.clear()
+
+    for m in TOKEN.finditer(text):
+        tok = m.group()
+        if CJK_CHAR.fullmatch(tok):
+            if run and m.start() != prev_end:  # a gap (space, punctuation) ends the run
+                flush()
+            run.append(tok)
+        else:
+            if run:
+                flush()
+            word = tok.lower()
+            if word not in _STOPWORDS:
+                out.append(_stem(word))
+        prev_end = m.end()
+    if run:
+        flush()
+    return out
+
+
+@dataclass
+class BM25Index:
+    """Term-major (CSC) matrix of precomputed BM25 weights: a query sums a few columns."""
+
+    weights: sparse.csc_matrix  # shape (n_docs, n_terms)
+    vocab: dict[str, int]
+    idf: np.ndarray
+    k1: float = 1.2
+    b: float = 0.75
+
+    @classmethod
+    def build(cls, texts: list[str], k1: float = 1.2, b: float = 0.75) -> "BM25Index":
+        vocab: dict[str, int] = {}
+        rows, cols, vals = [], [], []
+        lengths = np.zeros(len(texts), dtype=np.float32)
+        for i, text in enumerate(texts):
+            counts: dict[int, int] = {}
+            toks = lexical_tokens(text)
+            lengths[i] = len(toks)
+            for t in toks:
+                j = vocab.setdefault(t, len(vocab))
+                counts[j] = counts.get(j, 0) + 1
+            rows.extend([i] * len(counts))
+            cols.extend(counts.keys())
+            vals.extend(counts.values())
+        n = len(texts)
+        tf = sparse.csr_matrix((np.asarray(vals, np.float32), (rows, cols)),
+                               shape=(n, len(vocab)))
+        df = np.bincount(np.asarray(cols, dtype=np.int64), minlength=len(vocab))
+        idf = np.log(1 + (n - df + 0.5) / (df + 0.5)).astype(np.float32)
+        avg = float(lengths.mean()) if n else 0.0
+        norm = k1 * (1 - b + b * lengths / (avg or 1.0))
+        tf = tf.tocoo()
+        w = tf.data * (k1 + 1) / (tf.data + norm[tf.row]) * idf[tf.col]
+        weights = sparse.csc_matrix((w.astype(np.float32), (tf.row, tf.col)),
+                                    shape=(n, len(vocab)))
+        return cls(weights, vocab, idf, k1, b)
+
+    @property
+    def n_docs(self) -> int:
+        return self.weights.shape[0]
+
+    def query_terms(self, query: str) -> list[int]:
+        return sorted({self.vocab[t] for t in lexical_tokens(query) if t in self.vocab})
+
+    def coverage(self, query: str) -> float:
+        """Share of the query's IDF mass that exists in the corpus vocabulary."""
+        toks = set(lexical_tokens(query))
+        if not toks:
+            return 0.0
+        known = [self.idf[self.vocab[t]] for t in toks if t in self.vocab]
+        unknown = len(toks) - len(known)
+        total = sum(known) + unknown * float(self.idf.max(initial=1.0))
+        return float(sum(known) / total) if total else 0.0
+
+    def search(self, query: str, top_n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Return (row positions, scores) of the best `top_n` rows with a positive score."""
+        terms = self.query_terms(query)
+        if not terms or self.n_docs == 0:
+            return np.empty(0, np.int64), np.empty(0, np.float32)
+        scores = np.asarray(self.weights[:, terms].sum(axis=1)).ravel()
+        nz = np.flatnonzero(scores > 0)
+        if nz.size > top_n:
+            nz = nz[np.argpartition(-scores[nz], top_n - 1)[:top_n]]
+        order = nz[np.argsort(-scores[nz], kind="stable")]
+        return order.astype(np.int64), scores[order]
+
+    def save(self, directory: Path) -> None:
+        sparse.save_npz(directory / "bm25_weights.npz", self.weights, compressed=False)
+        np.save(directory / "bm25_idf.npy", self.idf)
+        (directory / "bm25_vocab.json").write_text(
+            json.dumps({"version": LEXICAL_VERSION, "k1": self.k1, "b": self.b,
+                        "vocab": self.vocab}, ensure_ascii=False), encoding="utf-8")
+
+    @classmethod
+    def load(cls, directory: Path) -> "BM25Index":
+        meta = json.loads((directory / "bm25_vocab.json").read_text(encoding="utf-8"))
+        weights = sparse.load_npz(directory / "bm25_weights.npz").tocsc()
+        return cls(weights, meta["vocab"], np.load(directory / "bm25_idf.npy"),
+                   meta["k1"], meta["b"])

@@ -1,0 +1,95 @@
+"""Hybrid retrieval over one KB version: dense FAISS inner product fused with CJK-aware BM25
+by weighted reciprocal-rank fusion, with an explicit "nothing relevant" answer (a zero-hit)
+instead of returning noise."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .fusion import dense_weight, rrf_fuse
+from .text import cjk_ratio
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    candidates: int = 50
+    # Cosine below which a dense neighbour is not evidence of relevance (MiniLM, English).
+    min_dense_score: float = 0.30
+    # Share of the query's IDF mass the corpus vocabulary must cover for lexical evidence.
+    min_lexical_coverage: float = 0.45
+    # A query at least this CJK is judged by lexical evidence only: the default embedder
+    # maps CJK to [UNK], so its cosines say nothing.
+    cjk_query_threshold: float = 0.5
+
+
+@dataclass(frozen=True)
+class Hit:
+    rank: int
+    score: float
+    doc_id: str
+    source: str
+    title: str
+    text: str
+    chunk_id: int
+    dense_score: float | None
+    lexical_score: float | None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def dense_search(version, query_vec: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    n = min(n, version.index.ntotal)
+    if n == 0:
+        return np.empty(0, np.int64), np.empty(0, np.float32)
+    scores, ids = version.index.search(query_vec.reshape(1, -1).astype(np.float32), n)
+    keep = ids[0] >= 0
+    return version.rows_for_ids(ids[0][keep]), scores[0][keep]
+
+
+def hybrid_search(version, query: str, query_vec: np.ndarray, k: int = 5,
+                  cfg: RetrievalConfig = RetrievalConfig(), mode: str = "hybrid") -> list[Hit]:
+    """`mode` is hybrid, dense or lexical (the latter two for evaluation and benchmarks)."""
+    dense_rows, dense_scores = (dense_search(version, query_vec, cfg.candidates)
+                                if mode != "lexical" else (np.empty(0, np.int64), np.empty(0)))
+    lex_rows, lex_scores = (version.lexical.search(query, cfg.candidates)
+                            if mode != "dense" else (np.empty(0, np.int64), np.empty(0)))
+    cjk = cjk_ratio(query)
+    dense_ok = (cjk < cfg.cjk_query_threshold and len(dense_scores) > 0
+                and float(dense_scores[0]) >= cfg.min_dense_score)
+    lexical_ok = (len(lex_rows) > 0
+                  and version.lexical.coverage(query) >= cfg.min_lexical_coverage)
+    if mode == "dense":
+        lexical_ok = False
+    if mode == "lexical":
+        dense_ok = False
+    if not (dense_ok or lexical_ok):
+        return []
+    dense_map = dict(zip(dense_rows.tolist(), dense_scores.tolist()))
+    lex_map = dict(zip(lex_rows.tolist(), lex_scores.tolist()))
+    rankings, weights = [], []
+    if mode != "lexical":
+        # Without lexical support, only dense neighbours above the floor are evidence.
+        rows = dense_rows if lexical_ok else dense_rows[dense_scores >= cfg.min_dense_score]
+        rankings.append(rows.tolist())
+        weights.append(dense_weight(cjk) if mode == "hybrid" else 1.0)
+    if lexical_ok:
+        rankings.append(lex_rows.tolist())
+        weights.append(1.0)
+    fused = rrf_fuse(rankings, weights)[:k]
+    m = version.manifest
+    hits = []
+    for rank, (row, score) in enumerate(fused, start=1):
+        rec = m.iloc[row]
+        hits.append(Hit(rank=rank, score=round(float(score), 6), doc_id=str(rec["doc_id"]),
+                        source=str(rec["source_path"]), title=str(rec["title"]),
+                        text=str(rec["text"]), chunk_id=int(rec["chunk_id"]),
+                        dense_score=dense_map.get(row), lexical_score=lex_map.get(row)))
+    return hits
+
+
+def context_block(hits: list[Hit]) -> str:
+    """The retrieved passages formatted for an LLM prompt, each with its source."""
+    return "\n\n".join(f"[{h.rank}] (source: {h.doc_id})\n{h.text}" for h in hits)

@@ -1,0 +1,106 @@
+"""The DuckDB store: documents, chunks, embedding cache, quarantine, KB versions and their
+members: the row-level lineage. Connections are short-lived because DuckDB lets only one
+process hold a read-write handle; readers that must not block (search, serve) read the
+immutable version directories instead."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import duckdb
+from dagster import ConfigurableResource
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS source_files (
+    path TEXT PRIMARY KEY, size BIGINT, mtime_ns BIGINT, sha256 TEXT,
+    n_docs INTEGER, n_problems INTEGER, first_seen_at TIMESTAMP, updated_at TIMESTAMP,
+    updated_run_id TEXT);
+CREATE TABLE IF NOT EXISTS documents (
+    doc_key TEXT PRIMARY KEY, doc_id TEXT, source_path TEXT, line INTEGER, title TEXT,
+    text TEXT, content_hash TEXT, file_sha256 TEXT, metadata JSON, flags TEXT[],
+    active BOOLEAN, first_seen_at TIMESTAMP, updated_at TIMESTAMP, updated_run_id TEXT);
+CREATE TABLE IF NOT EXISTS document_events (
+    run_id TEXT, event_at TIMESTAMP, doc_key TEXT, doc_id TEXT, source_path TEXT, event TEXT,
+    content_hash TEXT, file_sha256 TEXT);
+CREATE TABLE IF NOT EXISTS quarantine (
+    run_id TEXT, event_at TIMESTAMP, source_path TEXT, line INTEGER, reason TEXT,
+    file_sha256 TEXT, active BOOLEAN, resolved_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS chunks (
+    chunk_id BIGINT PRIMARY KEY, doc_key TEXT, ordinal INTEGER, text TEXT, text_hash TEXT,
+    n_tokens INTEGER, doc_content_hash TEXT, chunker_version TEXT, pii_masked INTEGER,
+    created_run_id TEXT);
+CREATE TABLE IF NOT EXISTS doc_chunk_state (
+    doc_key TEXT PRIMARY KEY, content_hash TEXT, chunker_version TEXT, n_chunks INTEGER);
+CREATE TABLE IF NOT EXISTS embedding_cache (
+    model_id TEXT, text_hash TEXT, vector BLOB, created_at TIMESTAMP,
+    PRIMARY KEY (model_id, text_hash));
+CREATE TABLE IF NOT EXISTS kb_versions (
+    version INTEGER PRIMARY KEY, created_at TIMESTAMP, run_id TEXT, path TEXT,
+    fingerprint TEXT, n_docs INTEGER, n_chunks INTEGER, embedding_model TEXT, dim INTEGER,
+    chunker JSON, index_sha256 TEXT, manifest_sha256 TEXT, source_manifest_sha256 TEXT,
+    code_version TEXT, info JSON);
+CREATE TABLE IF NOT EXISTS kb_version_members (
+    version INTEGER, chunk_id BIGINT, doc_key TEXT, doc_id TEXT, doc_content_hash TEXT,
+    text_hash TEXT, n_tokens INTEGER);
+CREATE TABLE IF NOT EXISTS kb_version_sources (
+    version INTEGER, path TEXT, sha256 TEXT, n_docs INTEGER);
+CREATE TABLE IF NOT EXISTS alias_history (
+    model_name TEXT, alias TEXT, from_version INTEGER, to_version INTEGER, actor TEXT,
+    reason TEXT, event_at TIMESTAMP, forced BOOLEAN DEFAULT FALSE, run_id TEXT);
+"""
+
+
+class KBStore(ConfigurableResource):
+    """DuckDB file holding the platform's row-level state and lineage."""
+
+    db_path: str
+
+    @contextmanager
+    def connect(self, read_only: bool = False,
+                timeout_s: float = 60.0) -> Iterator[duckdb.DuckDBPyConnection]:
+        path = Path(self.db_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if read_only and not path.exists():
+            read_only = False  # first use: create the schema
+        con = _connect_with_retry(str(path), read_only, timeout_s)
+        try:
+            if not read_only:
+                con.execute(SCHEMA)
+            yield con
+        finally:
+            con.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with self.connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+
+
+def _connect_with_retry(path: str, read_only: bool, timeout_s: float):
+    """Another process (a build, an audit) may hold the file lock briefly: wait for it."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.05
+    while True:
+        try:
+            return duckdb.connect(path, read_only=read_only)
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+
+def fetch_one(con, sql: str, params: list | None = None):
+    """First row or None. DuckDB 2 refuses new work on a connection whose previous result
+    was not read to the end, so never leave a `fetchone()` cursor half-read."""
+    rows = con.execute(sql, params or []).fetchall()
+    return rows[0] if rows else None

@@ -1,0 +1,4 @@
+"""Sensors and schedules."""
+
+ALL_SENSORS: list = []
+ALL_SCHEDULES: list = []
