@@ -47,6 +47,22 @@ CREATE TABLE IF NOT EXISTS kb_version_members (
     text_hash TEXT, n_tokens INTEGER);
 CREATE TABLE IF NOT EXISTS kb_version_sources (
     version INTEGER, path TEXT, sha256 TEXT, n_docs INTEGER);
+-- Registry mirror, so audits answer without importing MLflow. kb: version = KB version.
+CREATE TABLE IF NOT EXISTS registry_versions (
+    model_name TEXT, version INTEGER, mlflow_version INTEGER, run_id TEXT,
+    created_at TIMESTAMP, status TEXT, tags JSON, PRIMARY KEY (model_name, version));
+CREATE TABLE IF NOT EXISTS eval_results (
+    model_name TEXT, version INTEGER, run_id TEXT, created_at TIMESTAMP, metrics JSON,
+    passed BOOLEAN, details JSON);
+CREATE TABLE IF NOT EXISTS check_results (
+    run_id TEXT, event_at TIMESTAMP, asset TEXT, check_name TEXT, passed BOOLEAN,
+    severity TEXT, blocking BOOLEAN, description TEXT, kb_version INTEGER, metadata JSON);
+CREATE TABLE IF NOT EXISTS ft_datasets (
+    dataset_version INTEGER PRIMARY KEY, created_at TIMESTAMP, run_id TEXT, kb_version INTEGER,
+    content_sha256 TEXT, n_train INTEGER, n_eval INTEGER, path TEXT, info JSON);
+CREATE TABLE IF NOT EXISTS ft_dataset_lines (
+    dataset_version INTEGER, split TEXT, line_no INTEGER, example_id TEXT, doc_key TEXT,
+    doc_id TEXT, doc_content_hash TEXT);
 CREATE TABLE IF NOT EXISTS alias_history (
     model_name TEXT, alias TEXT, from_version INTEGER, to_version INTEGER, actor TEXT,
     reason TEXT, event_at TIMESTAMP, forced BOOLEAN DEFAULT FALSE, run_id TEXT);

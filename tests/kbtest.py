@@ -1,0 +1,48 @@
+"""Shared test helpers: temporary KB_HOMEs, real Dagster runs, file drops."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from dagster import DagsterInstance
+
+from dagster_project.settings import Paths
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_INBOX = REPO / "sample_data" / "inbox"
+GOLDEN = REPO / "sample_data" / "golden.jsonl"
+
+
+def run_job(paths: Paths, job_name: str = "kb_job", **resource_overrides):
+    """Materialize a job in-process against a real Dagster instance in $KB_HOME/dagster."""
+    from dagster_project.definitions import build_definitions
+
+    defs = build_definitions(paths, **resource_overrides)
+    job = defs.resolve_job_def(job_name)
+    with DagsterInstance.get() as instance:
+        return job.execute_in_process(instance=instance, raise_on_error=False)
+
+
+def materialized(result) -> dict[str, dict]:
+    """asset key -> metadata values of the run's materializations."""
+    out = {}
+    for ev in result.get_asset_materialization_events():
+        mat = ev.event_specific_data.materialization
+        out[mat.asset_key.to_user_string()] = {k: getattr(v, "value", v)
+                                               for k, v in mat.metadata.items()}
+    return out
+
+
+def write(paths: Paths, rel: str, content: str | bytes) -> Path:
+    p = paths.inbox / rel
+    p.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, bytes):
+        p.write_bytes(content)
+    else:
+        p.write_text(content, encoding="utf-8")
+    return p
+
+
+def copy_samples(paths: Paths) -> None:
+    shutil.copytree(SAMPLE_INBOX, paths.inbox, dirs_exist_ok=True)
