@@ -50,10 +50,10 @@ PII_PATTERNS: dict[str, re.Pattern[str]] = {
     # Taiwan national ID (letter + 1/2 + 8 digits) and UK NI numbers.
     "NATIONAL_ID": re.compile(r"\b[A-Z][12]\d{8}\b|\b[A-CEGHJ-PR-TW-Z]{2}\d{6}[A-D]\b"),
     "CARD": re.compile(r"\b(?:\d{4}[ -]){3}\d{4}\b"),
-    # International or local numbers with at least 8 digits in separated groups;
-    # short office extensions ("ext. 4455") are deliberately not masked.
+    # Three separated digit groups (+886-2-2345-6789, (02) 2345-6789, 0912-345-678);
+    # office extensions ("ext. 4455"), dates and year ranges are deliberately not masked.
     "PHONE": re.compile(
-        r"(?<![\w])(?:\+\d{1,3}[ -]?)?(?:\(\d{1,4}\)[ -]?)?\d{2,4}[ -]\d{3,4}[ -]?\d{3,4}(?![\w])"
+        r"(?<![\w+])(?:\+\d{1,3}[ -]?\d{1,4}|\(\d{1,4}\)|\d{2,4})[ -]\d{3,4}[ -]\d{3,4}(?![\w])"
     ),
 }
 

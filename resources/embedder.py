@@ -10,10 +10,12 @@ from pathlib import Path
 
 import numpy as np
 from dagster import ConfigurableResource
-from pydantic import PrivateAttr
 
 PACKAGED_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 _LOAD_LOCK = threading.Lock()
+# Texts encoded per model id in this process. Dagster may re-instantiate resources, so the
+# count lives at module level; tests read it to prove only uncached chunks were encoded.
+ENCODED_TEXTS: dict[str, int] = {}
 
 
 def packaged_model_path() -> Path:
@@ -38,7 +40,6 @@ class Embedder(ConfigurableResource):
 
     model_path: str = ""  # empty: the packaged all-MiniLM-L6-v2
     batch_size: int = 64
-    _calls: list = PrivateAttr(default_factory=list)
 
     @property
     def resolved_path(self) -> str:
@@ -59,15 +60,10 @@ class Embedder(ConfigurableResource):
         get_dim = getattr(m, "get_embedding_dimension", None) or m.get_sentence_embedding_dimension
         return int(get_dim())
 
-    @property
-    def encoded_texts(self) -> int:
-        """How many texts this resource instance has encoded (tests count encoder work)."""
-        return sum(self._calls)
-
     def encode(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        self._calls.append(len(texts))
+        ENCODED_TEXTS[self.model_id] = ENCODED_TEXTS.get(self.model_id, 0) + len(texts)
         vecs = self.model().encode(texts, batch_size=self.batch_size, convert_to_numpy=True,
                                    normalize_embeddings=True, show_progress_bar=False)
         return np.ascontiguousarray(vecs, dtype=np.float32)
