@@ -6,6 +6,7 @@ from dagster_project.settings import Paths
 
 from .config import KBConfig
 from .embedder import Embedder
+from .registry import registry_resources
 from .store import KBStore
 from .vector_index import VersionStore
 
@@ -18,6 +19,7 @@ def default_resources(paths: Paths | None = None, **overrides) -> dict:
         "versions": VersionStore(root=str(paths.versions)),
         "embedder": Embedder(),
         "kb_config": KBConfig(inbox=str(paths.inbox)),
+        **registry_resources(paths),  # registry (MLflow), release_config (gate policy)
     }
     resources.update(overrides)
     return resources
