@@ -4,6 +4,7 @@ instead of returning noise."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -18,7 +19,11 @@ class RetrievalConfig:
     # Cosine below which a dense neighbour is not evidence of relevance (MiniLM, English).
     min_dense_score: float = 0.30
     # Share of the query's IDF mass the corpus vocabulary must cover for lexical evidence.
-    min_lexical_coverage: float = 0.45
+    min_lexical_coverage: float = 0.25
+    # Best BM25 score needed, in units of log(1 + chunks) so it holds as the KB grows (IDF
+    # grows with log N). Measured on the sample set: golden questions >= 1.8, most
+    # unrelated Chinese questions < 1.2.
+    min_lexical_score: float = 1.5
     # A query at least this CJK is judged by lexical evidence only: the default embedder
     # maps CJK to [UNK], so its cosines say nothing.
     cjk_query_threshold: float = 0.5
@@ -60,6 +65,7 @@ def hybrid_search(version, query: str, query_vec: np.ndarray, k: int = 5,
     dense_ok = (cjk < cfg.cjk_query_threshold and len(dense_scores) > 0
                 and float(dense_scores[0]) >= cfg.min_dense_score)
     lexical_ok = (len(lex_rows) > 0
+                  and float(lex_scores[0]) >= cfg.min_lexical_score * math.log1p(version.lexical.n_docs)
                   and version.lexical.coverage(query) >= cfg.min_lexical_coverage)
     if mode == "dense":
         lexical_ok = False
