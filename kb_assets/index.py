@@ -19,6 +19,9 @@ from .ingest import now
 from .lexical import LEXICAL_VERSION, BM25Index
 from .report import md_table
 
+FINGERPRINT_SQL = """
+    SELECT c.chunk_id, c.text_hash FROM chunks c JOIN documents d USING (doc_key)
+    WHERE d.active ORDER BY c.chunk_id"""
 MEMBER_SQL = """
     SELECT c.chunk_id, c.doc_key, d.doc_id, d.source_path, d.title, c.ordinal, c.text,
            c.n_tokens, c.text_hash, c.doc_content_hash
@@ -76,18 +79,22 @@ def publish_if_changed(store: KBStore, versions: VersionStore, embedder: Embedde
     model_id = embedder.model_id
     with store.transaction() as con:
         recovered = recover_unregistered(con, versions)
-        members = con.execute(MEMBER_SQL).df()
+        # Fingerprint from ids and hashes only: a no-change run never loads chunk texts.
+        keys = con.execute(FINGERPRINT_SQL).df()
         latest = fetch_one(
             con, "SELECT version, fingerprint FROM kb_versions ORDER BY version DESC LIMIT 1")
+    fp = fingerprint(model_id, chunker.version, keys)
+    base = {"stale_tmp_removed": removed_tmp, "versions_recovered": recovered}
+    if latest and latest[1] == fp:
+        return {**base, "new_version": False, "kb_version": latest[0],
+                "n_chunks": len(keys), "duration_s": round(time.perf_counter() - t0, 3)}
+    with store.connect() as con:
+        members = con.execute(MEMBER_SQL).df()
         sources = con.execute("""
             SELECT path, sha256, n_docs FROM source_files
             WHERE path IN (SELECT DISTINCT source_path FROM documents WHERE active)
             ORDER BY path""").df().to_dict("records")
     fp = fingerprint(model_id, chunker.version, members)
-    base = {"stale_tmp_removed": removed_tmp, "versions_recovered": recovered}
-    if latest and latest[1] == fp:
-        return {**base, "new_version": False, "kb_version": latest[0],
-                "n_chunks": len(members), "duration_s": round(time.perf_counter() - t0, 3)}
 
     dim = embedder.dim
     t1 = time.perf_counter()
