@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from pathlib import Path
 
 from dagster_project.settings import Paths
@@ -77,8 +78,12 @@ def read_report(paths: Paths, fn):
         with KBStore(db_path=str(paths.db)).connect(read_only=True, timeout_s=timeout) as con:
             return fn(Lineage(con))
     except duckdb.IOException as exc:
-        raise CLIError(f"cannot open {paths.db} read-only: "
-                       f"{str(exc).splitlines()[0]}") from None
+        msg = str(exc).splitlines()[0]
+        if "lock" in msg.lower():
+            pid = re.search(r"PID (\d+)", msg)
+            msg = (f"another process{' (PID ' + pid.group(1) + ')' if pid else ''} held its "
+                   f"write lock for over {timeout:g}s (a build?); retry when it finishes")
+        raise CLIError(f"cannot open {paths.db} read-only: {msg}") from None
 
 
 def cmd_audit(args) -> int:
