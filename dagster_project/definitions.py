@@ -6,6 +6,7 @@ from dagster import AssetSelection, Definitions, define_asset_job
 
 from checks import ALL_CHECKS
 from dagster_project.settings import Paths
+from dagster_project.writer_executor import kb_writer_executor
 from kb_assets.defs import KB_ASSETS
 from resources import default_resources
 from sensors import ALL_SCHEDULES, ALL_SENSORS
@@ -16,6 +17,11 @@ KB_GROUPS = ("ingest", "index", "release")
 kb_job = define_asset_job(
     "kb_job", selection=AssetSelection.groups(*KB_GROUPS),
     description="Refresh the knowledge base from the inbox.", tags={"kb/writer": "true"})
+# Only the index chain (no release/eval): what the build benchmarks time.
+index_job = define_asset_job(
+    "index_job", selection=AssetSelection.groups("ingest", "index"),
+    description="Ingest, chunk, embed and publish a KB version (no release or evaluation).",
+    tags={"kb/writer": "true"})
 # Everything, fine-tuning included.
 all_job = define_asset_job(
     "all_job", selection=AssetSelection.all(),
@@ -28,10 +34,12 @@ def build_definitions(paths: Paths | None = None, **resource_overrides) -> Defin
     return Definitions(
         assets=KB_ASSETS,
         asset_checks=ALL_CHECKS,
-        jobs=[kb_job, all_job],
+        jobs=[kb_job, index_job, all_job],
         sensors=ALL_SENSORS,
         schedules=ALL_SCHEDULES,
         resources=default_resources(paths, **resource_overrides),
+        # Launched runs (daemon, UI) execute in one process under the KB writer lock.
+        executor=kb_writer_executor,
     )
 
 

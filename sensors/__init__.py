@@ -1,4 +1,7 @@
 """Sensors and schedules."""
 
-ALL_SENSORS: list = []
-ALL_SCHEDULES: list = []
+from .inbox_sensor import inbox_sensor
+from .schedules import nightly_fine_tune
+
+ALL_SENSORS: list = [inbox_sensor]
+ALL_SCHEDULES: list = [nightly_fine_tune]

@@ -1,0 +1,83 @@
+"""Before the daemon starts (scripts/ui.sh): fail runs whose worker process is gone.
+
+A run killed with the UI session (Ctrl-C mid-run, a crash, a reboot) stays STARTED in the
+run storage forever: Dagster's default run launcher cannot health-check its workers. Such
+a run still carries the kb/writer tag, and with the tag limit of 1 every later sensor run
+would wait behind it for good. `python -m sensors.stale_runs` also creates KB_HOME and
+dagster.yaml."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from dagster_project.settings import Paths
+
+IN_PROGRESS = ("STARTING", "STARTED", "CANCELING")
+NO_PID_GRACE_S = 120  # a run this young may simply not have reported its worker yet
+
+
+def worker_pids(instance, run_id: str) -> list[int]:
+    """pids the run's engine events name (the run worker / in-process executor)."""
+    from dagster import DagsterEventType
+
+    pids = []
+    records = instance.get_records_for_run(run_id, of_type=DagsterEventType.ENGINE_EVENT).records
+    for rec in records:
+        data = rec.event_log_entry.dagster_event.engine_event_data
+        pid = data.metadata.get("pid") if data and data.metadata else None
+        value = getattr(pid, "value", pid)
+        if value is not None:
+            try:
+                pids.append(int(value))
+            except (TypeError, ValueError):
+                continue
+    return pids
+
+
+def alive(pid: int) -> bool:
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"python" in cmd or b"dagster" in cmd or b"kb" in cmd
+
+
+def fail_orphaned_runs(instance, now: float | None = None) -> list[str]:
+    from dagster import DagsterRunStatus, RunsFilter
+
+    now = time.time() if now is None else now
+    failed = []
+    statuses = [DagsterRunStatus[s] for s in IN_PROGRESS]
+    for run in instance.get_runs(RunsFilter(statuses=statuses)):
+        pids = worker_pids(instance, run.run_id)
+        if pids and any(alive(p) for p in pids):
+            continue
+        if not pids:
+            record = instance.get_run_record_by_id(run.run_id)
+            created = record.create_timestamp.timestamp() if record else 0.0
+            if now - created < NO_PID_GRACE_S:
+                continue
+        why = (f"run worker (pid {', '.join(map(str, pids))}) is gone" if pids
+               else "no run worker ever reported")
+        instance.report_run_failed(
+            run, f"Marked failed by scripts/ui.sh at startup: {why}; the previous UI "
+                 "session probably stopped mid-run. Re-run it from the UI if needed.")
+        failed.append(run.run_id)
+    return failed
+
+
+def main() -> int:
+    from dagster import DagsterInstance
+
+    paths = Paths.from_env().ensure()
+    os.environ["DAGSTER_HOME"] = str(paths.dagster_home)
+    with DagsterInstance.get() as instance:
+        for run_id in fail_orphaned_runs(instance):
+            print(f"marked orphaned run {run_id} as failed (its worker is gone)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
