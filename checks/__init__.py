@@ -1,3 +1,5 @@
 """Asset checks (Great Expectations suites and custom checks)."""
 
-ALL_CHECKS: list = []
+from kb_assets.release_checks import RELEASE_CHECKS
+
+ALL_CHECKS: list = [*RELEASE_CHECKS]

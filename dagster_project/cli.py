@@ -10,6 +10,7 @@ from dagster_project.settings import apply_offline_env
 COMMAND_MODULES = [
     "dagster_project.commands.build",
     "dagster_project.commands.search",
+    "dagster_project.commands.registry", "dagster_project.commands.eval", "dagster_project.commands.serve",
     "dagster_project.commands.audit",
 ]
 

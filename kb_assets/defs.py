@@ -4,5 +4,6 @@ from .chunks import cleaned_chunks
 from .embed import embeddings
 from .index import faiss_index
 from .ingest import raw_docs
+from .release import RELEASE_ASSETS
 
-KB_ASSETS = [raw_docs, cleaned_chunks, embeddings, faiss_index]
+KB_ASSETS = [raw_docs, cleaned_chunks, embeddings, faiss_index, *RELEASE_ASSETS]

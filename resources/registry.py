@@ -379,3 +379,22 @@ def registry_resources(paths) -> dict:
                                  artifact_root=str(paths.mlflow_artifacts),
                                  kb_home=str(paths.home)),
             "release_config": ReleaseConfig.from_env()}
+
+
+def rollback_target(history: list[dict], current: int | None) -> int | None:
+    """The version a rollback returns to: the production before `current`, skipping versions
+    that were themselves rolled back. Moves whose reason starts with "rollback" pop the stack
+    of promotions back to their target, so repeated rollbacks walk further back."""
+    stack: list[int] = []
+    for m in history:
+        to = m["to_version"]
+        if str(m.get("reason") or "").startswith("rollback"):
+            while stack and stack[-1] != to:
+                stack.pop()
+            if not stack:
+                stack.append(to)
+        elif not stack or stack[-1] != to:
+            stack.append(to)
+    while stack and stack[-1] == current:
+        stack.pop()
+    return stack[-1] if stack else None

