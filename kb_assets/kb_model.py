@@ -34,6 +34,15 @@ def load_version_dir(path: Path, number: int | None = None):
                      pd.read_parquet(path / MANIFEST_FILE), BM25Index.load(path))
 
 
+def signature():
+    """Input: a `query` column; params: k (passages per query)."""
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+
+    return ModelSignature(inputs=Schema([ColSpec("string", "query")]),
+                          params=ParamSchema([ParamSpec("k", "long", 5)]))
+
+
 class KBSearchModel(mlflow.pyfunc.PythonModel):
     """Hybrid search over one KB version. Input: a DataFrame with a `query` column (or a
     list of strings); params: k (default 5). Output: one row per hit."""

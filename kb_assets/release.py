@@ -148,12 +148,13 @@ def kb_release(context: AssetExecutionContext, store: KBStore, versions: Version
                 "kb_version": n, "mlflow_version": mv, "registered": False,
                 "summary": MetadataValue.md(f"No new KB version: version {n} is already "
                                             f"registered as MLflow `kb` version {mv}.")})
-        from .kb_model import ARTIFACT_KEY, PIP_REQUIREMENTS, KBSearchModel
+        from .kb_model import ARTIFACT_KEY, PIP_REQUIREMENTS, KBSearchModel, signature
 
         tags = _tags(latest, context.run_id)
         mv = registry.register_version(
             store, MODEL, n, KBSearchModel(), {ARTIFACT_KEY: str(versions.path / str(n))},
-            tags, run_id=context.run_id, pip_requirements=PIP_REQUIREMENTS)
+            tags, run_id=context.run_id, pip_requirements=PIP_REQUIREMENTS,
+            signature=signature())
         move = registry.move_alias(store, MODEL, "staging", n, actor=f"dagster:{context.run_id}",
                                    reason="new candidate registered", run_id=context.run_id)
     except RegistryError as exc:

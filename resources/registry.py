@@ -12,7 +12,8 @@ API (import `from resources.registry import Registry, alias_history, ...`):
                    kb_home=".../data")          # default_resources()["registry"]
     mv = reg.register_version(store, "kb-assistant", 3, python_model=MyPyfunc(),
                               artifacts={"adapter": "/path/dir"}, tags={"base_model": "..."},
-                              run_id=context.run_id, metrics={"loss": 0.4})
+                              run_id=context.run_id, metrics={"loss": 0.4},
+                              pip_requirements=[...], signature=None)
         # -> MLflow model version (int). Idempotent: (model, 3) registered once; a second
         #    call returns the existing MLflow version without logging anything.
         #    `run_id` is the Dagster run id (stored as tag dagster_run_id). Tag values -> str.
@@ -164,16 +165,16 @@ class Registry(ConfigurableResource):
     def register_version(self, store: KBStore, model_name: str, version_key: int,
                          python_model, artifacts: dict[str, str], tags: dict,
                          run_id: str | None = None, metrics: dict | None = None,
-                         pip_requirements: list[str] | None = None) -> int:
+                         pip_requirements: list[str] | None = None, signature=None) -> int:
         existing = _mirror_row(store, model_name, version_key)
         if existing is not None:
             return int(existing["mlflow_version"])
         return self._call(f"register {model_name} version {version_key}", self._register,
                           store, model_name, int(version_key), python_model, artifacts,
-                          tags, run_id, metrics or {}, pip_requirements)
+                          tags, run_id, metrics or {}, pip_requirements, signature)
 
     def _register(self, store, model_name, version_key, python_model, artifacts, tags,
-                  run_id, metrics, pip_requirements) -> int:
+                  run_id, metrics, pip_requirements, signature) -> int:
         client = self.client()
         import mlflow
 
@@ -189,6 +190,7 @@ class Registry(ConfigurableResource):
             # Explicit requirements: inference would load the model in a subprocess.
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=python_model, artifacts=artifacts,
+                signature=signature,
                 pip_requirements=pip_requirements or ["faiss-cpu", "pandas", "numpy"])
         try:
             client.get_registered_model(model_name)
