@@ -3,6 +3,7 @@ id, chunk text hash). Only texts the cache lacks are encoded; each batch is comm
 finishes, so a crashed run loses at most one batch of work."""
 
 
+import os
 import time
 
 import numpy as np
@@ -13,9 +14,11 @@ from resources.embedder import Embedder
 from resources.store import KBStore, fetch_one
 
 from .chunks import cleaned_chunks
+from .faults import fault_point
 from .ingest import now
 
-COMMIT_EVERY = 512  # texts per encode call and cache commit
+# Texts per encode call and cache commit: a crash loses at most this much work.
+COMMIT_EVERY = int(os.environ.get("KB_EMBED_COMMIT_EVERY", "512"))
 
 
 def missing_texts(store: KBStore, model_id: str) -> tuple[list[tuple[str, str]], int]:
@@ -45,6 +48,7 @@ def embed_missing(store: KBStore, embedder: Embedder, log=None) -> dict:
         with store.connect() as con:
             con.register("new_vecs", df)
             con.execute("INSERT OR IGNORE INTO embedding_cache SELECT * FROM new_vecs")
+        fault_point("embedding:after_first_batch")
         if log:
             done = start + len(part)
             log.info(f"embedded {done}/{len(todo)} chunks "

@@ -15,6 +15,7 @@ from resources.store import KBStore, fetch_one
 from resources.vector_index import SOURCES_FILE, VersionStore, build_faiss_index
 
 from .embed import embeddings, load_vectors
+from .faults import fault_point
 from .ingest import now
 from .lexical import LEXICAL_VERSION, BM25Index
 from .report import md_table
@@ -116,6 +117,7 @@ def publish_if_changed(store: KBStore, versions: VersionStore, embedder: Embedde
                         "text", "n_tokens", "text_hash", "doc_content_hash"]]
     path = versions.publish(number, index, manifest, lexical, info, sources)
     info = versions.info(number)
+    fault_point("publish:after_rename")
     with store.transaction() as con:
         register_version(con, number, str(path), info, members, sources)
     if log:

@@ -82,6 +82,7 @@ def ingest_inbox(store: KBStore, cfg: KBConfig, run_id: str, log=None) -> Ingest
             ).fetchall():
                 existing[key] = tuple(rest)
 
+        claim_ids(con, parsed, changed_paths)
         doc_rows, events, gone = [], [], []
         for rel, (st, sha, result) in parsed.items():
             new_keys = set()
@@ -173,6 +174,27 @@ def ingest_inbox(store: KBStore, cfg: KBConfig, run_id: str, log=None) -> Ingest
         summary.active_docs = fetch_one(con, "SELECT count(*) FROM documents WHERE active")[0]
     summary.unchanged = summary.active_docs - len(summary.added) - len(summary.changed)
     return summary
+
+
+def claim_ids(con, parsed: dict, changed_paths: list[str]) -> None:
+    """A document id belongs to the file that used it first; a later file reusing it gets a
+    quarantine entry naming the owner, so ids stay unambiguous for evaluation and audits."""
+    owners = {doc_id: (path, line) for doc_id, path, line in con.execute(
+        "SELECT doc_id, source_path, line FROM documents WHERE active AND source_path NOT IN "
+        "(SELECT path FROM changed_paths)").fetchall()} if changed_paths else {}
+    for rel in sorted(parsed):
+        result = parsed[rel][2]
+        kept = []
+        for d in result.docs:
+            owner = owners.get(d.doc_id)
+            if owner and owner[0] != rel:
+                where = owner[0] + (f" line {owner[1]}" if owner[1] else "")
+                result.problems.append(Problem(rel, d.line, f"duplicate id {d.doc_id!r}: "
+                                                            f"already used by {where}"))
+                continue
+            owners[d.doc_id] = (rel, d.line)
+            kept.append(d)
+        result.docs = kept
 
 
 @asset(

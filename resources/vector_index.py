@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from dagster import ConfigurableResource
 
+from kb_assets.faults import fault_point
 from kb_assets.lexical import BM25Index
 
 INDEX_FILE = "index.faiss"
@@ -118,6 +119,7 @@ class VersionStore(ConfigurableResource):
             (tmp / INFO_FILE).write_text(json.dumps(info, ensure_ascii=False, indent=1),
                                          encoding="utf-8")
             _fsync_tree(tmp)
+            fault_point("publish:before_rename")
             os.rename(tmp, final)  # atomic on POSIX within one filesystem
             fd = os.open(self.path, os.O_RDONLY)
             try:
