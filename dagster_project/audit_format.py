@@ -211,9 +211,17 @@ def md_version(r: dict, runs: dict | None = None) -> str:
     out += ["", "### Evaluation", ""]
     if r["evals"]:
         for e in r["evals"]:
+            details = e.get("details") or {}
+            vs = details.get("production_version")
             out += [f"At {fmt_time(e['created_at'])} (run {code(e['run_id'])}): "
-                    f"{'passed' if e['passed'] else '**FAILED**'}", "",
+                    f"{'passed' if e['passed'] else '**FAILED**'}"
+                    + (f", compared with production v{vs}" if vs is not None else ""), "",
                     table(sorted((e["metrics"] or {}).items()), ["metric", "value"]), ""]
+            gate = [g for g in details.get("gate") or [] if isinstance(g, dict)]
+            if gate:
+                out += [table([(g.get("name"), "pass" if g.get("passed") else "**FAIL**",
+                                g.get("value"), g.get("threshold")) for g in gate],
+                              ["gate", "result", "value", "threshold"]), ""]
     else:
         out.append("_no evaluation recorded_")
     out += ["", f"### Source files ({len(r['sources'])})", "",
