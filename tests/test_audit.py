@@ -60,7 +60,8 @@ def seed(con):
         ("run-2", T("2026-11-21 23:29"), "f.jsonl#b", "b", "f.jsonl", "changed", "hb2", "sf2"),
         ("run-2", T("2026-11-21 23:29"), "bad/d.md", "bad/d.md", "bad/d.md", "added", "hd1", "sd1"),
         ("run-2", T("2026-11-21 23:29"), "c.md", "c.md", "c.md", "removed", "hc1", None),
-        ("run-3", T("2026-11-22 02:59"), "bad/d.md", "bad/d.md", "bad/d.md", "removed", "hd1", None),
+        ("run-3", T("2026-11-22 02:59"), "bad/d.md", "bad/d.md", "bad/d.md", "removed", "hd1",
+         None),
         ("run-3", T("2026-11-22 02:59"), "f.jsonl#e", "e", "f.jsonl", "added", "he1", "sf3")])
     con.executemany("INSERT INTO quarantine VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [
         ("run-2", T("2026-11-21 23:29"), "bad/x.txt", None, "not valid UTF-8", "sx", False,
@@ -191,7 +192,8 @@ def test_live_before_first_promotion_is_latest_built(lineage):
 
 
 def test_live_before_first_version_is_an_error(lineage):
-    with pytest.raises(AuditError, match=r"nothing was live at 2026-11-19 .*first KB version \(v1\)"):
+    with pytest.raises(AuditError,
+                       match=r"nothing was live at 2026-11-19 .*first KB version \(v1\)"):
         audit.live_at(lineage, T("2026-11-19 00:00"))
 
 

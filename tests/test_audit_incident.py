@@ -78,10 +78,14 @@ def test_incident_postmortem(kb_paths, capsys):
     at = audit_json(capsys, "at", local)
     kb = at["models"]["kb"]
     assert kb["version"] == 2 and kb["built_by_run"] == r2.run_id
-    assert kb["set_by"]["forced"] is True and kb["set_by"]["reason"] == "urgent refund policy update"
-    assert kb["ended_by"]["to_version"] == 1 and kb["ended_by"]["reason"] == "rollback: hallucination rate jumped"
+    assert kb["set_by"]["forced"] is True
+    assert kb["set_by"]["reason"] == "urgent refund policy update"
+    assert kb["ended_by"]["to_version"] == 1
+    assert kb["ended_by"]["reason"] == "rollback: hallucination rate jumped"
     assert kb["registry"]["status"] == "rejected"
-    assert at["dagster_runs"][r2.run_id]["found"] and at["dagster_runs"][r2.run_id]["job"] == "kb_job"
+    run2 = at["dagster_runs"][r2.run_id]
+    assert run2["found"] and run2["job"] == "kb_job"
+    assert "faiss_index" in run2["assets_materialized"]
     md = audit_md(capsys, "at", local)
     assert "converted to UTC" in md
     row = next(line for line in md.splitlines() if line.startswith("| kb | v2 |"))
@@ -100,11 +104,13 @@ def test_incident_postmortem(kb_paths, capsys):
     assert {x["doc_key"] for x in d["document_changes"] if x["change"] == "added"} == BAD_FILES
     assert d["documents"]["rechunked"] >= 30 and d["documents"]["removed"] == 0
     assert d["chunk_stats"]["1"]["max"] > 60 >= d["chunk_stats"]["2"]["max"]
-    assert [(q["source_path"], q["this_run"]) for q in v2["quarantine"]] == [("bad/broken.txt", True)]
+    assert [(q["source_path"], q["this_run"]) for q in v2["quarantine"]] == [
+        ("bad/broken.txt", True)]
     gate = [c for c in v2["checks"] if c["check_name"] == "promotion_gate"]
     assert gate and gate[0]["passed"] is False
     assert v2["evals"] and v2["evals"][0]["passed"] is False
-    assert [(w["forced"], w["until"] is not None) for w in v2["production_windows"]] == [(True, True)]
+    assert [(w["forced"], w["until"] is not None)
+            for w in v2["production_windows"]] == [(True, True)]
     md = audit_md(capsys, "version", "2")
     for needle in ("## KB version 2", "chunker.size 200 → 60", f"| added | {BAD_DOC} |",
                    "| bad/broken.txt |", "**FAILED**", r2.run_id):
