@@ -29,6 +29,7 @@ run: setup
 	$(KB) search "請問特休假一年有幾天？" -k 3
 
 test: setup
+	bash scripts/ensure_chromium.sh
 	$(VENV)/bin/pytest -q
 
 test-fast: setup

@@ -32,11 +32,24 @@ class Pending:
     since: float  # wall-clock seconds when the file was first seen settling
 
 
+def state_hash(files: dict[str, Entry]) -> str:
+    """Identity of an inbox state: its paths and their content hashes (not stat data)."""
+    h = hashlib.sha256()
+    for rel in sorted(files):
+        h.update(f"{rel}\0{files[rel].sha}\n".encode())
+    return h.hexdigest()
+
+
+EMPTY_STATE = state_hash({})
+
+
 @dataclass
 class InboxCursor:
     files: dict[str, Entry] = field(default_factory=dict)
     pending: dict[str, Pending] = field(default_factory=dict)
-    requested: str = ""   # state hash of the last run request ("" = never)
+    # State hash of the last run request. A fresh cursor counts the empty inbox as done:
+    # an empty inbox starts no run, anything in it does.
+    requested: str = EMPTY_STATE
     generation: int = 0   # number of run requests so far (part of the run key)
 
     def dumps(self) -> str:
@@ -48,8 +61,8 @@ class InboxCursor:
 
     @classmethod
     def loads(cls, text: str | None) -> "InboxCursor":
-        """An empty or unreadable cursor starts fresh (the first evaluation then requests
-        one run for whatever the inbox holds; the assets skip what they already have)."""
+        """An empty or unreadable cursor starts fresh: the first evaluation then requests
+        one run for whatever the inbox holds (the assets skip what they already have)."""
         if not text:
             return cls()
         try:
@@ -63,14 +76,6 @@ class InboxCursor:
                 requested=str(raw["requested"]), generation=int(raw["generation"]))
         except (ValueError, KeyError, TypeError, AttributeError):
             return cls()
-
-
-def state_hash(files: dict[str, Entry]) -> str:
-    """Identity of an inbox state: its paths and their content hashes (not stat data)."""
-    h = hashlib.sha256()
-    for rel in sorted(files):
-        h.update(f"{rel}\0{files[rel].sha}\n".encode())
-    return h.hexdigest()
 
 
 @dataclass

@@ -52,6 +52,12 @@ def test_new_file_requests_exactly_one_run(kb_paths):
     assert size == len("# Leave\nTwenty days a year.") and len(sha) == 64 and mtime_ns > 0
 
 
+def test_empty_inbox_requests_nothing(kb_paths):
+    result = evaluate(kb_paths, None)
+    assert runs(result) == []
+    assert "inbox unchanged (0 files" in result.skip_reason.skip_message
+
+
 def test_same_state_again_requests_nothing(kb_paths):
     drop(kb_paths, "leave.md", "# Leave\nTwenty days a year.")
     first = evaluate(kb_paths, None)
@@ -60,7 +66,9 @@ def test_same_state_again_requests_nothing(kb_paths):
     assert "inbox unchanged" in second.skip_reason.skip_message
 
 
-def test_growing_file_waits_until_stable(kb_paths):
+def test_growing_file_waits_until_stable(kb_paths, monkeypatch):
+    # A settle time beyond the in-tick wait: settling is decided across ticks.
+    monkeypatch.setenv("KB_SENSOR_SETTLE_S", "30")
     p = write(kb_paths, "big.txt", "part one ")            # mtime = now: still being written
     r1 = evaluate(kb_paths, None)
     assert runs(r1) == []
@@ -75,6 +83,37 @@ def test_growing_file_waits_until_stable(kb_paths):
     [request] = runs(r3)
     assert json.loads(r3.cursor)["files"]["big.txt"][0] == len("part one part two ")
     assert json.loads(r3.cursor)["pending"] == {}
+
+
+def test_young_file_settles_within_one_tick(kb_paths, monkeypatch):
+    monkeypatch.setenv("KB_SENSOR_SETTLE_S", "0.5")
+    write(kb_paths, "fresh.md", "just copied")              # mtime = now
+    t0 = time.monotonic()
+    [request] = runs(evaluate(kb_paths, None))              # looked twice, 0.5 s apart
+    assert time.monotonic() - t0 >= 0.5
+
+
+def test_file_written_during_the_tick_is_not_ingested(kb_paths, monkeypatch):
+    import threading
+
+    monkeypatch.setenv("KB_SENSOR_SETTLE_S", "1")
+    p = write(kb_paths, "copying.txt", "chunk\n")
+    stop = threading.Event()
+
+    def keep_writing():                                     # a slow copy in progress
+        while not stop.wait(0.1):
+            with p.open("a", encoding="utf-8") as f:
+                f.write("chunk\n")
+
+    writer = threading.Thread(target=keep_writing)
+    writer.start()
+    try:
+        result = evaluate(kb_paths, None)
+    finally:
+        stop.set()
+        writer.join()
+    assert runs(result) == []
+    assert "copying.txt" in json.loads(result.cursor)["pending"]
 
 
 def test_removed_file_requests_a_run(kb_paths):

@@ -1,0 +1,151 @@
+"""End to end with the real webserver + daemon (scripts/ui.sh): a file dropped into the inbox
+is searchable through `kb search` within 60 s, started by the sensor alone; runs that write
+the KB never overlap (run queue tag limit + writer lock); both processes stop cleanly."""
+
+import json
+import subprocess
+import time
+
+import pytest
+from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
+
+from dagster_project.serving import resolve
+from tests.kbtest import REPO, write
+from tests.ui_stack import UIStack
+
+pytestmark = pytest.mark.slow
+
+KB = str(REPO / ".venv" / "bin" / "kb")
+FRESHNESS_BUDGET_S = 60
+DONE = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
+
+NEW_DOC = """# Zorblax travel stipend
+Every employee who travels for a client visit receives the Zorblax stipend of 4242 credits
+per quarter. Claims are filed with the travel desk within 14 days of returning.
+"""
+
+
+def kb_search(paths, query: str) -> list[dict]:
+    out = subprocess.run([KB, "search", query, "--json", "-k", "3"], cwd=REPO,
+                         env={**__import__("os").environ, "KB_HOME": str(paths.home)},
+                         capture_output=True, text=True, timeout=120)
+    if out.returncode != 0:
+        return []
+    return json.loads(out.stdout)
+
+
+def sensor_runs(instance) -> list:
+    return instance.get_runs(RunsFilter(tags={"kb/trigger": "inbox_sensor"}))
+
+
+def wait_finished(instance, run_ids, timeout: float):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = [instance.get_run_by_id(r) for r in run_ids]
+        if all(r is not None and r.status in DONE for r in runs):
+            return runs
+        time.sleep(1)
+    raise TimeoutError(f"runs not finished after {timeout}s: "
+                       f"{[(r.run_id[:8], r.status.value) for r in runs if r]}")
+
+
+def step_window(instance, run_id: str) -> tuple[float, float]:
+    """First step start to last step end of a run, from its event log."""
+    kinds = {DagsterEventType.STEP_START, DagsterEventType.STEP_SUCCESS,
+             DagsterEventType.STEP_FAILURE}
+    times = [e.timestamp for e in instance.all_logs(run_id, of_type=kinds)]
+    assert times, f"run {run_id} executed no step"
+    return min(times), max(times)
+
+
+def test_dropped_file_is_searchable_within_a_minute(kb_paths, tmp_path):
+    stack = UIStack(kb_paths.home, tmp_path / "ui.log",
+                    KB_SENSOR_INTERVAL_S="4", KB_SENSOR_SETTLE_S="1")
+    stack.start()
+    try:
+        with DagsterInstance.get() as instance:
+            time.sleep(6)  # one sensor tick on the empty inbox: nothing to do
+            assert sensor_runs(instance) == []
+
+            t0 = time.monotonic()
+            write(kb_paths, "policies/zorblax-stipend.md", NEW_DOC)
+            found, elapsed, version = [], None, None
+            while time.monotonic() - t0 < FRESHNESS_BUDGET_S:
+                serving = resolve(kb_paths)
+                if serving.version is not None:
+                    hits = kb_search(kb_paths, "How many credits is the Zorblax stipend?")
+                    found = [h for h in hits if h["doc_id"] == "policies/zorblax-stipend.md"]
+                    if found:
+                        elapsed, version = time.monotonic() - t0, serving
+                        break
+                time.sleep(1)
+            assert found, (f"not searchable within {FRESHNESS_BUDGET_S}s\n"
+                           f"{stack.log()[-4000:]}")
+            assert "4242 credits" in found[0]["text"]
+            print(f"\nsearchable {elapsed:.1f}s after the drop (KB version {version.version}, "
+                  f"{version.source})")
+
+            [run] = sensor_runs(instance)          # the sensor alone started it
+            assert run.job_name == "kb_job" and run.tags["kb/writer"] == "true"
+            assert run.tags["dagster/run_key"].startswith("inbox-1-")
+
+            # Touching the file (new mtime, same bytes) starts nothing.
+            (kb_paths.inbox / "policies/zorblax-stipend.md").touch()
+            time.sleep(12)                          # two more sensor ticks
+            assert len(sensor_runs(instance)) == 1
+            assert "touched but their content is unchanged" in stack.log()
+            wait_finished(instance, [run.run_id], timeout=180)
+    finally:
+        leftovers = stack.stop()
+    assert leftovers == [], f"processes survived the stop: {leftovers}"
+    assert "stopped" in stack.log()
+
+
+def test_kb_writers_never_overlap(kb_paths, tmp_path):
+    """Three writers at once: the sensor's run, a second kb_job launched from the UI's
+    GraphQL API (queues on the kb/writer tag limit) and a CLI `kb build` (waits on the
+    writer file lock, which the daemon-launched runs also take)."""
+    from dagster_graphql import DagsterGraphQLClient
+
+    write(kb_paths, "hr/leave.md", "# Leave\nEmployees get 20 days of annual leave.\n")
+    write(kb_paths, "it/vpn.md", "# VPN\nUse the VPN when working from a cafe.\n")
+    for p in kb_paths.inbox.rglob("*.md"):
+        __import__("os").utime(p, (time.time() - 60, time.time() - 60))
+    stack = UIStack(kb_paths.home, tmp_path / "ui.log",
+                    KB_SENSOR_INTERVAL_S="4", KB_SENSOR_SETTLE_S="1")
+    stack.start()
+    try:
+        with DagsterInstance.get() as instance:
+            deadline = time.monotonic() + 30
+            while not sensor_runs(instance) and time.monotonic() < deadline:
+                time.sleep(0.5)
+            [sensor_run] = sensor_runs(instance)
+            loc = stack.graphql("{ repositoriesOrError { ... on RepositoryConnection { nodes {"
+                                " name location { name } } } } }")
+            location = loc["repositoriesOrError"]["nodes"][0]["location"]["name"]
+            client = DagsterGraphQLClient("127.0.0.1", port_number=stack.port)
+            ui_run_id = client.submit_job_execution(
+                "kb_job", repository_location_name=location, repository_name="__repository__",
+                tags={"kb/trigger": "test-ui"})
+            cli = subprocess.run([KB, "build", "--select", "index"], cwd=REPO,
+                                 env={**__import__("os").environ, "KB_HOME": str(kb_paths.home)},
+                                 capture_output=True, text=True, timeout=600)
+            assert "run " in cli.stdout, cli.stdout + cli.stderr
+            cli_run = instance.get_runs(RunsFilter(tags={"kb/trigger": "cli"}))[0]
+            runs = wait_finished(instance, [sensor_run.run_id, ui_run_id], timeout=600)
+
+            # Queue: the two daemon-launched kb_job runs did not even start together.
+            a, b = sorted((instance.get_run_record_by_id(r.run_id) for r in runs),
+                          key=lambda rec: rec.start_time)
+            assert b.start_time >= a.end_time - 0.5, "two kb/writer runs were in progress at once"
+            # Lock: no step of the CLI build ran while a daemon run executed its steps.
+            windows = sorted(step_window(instance, r) for r in
+                             (sensor_run.run_id, ui_run_id, cli_run.run_id))
+            for (_, end), (start, _) in zip(windows, windows[1:]):
+                assert start >= end, f"step windows overlap: {windows}"
+            lock_events = [e for e in instance.all_logs(ui_run_id)
+                           if "Holding the KB writer lock" in (e.message or "")]
+            assert lock_events, "the daemon-launched run did not take the writer lock"
+    finally:
+        leftovers = stack.stop()
+    assert leftovers == [], f"processes survived the stop: {leftovers}"
