@@ -53,6 +53,7 @@ from types import SimpleNamespace
 from dagster import ConfigurableResource
 from pydantic import PrivateAttr
 
+from .release_config import ReleaseConfig
 from .store import KBStore, fetch_one
 
 STATUSES = ("registered", "passed", "rejected")
@@ -132,12 +133,19 @@ class Registry(ConfigurableResource):
             # A dead server must fail fast, not after minutes of retries.
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+            os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
             self._check_reachable()
             from mlflow import MlflowClient
 
             self._client = MlflowClient(tracking_uri=self.tracking_uri,
                                         registry_uri=self.tracking_uri)
         return self._client
+
+    def _wrap(self, what: str, exc: Exception) -> RegistryError:
+        msg = _one_line(exc)
+        cls = RegistryUnavailable if any(s in msg.lower() for s in (
+            "connection", "max retries", "unreachable", "timed out")) else RegistryError
+        return cls(f"MLflow ({self.tracking_uri}) could not {what}: {msg}")
 
     def _call(self, what: str, fn, *args, **kwargs):
         """Run an MLflow call, turning its exceptions into one-line RegistryErrors."""
@@ -146,10 +154,7 @@ class Registry(ConfigurableResource):
         except RegistryError:
             raise
         except Exception as exc:
-            msg = _one_line(exc)
-            cls = RegistryUnavailable if any(s in msg.lower() for s in (
-                "connection", "max retries", "unreachable", "timed out")) else RegistryError
-            raise cls(f"MLflow ({self.tracking_uri}) could not {what}: {msg}") from None
+            raise self._wrap(what, exc) from None
 
     def _experiment_id(self) -> str:
         client = self.client()
@@ -178,6 +183,13 @@ class Registry(ConfigurableResource):
         client = self.client()
         import mlflow
 
+        found = [mv for mv in client.search_model_versions(f"name = '{model_name}'")
+                 if (mv.tags or {}).get(VERSION_TAG) == str(version_key)]
+        if found:  # registered before a crash lost the mirror row: adopt it, don't duplicate
+            mv = found[0]
+            _insert_mirror(store, model_name, version_key, int(mv.version), mv.run_id,
+                           dict(mv.tags or {}))
+            return int(mv.version)
         exp_id = self._experiment_id()
         str_tags = {k: str(v) for k, v in tags.items() if v is not None}
         str_tags.update({VERSION_TAG: str(version_key), "dagster_run_id": str(run_id or "")})
@@ -199,12 +211,7 @@ class Registry(ConfigurableResource):
         mv = client.create_model_version(model_name, source=info.model_uri,
                                          run_id=run.info.run_id, tags=str_tags,
                                          model_id=getattr(info, "model_id", None))
-        with store.transaction() as con:
-            con.execute("DELETE FROM registry_versions WHERE model_name = ? AND version = ?",
-                        [model_name, version_key])
-            con.execute("INSERT INTO registry_versions VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        [model_name, version_key, int(mv.version), run.info.run_id, utcnow(),
-                         "registered", json.dumps(str_tags)])
+        _insert_mirror(store, model_name, version_key, int(mv.version), run.info.run_id, str_tags)
         return int(mv.version)
 
     def log_metrics(self, store: KBStore, model_name: str, version_key: int,
@@ -236,7 +243,7 @@ class Registry(ConfigurableResource):
         except Exception as exc:
             if "RESOURCE_DOES_NOT_EXIST" in str(exc) or "not found" in str(exc).lower():
                 return {}
-            self._call("read aliases", lambda: (_ for _ in ()).throw(exc))
+            raise self._wrap("read aliases", exc) from None
         out = {}
         for alias, mlflow_version in (rm.aliases or {}).items():
             mv = self._call("read a model version", client.get_model_version,
@@ -288,12 +295,14 @@ class Registry(ConfigurableResource):
                    model_name, alias, str(row["mlflow_version"]))
         move = AliasMove(model_name, alias, current, version, actor, reason or "", bool(forced),
                          run_id, utcnow().isoformat(timespec="seconds"))
+        if model_name == "kb" and alias == "production" and self.kb_home:
+            # Serving follows right after MLflow; recording it (DuckDB may be briefly locked
+            # by a build) must not delay a rollback.
+            self.sync_serving_pointer(version)
         with store.transaction() as con:
             con.execute("INSERT INTO alias_history VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         [model_name, alias, current, version, actor, move.reason,
                          move.event_at, move.forced, run_id])
-        if model_name == "kb" and alias == "production" and self.kb_home:
-            self.sync_serving_pointer(version)
         return move
 
     def sync_serving_pointer(self, version: int) -> None:
@@ -305,6 +314,16 @@ class Registry(ConfigurableResource):
 
 
 # -- DuckDB mirror (no MLflow import) ---------------------------------------------------
+def _insert_mirror(store: KBStore, model_name: str, version_key: int, mlflow_version: int,
+                   mlflow_run_id: str, tags: dict) -> None:
+    with store.transaction() as con:
+        con.execute("DELETE FROM registry_versions WHERE model_name = ? AND version = ?",
+                    [model_name, version_key])
+        con.execute("INSERT INTO registry_versions VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [model_name, version_key, mlflow_version, mlflow_run_id, utcnow(),
+                     "registered", json.dumps(tags)])
+
+
 def _rows(con, sql: str, params: list) -> list[dict]:
     cur = con.execute(sql, params)
     cols = [d[0] for d in cur.description]
@@ -345,34 +364,6 @@ def alias_history(store: KBStore, model_name: str | None = None,
                           "WHERE table_name = 'alias_history'") is None:
             return []
         return _rows(con, sql + " ORDER BY event_at, rowid", params)
-
-
-# -- KB release policy ------------------------------------------------------------------
-def _env_bool(name: str, default: bool) -> bool:
-    raw = os.environ.get(name)
-    return default if raw is None else raw.strip().lower() in ("1", "true", "yes", "on")
-
-
-class ReleaseConfig(ConfigurableResource):
-    """How a KB candidate is evaluated and when it may become `production`. Defaults are the
-    team's SLOs; KB_GOLDEN and KB_AUTO_PROMOTE override from the environment."""
-
-    golden_path: str = ""  # project jsonl or BEIR folder; empty: sample_data/golden.jsonl
-    eval_k: int = 10
-    min_recall_at_3: float = 0.70
-    max_zero_hit_rate: float = 0.02
-    max_p95_latency_ms: float = 500.0
-    # A quality metric (recall, MRR, nDCG) may be at most this much (absolute) below
-    # production's; zero-hit rate at most this much above.
-    max_regression: float = 0.05
-    # p95 latency may be at most this fraction above production's (timings are noisy).
-    max_latency_regression: float = 1.0
-    auto_promote: bool = True
-
-    @classmethod
-    def from_env(cls) -> "ReleaseConfig":
-        return cls(golden_path=os.environ.get("KB_GOLDEN", ""),
-                   auto_promote=_env_bool("KB_AUTO_PROMOTE", True))
 
 
 def registry_resources(paths) -> dict:

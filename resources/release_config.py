@@ -1,0 +1,35 @@
+"""The KB release policy: how a candidate KB version is evaluated and when it may become
+`production` (the promotion gate's thresholds)."""
+
+from __future__ import annotations
+
+import os
+
+from dagster import ConfigurableResource
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    return default if raw is None else raw.strip().lower() in ("1", "true", "yes", "on")
+
+
+class ReleaseConfig(ConfigurableResource):
+    """How a KB candidate is evaluated and when it may become `production`. Defaults are the
+    team's SLOs; KB_GOLDEN and KB_AUTO_PROMOTE override from the environment."""
+
+    golden_path: str = ""  # project jsonl or BEIR folder; empty: sample_data/golden.jsonl
+    eval_k: int = 10
+    min_recall_at_3: float = 0.70
+    max_zero_hit_rate: float = 0.02
+    max_p95_latency_ms: float = 500.0
+    # A quality metric (recall, MRR, nDCG) may be at most this much (absolute) below
+    # production's; zero-hit rate at most this much above.
+    max_regression: float = 0.05
+    # p95 latency may be at most this fraction above production's (timings are noisy).
+    max_latency_regression: float = 1.0
+    auto_promote: bool = True
+
+    @classmethod
+    def from_env(cls) -> "ReleaseConfig":
+        return cls(golden_path=os.environ.get("KB_GOLDEN", ""),
+                   auto_promote=_env_bool("KB_AUTO_PROMOTE", True))
