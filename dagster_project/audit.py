@@ -192,23 +192,48 @@ def doc_report(lin: Lineage, ident: str) -> dict:
         ORDER BY l.dataset_version, l.doc_key""", [keys],
         needs=("ft_dataset_lines", "ft_datasets"))
     datasets = sorted({r["dataset_version"] for r in ft})
-    models = []
-    amoves = alias_moves(lin, ASSISTANT_MODEL)
-    for reg in lin.rows("SELECT * FROM registry_versions WHERE model_name = ? ORDER BY version",
-                        [ASSISTANT_MODEL], needs=("registry_versions",)):
-        tags = loads(reg.get("tags"), {})
-        ds = as_int(tag_value(tags, DATASET_TAG_KEYS))
-        if ds in datasets:
-            models.append({"model": ASSISTANT_MODEL, "version": reg["version"],
-                           "mlflow_version": reg.get("mlflow_version"),
-                           "run_id": tags.get("dagster_run_id") or None,
-                           "mlflow_run_id": reg.get("run_id"),
-                           "created_at": reg.get("created_at"), "ft_dataset_version": ds,
-                           "production_windows": production_windows(amoves, reg["version"])})
+    models = exposed_models(lin, set(datasets))
     return {"kind": "doc", "query": ident, "documents": docs, "events": events,
             "kb_versions": kb, "ft_datasets": ft, "models": models,
             "summary": {"kb_versions": sorted({r["version"] for r in kb}),
                         "ft_datasets": datasets,
                         "models": [f"{m['model']} v{m['version']}" for m in models],
+                        "models_in_production": [m["version"] for m in models
+                                                 if m["production_windows"]],
                         "ever_in_production": sorted({r["version"] for r in kb
                                                       if r["production_windows"]})}}
+
+
+def exposed_models(lin: Lineage, datasets: set[int]) -> list[dict]:
+    """kb-assistant versions trained on one of `datasets`, and (transitively) those that
+    continued training from such a version (tag parent_version): an incremental fine-tune
+    keeps what its parent learned, so it saw the document too."""
+    regs = {}
+    for reg in lin.rows("SELECT * FROM registry_versions WHERE model_name = ? ORDER BY version",
+                        [ASSISTANT_MODEL], needs=("registry_versions",)):
+        reg["tags"] = loads(reg.get("tags"), {})
+        regs[reg["version"]] = reg
+
+    def exposure(v: int, seen: frozenset = frozenset()) -> str | None:
+        tags = regs[v]["tags"]
+        if as_int(tag_value(tags, DATASET_TAG_KEYS)) in datasets:
+            return "trained on it"
+        parent = as_int(tags.get("parent_version"))
+        if parent in regs and parent not in seen and exposure(parent, seen | {v}):
+            return f"inherited from v{parent} (continued training)"
+        return None
+
+    amoves = alias_moves(lin, ASSISTANT_MODEL)
+    out = []
+    for v, reg in regs.items():
+        how = exposure(v)
+        if how:
+            tags = reg["tags"]
+            out.append({"model": ASSISTANT_MODEL, "version": v, "exposure": how,
+                        "mlflow_version": reg.get("mlflow_version"),
+                        "run_id": tags.get("dagster_run_id") or None,
+                        "mlflow_run_id": reg.get("run_id"), "created_at": reg.get("created_at"),
+                        "ft_dataset_version": as_int(tag_value(tags, DATASET_TAG_KEYS)),
+                        "parent_version": as_int(tags.get("parent_version")),
+                        "production_windows": production_windows(amoves, v)})
+    return out

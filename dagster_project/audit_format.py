@@ -123,7 +123,9 @@ def md_at(r: dict, note: str = "", runs: dict | None = None) -> str:
                 f"{code(asst.get('mlflow_run_id'))}, MLflow version {reg.get('mlflow_version')})",
                 f"- Trained on FT dataset "
                 f"{'v' + str(ds['dataset_version']) if ds else '—'} from KB "
-                f"{'v' + str(asst['kb_version']) if asst.get('kb_version') else '—'}"]
+                f"{'v' + str(asst['kb_version']) if asst.get('kb_version') else '—'}"
+                + (f", continuing from kb-assistant v{asst['parent_version']}"
+                   if asst.get("parent_version") else "")]
     if r.get("timeline"):
         out += ["", "### Alias moves around this time", "",
                 table([(m["event_at"], m["model"], m["from_version"], m["to_version"],
@@ -247,6 +249,7 @@ def md_version(r: dict, runs: dict | None = None) -> str:
 # ---------------------------------------------------------------------------- doc
 def md_doc(r: dict, runs: dict | None = None) -> str:
     s = r["summary"]
+    in_prod = ", ".join(f"v{v}" for v in s.get("models_in_production", []))
     out = [f"## Document audit: `{r['query']}`", "",
            f"- Matched {len(r['documents'])} document(s) by doc_id, doc_key or source path",
            f"- KB versions that contained it: "
@@ -254,7 +257,8 @@ def md_doc(r: dict, runs: dict | None = None) -> str:
            f"- Of those, ever in production: "
            f"{', '.join('v' + str(v) for v in s['ever_in_production']) or 'none'}",
            f"- Fine-tuning datasets: {', '.join('v' + str(v) for v in s['ft_datasets']) or 'none'}",
-           f"- Models trained on it: {', '.join(s['models']) or 'none'}", "",
+           f"- Models that saw it: {', '.join(s['models']) or 'none'}"
+           + (f" (in production: kb-assistant {in_prod})" if in_prod else ""), "",
            "### Documents", "",
            table([(d["doc_id"], code(d["doc_key"]), d["source_path"]) for d in r["documents"]],
                  ["doc_id", "doc_key", "source file"]),
@@ -275,11 +279,12 @@ def md_doc(r: dict, runs: dict | None = None) -> str:
                     code(f["run_id"])) for f in r["ft_datasets"]],
                   ["dataset", "created", "doc_key", "lines", "splits", "content hash",
                    "from KB", "Dagster run"]),
-            "", "### Models trained on those datasets", "",
-            table([(m["model"], f"v{m['version']}", m["mlflow_version"],
-                    f"v{m['ft_dataset_version']}", windows_text(m["production_windows"]),
-                    code(m["run_id"])) for m in r["models"]],
-                  ["model", "version", "MLflow version", "dataset", "in production",
-                   "Dagster run"])]
+            "", "### Fine-tuned models that saw it", "",
+            table([(m["model"], f"v{m['version']}", m["exposure"], m["mlflow_version"],
+                    f"v{m['ft_dataset_version']}" if m["ft_dataset_version"] else None,
+                    windows_text(m["production_windows"]), code(m["run_id"]))
+                   for m in r["models"]],
+                  ["model", "version", "how it saw the document", "MLflow version", "dataset",
+                   "in production", "Dagster run"])]
     out += runs_section(runs or {})
     return "\n".join(out) + "\n"

@@ -162,7 +162,8 @@ def assistant_lineage(lin: Lineage, version: int) -> dict:
     kb_no = (ds or {}).get("kb_version") or as_int(tag_value(tags, KB_TAG_KEYS))
     # registry_versions.run_id is the MLflow run; the Dagster run is tagged dagster_run_id.
     return {"registry": reg, "built_by_run": tags.get("dagster_run_id") or None,
-            "mlflow_run_id": (reg or {}).get("run_id"), "ft_dataset": ds, "kb_version": kb_no}
+            "mlflow_run_id": (reg or {}).get("run_id"), "ft_dataset": ds, "kb_version": kb_no,
+            "parent_version": as_int(tags.get("parent_version"))}
 
 
 # ---------------------------------------------------------------------------- formatting aid

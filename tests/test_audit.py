@@ -83,13 +83,20 @@ def seed(con):
         ("kb", 2, 2, "mlrun-2", T("2026-11-21 23:31"), "rejected",
          json.dumps({"dagster_run_id": "run-2"})),
         ("kb-assistant", 1, 1, "mlrun-ft", T("2026-11-20 10:50"), "passed",
-         json.dumps({"dagster_run_id": "run-ft", "ft_dataset_version": "1"}))])
+         json.dumps({"dagster_run_id": "run-ft", "dataset_version": "1"})),
+        # an incremental fine-tune continued from v1 on a dataset without document b
+        ("kb-assistant", 2, 2, "mlrun-ft2", T("2026-11-22 04:00"), "passed",
+         json.dumps({"dagster_run_id": "run-ft2", "dataset_version": "2",
+                     "parent_version": "1"}))])
     con.execute("INSERT INTO ft_datasets VALUES (1, ?, 'run-ft', 1, 'sha', 2, 1, '/ft/1', '{}')",
                 [T("2026-11-20 10:00")])
+    con.execute("INSERT INTO ft_datasets VALUES (2, ?, 'run-ft2', 3, 'sh2', 1, 0, '/ft/2', '{}')",
+                [T("2026-11-22 03:30")])
     con.executemany("INSERT INTO ft_dataset_lines VALUES (?, ?, ?, ?, ?, ?, ?)", [
         (1, "train", 1, "ex1", "f.jsonl#b", "b", "hb1"),
         (1, "train", 2, "ex2", "f.jsonl#b", "b", "hb1"),
-        (1, "eval", 1, "ex3", "a.md", "a.md", "ha1")])
+        (1, "eval", 1, "ex3", "a.md", "a.md", "ha1"),
+        (2, "train", 1, "ex4", "f.jsonl#e", "e", "he1")])
     con.executemany("INSERT INTO eval_results VALUES (?, ?, ?, ?, ?, ?, ?)", [
         ("kb", 1, "run-1", T("2026-11-20 09:02"), json.dumps({"recall@3": 0.9, "mrr": 0.8}),
          True, "{}"),
@@ -254,9 +261,11 @@ def test_version_report(lineage):
 
 # ---------------------------------------------------------------------------- doc
 @pytest.mark.parametrize("ident, keys, kb, ds, models", [
-    ("b", ["f.jsonl#b"], [1, 2, 3], [1], ["kb-assistant v1"]),
-    ("f.jsonl#b", ["f.jsonl#b"], [1, 2, 3], [1], ["kb-assistant v1"]),
-    ("f.jsonl", ["f.jsonl#b", "f.jsonl#e"], [1, 2, 3], [1], ["kb-assistant v1"]),
+    ("b", ["f.jsonl#b"], [1, 2, 3], [1], ["kb-assistant v1", "kb-assistant v2"]),
+    ("f.jsonl#b", ["f.jsonl#b"], [1, 2, 3], [1], ["kb-assistant v1", "kb-assistant v2"]),
+    ("f.jsonl", ["f.jsonl#b", "f.jsonl#e"], [1, 2, 3], [1, 2],
+     ["kb-assistant v1", "kb-assistant v2"]),
+    ("e", ["f.jsonl#e"], [3], [2], ["kb-assistant v2"]),
     ("bad/d.md", ["bad/d.md"], [2], [], []),
     ("c.md", ["c.md"], [1], [], []),
 ])
@@ -274,7 +283,10 @@ def test_doc_report_history_and_production(lineage):
     assert [(k["version"], k["content_hash"], k["file_sha256"]) for k in r["kb_versions"]] == [
         (1, "hb1", "sf1"), (2, "hb2", "sf2"), (3, "hb2", "sf3")]
     assert r["summary"]["ever_in_production"] == [1, 2]
-    assert r["models"][0]["run_id"] == "run-ft"
+    assert [(m["version"], m["exposure"], m["run_id"]) for m in r["models"]] == [
+        (1, "trained on it", "run-ft"),
+        (2, "inherited from v1 (continued training)", "run-ft2")]
+    assert r["summary"]["models_in_production"] == [1]
     assert audit.doc_report(lineage, "bad/d.md")["summary"]["ever_in_production"] == [2]
 
 
@@ -297,7 +309,10 @@ def test_markdown_sections(lineage):
         assert needle in ver
     doc = audit_format.md_doc(audit.doc_report(lineage, "bad/d.md"))
     assert "- KB versions that contained it: v2\n" in doc
-    assert "- Models trained on it: none" in doc
+    assert "- Models that saw it: none" in doc
+    doc = audit_format.md_doc(audit.doc_report(lineage, "b"))
+    assert "(in production: kb-assistant v1)" in doc
+    assert "| kb-assistant | v2 | inherited from v1 (continued training) |" in doc
 
 
 def test_json_is_complete_and_times_are_utc(lineage):
