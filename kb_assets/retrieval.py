@@ -27,6 +27,9 @@ class RetrievalConfig:
     # A query at least this CJK is judged by lexical evidence only: the default embedder
     # maps CJK to [UNK], so its cosines say nothing.
     cjk_query_threshold: float = 0.5
+    # Weight of the lexical ranking for a Latin-script query (CJK queries always use 1.0).
+    # 0.5: on stackfaq_en nDCG@10 went 0.909 (1.0) -> 0.933 (0.5) -> 0.936 (0.35).
+    lexical_weight: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,8 @@ def hybrid_search(version, query: str, query_vec: np.ndarray, k: int = 5,
         weights.append(dense_weight(cjk) if mode == "hybrid" else 1.0)
     if lexical_ok:
         rankings.append(lex_rows.tolist())
-        weights.append(1.0)
+        weights.append(cfg.lexical_weight + (1.0 - cfg.lexical_weight) * cjk
+                       if mode == "hybrid" else 1.0)
     fused = rrf_fuse(rankings, weights)[:k]
     m = version.manifest
     hits = []
