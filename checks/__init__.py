@@ -1,5 +1,6 @@
 """Asset checks (Great Expectations suites and custom checks)."""
 
 from kb_assets.release_checks import RELEASE_CHECKS
+from checks.kb_checks import KB_CHECKS
 
-ALL_CHECKS: list = [*RELEASE_CHECKS]
+ALL_CHECKS: list = [*KB_CHECKS, *RELEASE_CHECKS]

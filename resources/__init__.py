@@ -20,6 +20,7 @@ def default_resources(paths: Paths | None = None, **overrides) -> dict:
         "embedder": Embedder(),
         "kb_config": KBConfig(inbox=str(paths.inbox)),
         **registry_resources(paths),  # registry (MLflow), release_config (gate policy)
+        "quality": __import__("checks.thresholds").thresholds.QualityThresholds.from_env(),
     }
     resources.update(overrides)
     return resources

@@ -1,0 +1,192 @@
+"""Gates on cleaned_chunks: unique ids, no empty chunk, lengths within the chunker's bounds,
+no drift of the chunking against the published KB version, no PII left after masking.
+
+cleaned_chunks rewrites its DuckDB rows before these checks run; that is fine because search
+reads immutable version directories: a blocked run publishes nothing and the previous
+version keeps serving."""
+
+
+import pandas as pd
+from dagster import AssetCheckExecutionContext, AssetCheckSpec, multi_asset_check
+
+from resources.config import KBConfig
+from resources.store import KBStore
+
+from . import state
+from .gx_suites import Expect, validate
+from .metrics import DriftReport, chunk_drift, pii_frame
+from .outcome import CheckDef, CheckOutcome, guarded, record
+from .thresholds import QualityThresholds
+
+ASSET = "cleaned_chunks"
+UNIQUE = CheckDef(ASSET, "chunks_unique_ids", True,
+                  "chunk_id is unique, and so is (doc_key, ordinal).")
+NOT_EMPTY = CheckDef(ASSET, "chunks_not_empty", True, "No chunk is empty or token-less.")
+BOUNDS = CheckDef(ASSET, "chunks_token_bounds", True,
+                  "Every chunk has between min_chunk_tokens and the chunk size (or "
+                  "max_chunk_tokens) tokens.")
+DRIFT = CheckDef(ASSET, "chunking_drift", True,
+                 "Mean/median chunk length and chunks per document move at most max_chunk_drift "
+                 "vs the published version (on documents whose content is unchanged).")
+PII = CheckDef(ASSET, "chunks_pii_free", True,
+               "No email, phone, card or national-ID pattern is left in new chunks after masking.")
+SHIFT = CheckDef(ASSET, "chunk_distribution_shift", False,
+                 "Chunk length and chunks per document over ALL documents vs the published "
+                 "version (warning: new content may legitimately differ).")
+CHECKS = [UNIQUE, NOT_EMPTY, BOUNDS, DRIFT, PII, SHIFT]
+DRIFT_METRICS = ("mean_tokens", "median_tokens", "chunks_per_doc")
+
+
+def evaluate(chunks: pd.DataFrame, members: pd.DataFrame, new_texts: pd.DataFrame,
+             q: QualityThresholds, chunk_size: int, mask_pii: bool,
+             base_label: str) -> list[CheckOutcome]:
+    """`chunks`: state.candidate_chunks(); `members`: state.baseline_members();
+    `new_texts`: state.new_chunk_texts()."""
+    rows = max(1, q.offending_rows)
+    ids = ["chunk_id", "doc_id"]
+    scope = {"active_chunks": len(chunks), "baseline": base_label}
+    out = []
+    if chunks.empty:
+        msg = "no active chunks (the inbox holds no valid documents): nothing to check"
+        out += [CheckOutcome(c, True, msg, dict(scope)) for c in (UNIQUE, NOT_EMPTY, BOUNDS)]
+    else:
+        keyed = chunks.assign(doc_ordinal=chunks["doc_key"] + "#" + chunks["ordinal"].astype(str))
+        suite = validate("chunks_unique", keyed, [
+            Expect("unique", "chunk_id", label="chunk id unique"),
+            Expect("unique", "doc_ordinal", label="one chunk per (document, position)")], ids, rows)
+        out.append(CheckOutcome(UNIQUE, suite.success, _line(
+            suite, f"all {len(chunks)} chunk ids are unique", "duplicated"), dict(scope), suite))
+
+        frame = chunks.assign(text_chars=chunks["text_chars"].astype(int))
+        suite = validate("chunks_not_empty", frame, [
+            Expect("between", "text_chars", {"min_value": 1}, "chunk has text"),
+            Expect("between", "n_tokens", {"min_value": 1}, "chunk has a token")],
+            ids + ["ordinal", "preview"], rows)
+        out.append(CheckOutcome(NOT_EMPTY, suite.success, _line(
+            suite, f"none of the {len(chunks)} chunks is empty", "empty"), dict(scope), suite))
+
+        hi = q.chunk_token_max(chunk_size)
+        suite = validate("chunks_bounds", chunks, [Expect(
+            "between", "n_tokens", {"min_value": q.min_chunk_tokens, "max_value": hi},
+            "tokens per chunk")], ids + ["ordinal"], rows)
+        out.append(CheckOutcome(BOUNDS, suite.success, _line(
+            suite, f"all {len(chunks)} chunks have {q.min_chunk_tokens}..{hi} tokens",
+            f"outside {q.min_chunk_tokens}..{hi} tokens"),
+            dict(scope, min_tokens=int(chunks["n_tokens"].min()),
+                 max_tokens=int(chunks["n_tokens"].max()), bound_max=hi), suite))
+
+    out.append(_drift(DRIFT, chunk_drift(chunks, members, max(1, q.drift_min_docs)), chunks,
+                      q, base_label, rows))
+    out.append(_drift(SHIFT, chunk_drift(chunks, members, None), chunks, q, base_label, rows))
+    out.append(_pii(new_texts, q, mask_pii, base_label, rows))
+    return out
+
+
+def _line(suite, ok: str, what: str) -> str:
+    if suite.success:
+        return ok
+    f = suite.failed[0]
+    return (f"{f.unexpected_count} of {f.element_count} chunks {what} "
+            f"(expected {f.expect.describe_expected()})")
+
+
+def _drift(check: CheckDef, report: DriftReport, chunks: pd.DataFrame, q: QualityThresholds,
+           base_label: str, rows: int) -> CheckOutcome:
+    values = {"baseline": base_label, "population": report.population,
+              "max_chunk_drift": q.max_chunk_drift}
+    for m in DRIFT_METRICS:
+        values[f"previous_{m}"] = round(getattr(report.old, m), 3)
+        values[f"current_{m}"] = round(getattr(report.new, m), 3)
+    if not report.changes:
+        if base_label.startswith("no published"):
+            why = "no published version to compare against"
+        elif report.doc_keys is not None:
+            why = (f"too few documents unchanged since {base_label} to judge chunking drift "
+                   f"({len(report.doc_keys)} < drift_min_docs={q.drift_min_docs}); "
+                   f"see chunk_distribution_shift")
+        else:
+            why = f"nothing to compare (active chunks: {report.new.chunks}, "
+            why += f"{base_label}: {report.old.chunks})"
+        return CheckOutcome(check, True, why, values)
+    for m, change in report.changes.items():
+        values[f"change_{m}"] = round(change, 4) if change != float("inf") else "inf"
+    # GX judges the current distribution against the window the baseline allows.
+    pop = chunks if report.doc_keys is None else chunks[chunks["doc_key"].isin(report.doc_keys)]
+    lo, hi = 1 - q.max_chunk_drift, 1 + q.max_chunk_drift
+    per_doc = pop.groupby("doc_key", as_index=False).size().rename(columns={"size": "n_chunks"})
+    old = report.old
+    suite_tokens = validate(f"{check.name}_tokens", pop, [
+        Expect("mean_between", "n_tokens", {"min_value": old.mean_tokens * lo,
+                                            "max_value": old.mean_tokens * hi}, "mean chunk length"),
+        Expect("median_between", "n_tokens", {"min_value": old.median_tokens * lo,
+                                              "max_value": old.median_tokens * hi},
+               "median chunk length")], ["chunk_id"], rows)
+    suite_docs = validate(f"{check.name}_docs", per_doc, [Expect(
+        "mean_between", "n_chunks", {"min_value": old.chunks_per_doc * lo,
+                                     "max_value": old.chunks_per_doc * hi}, "chunks per document")],
+        ["doc_key"], rows)
+    suite_tokens.outcomes += suite_docs.outcomes
+    suite_tokens.seconds += suite_docs.seconds
+    metric, worst = report.worst()
+    drifted = not suite_tokens.success
+    changed = chunks["chunker_version"].drop_duplicates().tolist() if not chunks.empty else []
+    values["chunker_versions_now"] = ", ".join(changed)[:300]
+    summary = (f"{metric} moved {worst:.0%} vs {base_label} "
+               f"({getattr(report.old, metric):.1f} -> {getattr(report.new, metric):.1f}; "
+               f"max {q.max_chunk_drift:.0%}) on {report.population}")
+    if not drifted:
+        return CheckOutcome(check, True, summary, values, suite_tokens)
+    if check.blocking and q.accept_drift:
+        values["accepted"] = True
+        return CheckOutcome(check, True, summary + "; ACCEPTED (accept_drift / KB_ACCEPT_DRIFT=1)",
+                            values, suite_tokens)
+    hint = ("; revert the chunker settings, or re-run with KB_ACCEPT_DRIFT=1 to accept the change"
+            if check.blocking else "")
+    return CheckOutcome(check, False, summary + hint, values, suite_tokens)
+
+
+def _pii(new_texts: pd.DataFrame, q: QualityThresholds, mask_pii: bool, base_label: str,
+         rows: int) -> CheckOutcome:
+    values = {"chunks_scanned": len(new_texts), "scope": f"chunks new since {base_label}",
+              "masking_enabled": mask_pii}
+    if new_texts.empty:
+        return CheckOutcome(PII, True, f"no new chunk text since {base_label}: nothing to scan",
+                            values)
+    frame = pii_frame(new_texts)
+    suite = validate("chunks_pii", frame, [Expect(
+        "between", "pii_count", {"min_value": 0, "max_value": 0}, "no PII pattern left")],
+        ["chunk_id", "doc_id", "pii_kinds", "example"], rows)
+    hits = frame[frame["pii_count"] > 0]
+    values.update(chunks_with_pii=len(hits), pii_matches=int(frame["pii_count"].sum()))
+    if hits.empty:
+        return CheckOutcome(PII, True, f"no PII pattern in {len(frame)} new chunks", values, suite)
+    kinds = sorted({k for ks in hits["pii_kinds"] for k in ks.split(",")})
+    msg = (f"{len(hits)} of {len(frame)} new chunks still contain PII ({', '.join(kinds)})"
+           + ("" if mask_pii else "; kb_config.mask_pii is off"))
+    if q.allow_pii:
+        return CheckOutcome(PII, True, msg + "; allowed by allow_pii", values, suite)
+    return CheckOutcome(PII, False, msg, values, suite)
+
+
+def collect(store: KBStore, q: QualityThresholds, cfg: KBConfig) -> list[CheckOutcome]:
+    with store.connect() as con:
+        base = state.baseline(con)
+        chunks = state.candidate_chunks(con)
+        members = state.baseline_members(con, base)
+        new_texts = state.new_chunk_texts(con, base)
+    return evaluate(chunks, members, new_texts, q, cfg.chunk_size, cfg.mask_pii, base.label())
+
+
+@multi_asset_check(
+    specs=[AssetCheckSpec(c.name, asset=c.asset, blocking=c.blocking, description=c.description)
+           for c in CHECKS],
+    name="cleaned_chunks_quality",
+    description="Great Expectations gates on chunk ids, emptiness, length bounds, chunking "
+                "drift vs the published KB, and PII left after masking.",
+)
+def cleaned_chunks_quality(context: AssetCheckExecutionContext, store: KBStore,
+                           quality: QualityThresholds, kb_config: KBConfig):
+    outcomes = guarded(CHECKS, lambda: collect(store, quality, kb_config), context.log)
+    record(store, context.run.run_id, outcomes, log=context.log)
+    for o in outcomes:
+        yield o.to_result()

@@ -1,0 +1,135 @@
+"""Gates on embeddings: every active chunk has a vector of the model's dimension, and the
+vectors new since the published version are finite, unit length and non-zero. The centroid
+drift of the new vectors vs the published version is reported as a warning."""
+
+
+import numpy as np
+import pandas as pd
+from dagster import AssetCheckExecutionContext, AssetCheckSpec, multi_asset_check
+
+from resources.embedder import Embedder
+from resources.store import KBStore
+
+from . import state
+from .gx_suites import Expect, validate
+from .metrics import centroid_reference, cosine, vector_frame
+from .outcome import CheckDef, CheckOutcome, guarded, record
+from .thresholds import QualityThresholds
+
+ASSET = "embeddings"
+DIMENSION = CheckDef(ASSET, "embeddings_dimension", True,
+                     "Every active chunk has a cached vector whose dimension equals the "
+                     "embedding model's.")
+FINITE = CheckDef(ASSET, "embeddings_finite", True, "No NaN or infinite value in new vectors.")
+UNIT = CheckDef(ASSET, "embeddings_unit_norm", True,
+                "New vectors have unit L2 norm within unit_norm_tolerance.")
+NONZERO = CheckDef(ASSET, "embeddings_nonzero", True, "No new vector is all zeros.")
+CENTROID = CheckDef(ASSET, "embeddings_centroid_drift", False,
+                    "Cosine between the new vectors' centroid and the published version's "
+                    "centroid is at least min_centroid_cosine (warning).")
+CHECKS = [DIMENSION, FINITE, UNIT, NONZERO, CENTROID]
+
+
+def evaluate(coverage: dict, bad_rows: pd.DataFrame, stats: pd.DataFrame, matrix: np.ndarray,
+             model_dim: int, model_id: str, base_vectors: np.ndarray | None,
+             q: QualityThresholds, base_label: str) -> list[CheckOutcome]:
+    """`coverage`/`bad_rows`: state.embedding_coverage(); `stats`/`matrix`:
+    metrics.vector_frame() of the new vectors; `base_vectors`: the baseline's vectors."""
+    rows = max(1, q.offending_rows)
+    scope = {"model": model_id, "model_dim": model_dim, "active_chunks": coverage["chunks"],
+             "new_vectors": len(stats), "baseline": base_label}
+    out = []
+
+    missing, wrong = coverage["missing"], coverage["wrong_size"]
+    ok = missing == 0 and wrong == 0
+    desc = (f"all {coverage['chunks']} active chunks have a {model_dim}-d vector" if ok else
+            f"{missing} active chunks have no cached vector and {wrong} have a vector that is "
+            f"not {model_dim}-d (model {model_id})")
+    dim_rows = [{"chunk_id": r["chunk_id"], "doc_id": r["doc_id"],
+                 "dim": "missing" if pd.isna(r["dim"]) else int(r["dim"])}
+                for r in bad_rows.head(rows).to_dict("records")]
+    suite = None
+    if len(stats):  # the new vectors through GX too, so the UI shows expected vs observed
+        suite = validate("embeddings_dim", stats, [Expect(
+            "in_set", "dim", {"value_set": [model_dim]}, "vector dimension = model's")],
+            ["chunk_id", "doc_id"], rows)
+        ok = ok and suite.success
+    out.append(CheckOutcome(DIMENSION, ok, desc, dict(scope, missing=missing, wrong_size=wrong),
+                            suite, dim_rows if not ok else []))
+
+    if stats.empty:
+        msg = f"no vector is new since {base_label}: nothing to check"
+        out += [CheckOutcome(c, True, msg, dict(scope)) for c in (FINITE, UNIT, NONZERO, CENTROID)]
+        return out
+
+    tol = q.unit_norm_tolerance
+    specs = {
+        FINITE: (Expect("between", "nonfinite", {"min_value": 0, "max_value": 0},
+                        "no NaN/inf component"), "contain NaN or infinite values"),
+        UNIT: (Expect("between", "norm", {"min_value": 1 - tol, "max_value": 1 + tol},
+                      "unit L2 norm"), f"have a norm outside 1 ± {tol:g}"),
+        NONZERO: (Expect("between", "max_abs", {"min_value": 1e-12},
+                         "not all zeros"), "are all zeros"),
+    }
+    for check, (expect, what) in specs.items():
+        suite = validate(check.name, stats, [expect], ["chunk_id", "doc_id"], rows)
+        o = suite.outcomes[0]
+        desc = (f"all {len(stats)} new vectors pass ({expect.describe_expected()})" if suite.success
+                else f"{o.unexpected_count} of {len(stats)} new vectors {what}")
+        extra = {}
+        if check is UNIT:
+            norms = stats["norm"].dropna()
+            extra = {"norm_min": round(float(norms.min()), 6) if len(norms) else 0.0,
+                     "norm_max": round(float(norms.max()), 6) if len(norms) else 0.0}
+        out.append(CheckOutcome(check, suite.success, desc, dict(scope, **extra), suite))
+
+    values = dict(scope, min_centroid_cosine=q.min_centroid_cosine)
+    if base_vectors is None or len(matrix) == 0:
+        why = (f"nothing to compare: {base_label} has no vectors" if base_vectors is None
+               else "no finite new vector")
+        out.append(CheckOutcome(CENTROID, True, why, values))
+    elif base_vectors.shape[1] != matrix.shape[1]:
+        out.append(CheckOutcome(CENTROID, True, f"not comparable: {base_label} vectors are "
+                                f"{base_vectors.shape[1]}-d, new ones {matrix.shape[1]}-d", values))
+    else:
+        cos = cosine(matrix.mean(axis=0), base_vectors.mean(axis=0))
+        ref = centroid_reference(base_vectors, len(matrix))
+        limit = min(q.min_centroid_cosine, ref)
+        values.update(centroid_cosine=round(cos, 4), same_size_sample_p5=round(ref, 4),
+                      warn_below=round(limit, 4))
+        passed = bool(cos >= limit)
+        out.append(CheckOutcome(
+            CENTROID, passed, f"cosine(centroid of {len(matrix)} new vectors, {base_label} "
+            f"centroid) = {cos:.3f}; warn below {limit:.3f} (the lower of min_centroid_cosine "
+            f"and the 5th percentile of same-size samples of {base_label}, {ref:.3f})", values))
+    return out
+
+
+def collect(store: KBStore, embedder: Embedder, q: QualityThresholds) -> list[CheckOutcome]:
+    model_id = embedder.model_id
+    model_dim = state.declared_model_dim(embedder.resolved_path) or embedder.dim
+    with store.connect() as con:
+        base = state.baseline(con)
+        coverage, bad = state.embedding_coverage(con, model_id, model_dim)
+        ids, blobs = state.new_vectors(con, base, model_id)
+    stats, matrix = vector_frame(ids, blobs)
+    base_vectors = None
+    if base.exists and base.path and base.embedding_model == model_id:
+        base_vectors = state.version_vectors(base.path)
+    return evaluate(coverage, bad, stats, matrix, model_dim, model_id, base_vectors, q,
+                    base.label())
+
+
+@multi_asset_check(
+    specs=[AssetCheckSpec(c.name, asset=c.asset, blocking=c.blocking, description=c.description)
+           for c in CHECKS],
+    name="embeddings_quality",
+    description="Great Expectations gates on vector dimension, finiteness, unit norm and "
+                "zero vectors; centroid drift vs the published KB (warning).",
+)
+def embeddings_quality(context: AssetCheckExecutionContext, store: KBStore, embedder: Embedder,
+                       quality: QualityThresholds):
+    outcomes = guarded(CHECKS, lambda: collect(store, embedder, quality), context.log)
+    record(store, context.run.run_id, outcomes, log=context.log)
+    for o in outcomes:
+        yield o.to_result()

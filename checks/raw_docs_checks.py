@@ -1,0 +1,171 @@
+"""Gates on raw_docs: is the batch (documents not yet in the published KB, plus the
+quarantine rows raised since) whole, unique and sane before anything is chunked?"""
+
+
+import pandas as pd
+from dagster import AssetCheckExecutionContext, AssetCheckSpec, multi_asset_check
+
+from resources.store import KBStore
+
+from . import state
+from .gx_suites import Expect, validate
+from .metrics import is_empty_text_reason, ratio, ratio_gate
+from .outcome import CheckDef, CheckOutcome, guarded, record
+from .thresholds import QualityThresholds
+
+ASSET = "raw_docs"
+REQUIRED = CheckDef(ASSET, "raw_docs_required_fields", True,
+                    "Every document of the batch has doc_id, doc_key, source path, content hash "
+                    "and text.")
+NON_EMPTY = CheckDef(ASSET, "raw_docs_non_empty_text", True,
+                     "Share of batch records with text (quarantined empty/missing-text records "
+                     "count against it) is at least min_non_empty_text_ratio.")
+DUPLICATES = CheckDef(ASSET, "raw_docs_duplicate_content", True,
+                      "Share of batch documents whose content duplicates another active document "
+                      "is at most max_duplicate_ratio.")
+QUARANTINE = CheckDef(ASSET, "raw_docs_quarantine_ratio", True,
+                      "Share of batch records that were quarantined is at most "
+                      "max_quarantine_ratio.")
+LENGTH = CheckDef(ASSET, "raw_docs_length_bounds", False,
+                  "Document lengths lie within [min_doc_chars, max_doc_chars] (warning).")
+CHECKS = [REQUIRED, NON_EMPTY, DUPLICATES, QUARANTINE, LENGTH]
+REQUIRED_FIELDS = ["doc_id", "doc_key", "source_path", "content_hash", "text"]
+
+
+def _where(row) -> str:
+    line = row.get("line")
+    return f"{row['source_path']}:{int(line)}" if line is not None and not pd.isna(line) else row["source_path"]
+
+
+def evaluate(docs: pd.DataFrame, quarantine: pd.DataFrame, q: QualityThresholds,
+             base_label: str, active_docs: int) -> list[CheckOutcome]:
+    """Judge one batch. `docs`: state.batch_docs(); `quarantine`: state.batch_quarantine()."""
+    n_docs, n_quar = len(docs), len(quarantine)
+    n_records = n_docs + n_quar
+    scope = {"batch_documents": n_docs, "batch_quarantined": n_quar, "batch_records": n_records,
+             "active_documents": active_docs, "baseline": base_label}
+    if n_records == 0:
+        msg = (f"the inbox holds no valid documents (0 active): an empty KB, nothing to check"
+               if active_docs == 0 else
+               f"no new or changed documents since {base_label}: nothing to check")
+        return [CheckOutcome(c, True, msg, dict(scope)) for c in CHECKS]
+    rows = max(1, q.offending_rows)
+    out = []
+
+    # Required fields: strict, every document. Ratio-free: a missing id or hash is a bug.
+    suite = validate("raw_docs_required", docs, [
+        Expect("not_null", f, label=f"{f} present") for f in REQUIRED_FIELDS],
+        ["doc_id", "source_path"], rows)
+    bad = suite.failed
+    out.append(CheckOutcome(
+        REQUIRED, suite.success,
+        f"all {n_docs} batch documents have {', '.join(REQUIRED_FIELDS)}" if suite.success else
+        f"{bad[0].unexpected_count} of {n_docs} batch documents lack '{bad[0].expect.column}'",
+        dict(scope), suite))
+
+    # Non-empty text over documents + quarantined records that had no text.
+    empty_q = quarantine[quarantine["reason"].map(is_empty_text_reason)] if n_quar else quarantine
+    records = pd.concat([
+        pd.DataFrame({"where": docs["source_path"], "doc_id": docs["doc_id"], "text": docs["text"]}),
+        pd.DataFrame({"where": [_where(r) for r in empty_q.to_dict("records")],
+                      "doc_id": None, "text": None}),
+    ], ignore_index=True)
+    n_empty = int(records["text"].isna().sum())
+    verdict = ratio_gate(n_empty, n_records, q.min_non_empty_text_ratio, upper=False,
+                                  min_records=q.min_batch_records,
+                                  min_offending=q.min_offending_records)
+    suite = validate("raw_docs_text", records, [Expect(
+        "not_null", "text", {"mostly": q.min_non_empty_text_ratio}, "record has text")],
+        ["where"], rows)
+    share = 1 - ratio(n_empty, n_records)
+    out.append(CheckOutcome(
+        NON_EMPTY, verdict != "fail", _ratio_line(
+            verdict, f"{share:.1%} of {n_records} batch records have text",
+            f"min {q.min_non_empty_text_ratio:.0%}", f"{n_empty} without text", q),
+        dict(scope, non_empty_ratio=round(share, 4), records_without_text=n_empty,
+             threshold=q.min_non_empty_text_ratio, verdict=verdict), suite))
+
+    # Duplicate content.
+    n_dup = int(docs["is_duplicate"].sum())
+    verdict = ratio_gate(n_dup, n_docs, q.max_duplicate_ratio, upper=True,
+                                  min_records=q.min_batch_records,
+                                  min_offending=q.min_offending_records)
+    frame = docs[["doc_id", "duplicate_of", "is_duplicate"]].copy()
+    frame["is_duplicate"] = frame["is_duplicate"].astype(bool)
+    suite = validate("raw_docs_duplicates", frame, [Expect(
+        "in_set", "is_duplicate", {"value_set": [False], "mostly": 1 - q.max_duplicate_ratio},
+        "content not already in the KB")], ["doc_id", "duplicate_of"], rows)
+    out.append(CheckOutcome(
+        DUPLICATES, verdict != "fail", _ratio_line(
+            verdict, f"{ratio(n_dup, n_docs):.1%} of {n_docs} batch documents duplicate "
+            f"another document's content", f"max {q.max_duplicate_ratio:.0%}",
+            f"{n_dup} duplicates", q),
+        dict(scope, duplicate_ratio=round(ratio(n_dup, n_docs), 4), duplicates=n_dup,
+             threshold=q.max_duplicate_ratio, verdict=verdict), suite))
+
+    # Quarantine share of the batch.
+    verdict = ratio_gate(n_quar, n_records, q.max_quarantine_ratio, upper=True,
+                                  min_records=q.min_batch_records,
+                                  min_offending=q.min_offending_records)
+    reasons = quarantine["reason"].str.replace(r"\(.*", "", regex=True).value_counts() if n_quar else None
+    top = "; top reason: " + str(reasons.index[0]).strip() if reasons is not None else ""
+    q_rows = [{"file": _where(r), "reason": r["reason"]}
+              for r in quarantine.head(rows).to_dict("records")]
+    out.append(CheckOutcome(
+        QUARANTINE, verdict != "fail", _ratio_line(
+            verdict, f"{ratio(n_quar, n_records):.1%} of {n_records} batch records "
+            f"were quarantined", f"max {q.max_quarantine_ratio:.0%}", f"{n_quar} quarantined", q)
+        + (top if verdict == "fail" else ""),
+        dict(scope, quarantine_ratio=round(ratio(n_quar, n_records), 4), quarantined=n_quar,
+             threshold=q.max_quarantine_ratio, verdict=verdict), None,
+        q_rows if verdict != "pass" else []))
+
+    # Document length (warning).
+    suite = validate("raw_docs_length", docs[["doc_id", "n_chars"]], [Expect(
+        "between", "n_chars", {"min_value": q.min_doc_chars, "max_value": q.max_doc_chars},
+        "document length in characters")], ["doc_id"], rows)
+    n_out = suite.outcomes[0].unexpected_count or 0
+    out.append(CheckOutcome(
+        LENGTH, suite.success,
+        f"all {n_docs} batch documents are {q.min_doc_chars}..{q.max_doc_chars} characters long"
+        if suite.success else f"{n_out} of {n_docs} batch documents are outside "
+        f"{q.min_doc_chars}..{q.max_doc_chars} characters",
+        dict(scope, min_chars=int(docs["n_chars"].min()) if n_docs else 0,
+             max_chars=int(docs["n_chars"].max()) if n_docs else 0), suite))
+    return out
+
+
+def _ratio_line(verdict: str, found: str, limit: str, count: str, q: QualityThresholds) -> str:
+    if verdict == "small_batch":
+        return (f"{found} ({limit}); tolerated: batch smaller than "
+                f"min_batch_records={q.min_batch_records}")
+    if verdict == "few_offenders":
+        return (f"{found} ({limit}); tolerated: fewer than "
+                f"min_offending_records={q.min_offending_records}")
+    if verdict == "pass":
+        return f"{found} ({limit})"
+    return f"{found}, {limit}: {count}"
+
+
+def collect(store: KBStore, q: QualityThresholds) -> list[CheckOutcome]:
+    with store.connect() as con:
+        base = state.baseline(con)
+        docs = state.batch_docs(con, base)
+        quarantine = state.batch_quarantine(con, base)
+        active = state.counts(con)["active_docs"]
+    return evaluate(docs, quarantine, q, base.label(), active)
+
+
+@multi_asset_check(
+    specs=[AssetCheckSpec(c.name, asset=c.asset, blocking=c.blocking, description=c.description)
+           for c in CHECKS],
+    name="raw_docs_quality",
+    description="Great Expectations gates on the batch of new/changed documents vs the "
+                "published KB.",
+)
+def raw_docs_quality(context: AssetCheckExecutionContext, store: KBStore,
+                     quality: QualityThresholds):
+    outcomes = guarded(CHECKS, lambda: collect(store, quality), context.log)
+    record(store, context.run.run_id, outcomes, log=context.log)
+    for o in outcomes:
+        yield o.to_result()

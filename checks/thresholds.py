@@ -1,0 +1,115 @@
+"""Every data-quality threshold in one place, as a Dagster resource (key `quality`).
+
+Override any field for one `kb build` with an environment variable KB_QUALITY_<FIELD>
+(e.g. `KB_QUALITY_MAX_CHUNK_DRIFT=0.4`), or accept an intended chunking change with
+`KB_ACCEPT_DRIFT=1`: the drift check then passes once, and the next run compares against
+the version that run publishes."""
+
+from __future__ import annotations
+
+import os
+
+from dagster import ConfigurableResource
+from pydantic import Field
+
+ENV_PREFIX = "KB_QUALITY_"
+ACCEPT_DRIFT_ENV = "KB_ACCEPT_DRIFT"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+class QualityThresholds(ConfigurableResource):
+    """Thresholds of the data-quality gates; each field says why it has its default."""
+
+    # --- raw_docs: the batch = documents not in the published KB + their quarantine rows
+    min_batch_records: int = Field(
+        20, description="Ratios of smaller batches are reported, not enforced: one bad file "
+                        "among five is noise, not a broken export.")
+    min_offending_records: int = Field(
+        2, description="A ratio gate fails only when at least this many records offend, so "
+                       "one stray copy or bad line never blocks a build.")
+    min_non_empty_text_ratio: float = Field(
+        0.90, description="More than 1 record in 10 without text means the export lost a "
+                          "column, not that some documents are short.")
+    max_duplicate_ratio: float = Field(
+        0.02, description="Duplicate content wastes top-k slots; 3% copies means a re-export "
+                          "or a copy loop, not a couple of shared notices.")
+    max_quarantine_ratio: float = Field(
+        0.10, description="Quarantine protects the KB from a few bad files; more than 10% "
+                          "of a batch rejected means the source itself is broken.")
+    min_doc_chars: int = Field(
+        20, description="A document shorter than a sentence is usually a stub or a parsing "
+                        "leftover (warning only).")
+    max_doc_chars: int = Field(
+        5_000_000, description="Beyond ~5 MB of text a 'document' is usually a dump or a log "
+                               "(warning only).")
+    # --- cleaned_chunks
+    min_chunk_tokens: int = Field(
+        1, description="A chunk with no token cannot be retrieved; short tails are normal.")
+    max_chunk_tokens: int = Field(
+        0, description="0 means the configured chunk_size: the chunker must never exceed it "
+                       "(the embedder would silently truncate).")
+    max_chunk_drift: float = Field(
+        0.25, description="Mean/median chunk length or chunks per document moving more than "
+                          "25% vs the published version means the chunker changed; recall "
+                          "follows chunk length.")
+    drift_min_docs: int = Field(
+        3, description="Drift is measured on documents whose content is unchanged since the "
+                       "published version; with fewer than this, on all documents.")
+    accept_drift: bool = Field(
+        False, description="Set (KB_ACCEPT_DRIFT=1) for one run to accept an intended "
+                           "chunking change; the next run compares against the new version.")
+    allow_pii: bool = Field(
+        False, description="PII left after masking is a compliance incident; allow only for a "
+                           "KB that is meant to hold personal data.")
+    # --- embeddings
+    unit_norm_tolerance: float = Field(
+        1e-3, description="The index uses inner product as cosine: vectors must be unit "
+                          "length; float32 rounding stays well below 1e-3.")
+    min_centroid_cosine: float = Field(
+        0.80, description="A new batch whose mean vector points elsewhere (other language, "
+                          "other domain, broken text) is worth a look (warning only).")
+    # --- faiss_index
+    smoke_query_k: int = Field(
+        5, description="Hits requested by the smoke query against the published version.")
+    # --- reporting
+    offending_rows: int = Field(
+        5, description="Offending rows shown per failed expectation: enough to see the "
+                       "pattern, short enough for the UI.")
+
+    def chunk_token_max(self, chunk_size: int) -> int:
+        return self.max_chunk_tokens or chunk_size
+
+    @classmethod
+    def from_env(cls, environ: dict | None = None) -> "QualityThresholds":
+        """Defaults, overridden by KB_QUALITY_<FIELD> and KB_ACCEPT_DRIFT variables."""
+        env = os.environ if environ is None else environ
+        values: dict = {}
+        for name, info in cls.model_fields.items():
+            raw = env.get(ENV_PREFIX + name.upper())
+            if name == "accept_drift" and raw is None:
+                raw = env.get(ACCEPT_DRIFT_ENV)
+            if raw is not None:
+                values[name] = _parse(name, raw, info.annotation)
+        return cls(**values)
+
+    @classmethod
+    def documentation(cls) -> list[tuple[str, object, str]]:
+        """(name, default, why) for the README table."""
+        return [(n, f.default, f.description or "") for n, f in cls.model_fields.items()]
+
+
+def _parse(name: str, raw: str, kind) -> object:
+    var = ACCEPT_DRIFT_ENV if name == "accept_drift" else ENV_PREFIX + name.upper()
+    text = raw.strip().lower()
+    if kind is bool:
+        if text in _TRUE | _FALSE:
+            return text in _TRUE
+        raise ValueError(f"{var}={raw!r}: expected 1/0, true/false, yes/no")
+    try:
+        value = kind(raw.strip())
+    except ValueError:
+        raise ValueError(f"{var}={raw!r}: expected a{'n integer' if kind is int else ' number'}") from None
+    if value < 0:
+        raise ValueError(f"{var}={raw!r}: must not be negative")
+    return value
