@@ -42,15 +42,17 @@ def thresholds(cfg: ReleaseConfig) -> GateThresholds:
 
 
 def evaluate_against(versions: VersionStore, embedder: Embedder, golden: GoldenSet, k: int,
-                     candidate: int, production: int | None, t: GateThresholds
+                     candidate: int, production: int | None, t: GateThresholds,
+                     latency_sample: int = 50
                      ) -> tuple[EvalReport, EvalReport | None, list[GateResult]]:
     """Score `candidate` and (if another version) `production` on the same questions, then
     apply the gate. Both use the same query vectors: one embedding pass."""
-    cand = evaluate(open_version(versions, embedder, candidate), golden, k)
+    cand = evaluate(open_version(versions, embedder, candidate), golden, k,
+                    latency_sample=latency_sample)
     prod = None
     if production is not None and production != candidate and production in versions.numbers():
         prod = evaluate(open_version(versions, embedder, production), golden, k,
-                        query_vectors=cand.query_vectors)
+                        query_vectors=cand.query_vectors, latency_sample=latency_sample)
     return cand, prod, gate(cand.metrics, prod.metrics if prod else None, t)
 
 
@@ -189,7 +191,8 @@ def retrieval_eval(context: AssetExecutionContext, store: KBStore, versions: Ver
         golden = load_golden(release_config.golden_path or None)
         production = registry.get_alias(MODEL, "production")
         cand, prod, results = evaluate_against(versions, embedder, golden, release_config.eval_k,
-                                               candidate, production, thresholds(release_config))
+                                               candidate, production, thresholds(release_config),
+                                               release_config.latency_sample)
     except (GoldenError, FileNotFoundError, RegistryError) as exc:
         raise Failure(description=str(exc)) from None
     passed = save_eval(store, candidate, context.run_id, "dagster", golden,

@@ -19,6 +19,7 @@ class ReleaseConfig(ConfigurableResource):
 
     golden_path: str = ""  # project jsonl or BEIR folder; empty: sample_data/golden.jsonl
     eval_k: int = 10
+    latency_sample: int = 50  # questions timed one by one (embed + search) for p50/p95
     min_recall_at_3: float = 0.70
     max_zero_hit_rate: float = 0.02
     max_p95_latency_ms: float = 500.0

@@ -47,7 +47,7 @@ def cmd_eval(args) -> int:
     try:
         golden = load_golden(args.golden or cfg.golden_path or None)
         cand, prod, results = evaluate_against(versions, Embedder(), golden, args.k, number,
-                                               baseline, thresholds(cfg))
+                                               baseline, thresholds(cfg), cfg.latency_sample)
     except (GoldenError, FileNotFoundError) as exc:
         raise CLIError(str(exc)) from None
     passed = save_eval(KBStore(db_path=str(paths.db)), number, f"cli:{default_actor()}", "cli",
