@@ -99,6 +99,7 @@ def version_report(lin: Lineage, n: int) -> dict:
         [n, run_id], needs=("check_results",))
     for c in checks:
         c["metadata"] = loads(c.get("metadata"), {})
+        c["overridden"] = check_overridden(c["metadata"])
     evals = lin.rows("SELECT * FROM eval_results WHERE model_name = ? AND version = ? "
                      "ORDER BY created_at", [KB_MODEL, n], needs=("eval_results",))
     for e in evals:
@@ -125,7 +126,8 @@ def version_report(lin: Lineage, n: int) -> dict:
                    "source_manifest_sha256": v["source_manifest_sha256"]},
         "counts": {"documents": v["n_docs"], "chunks": v["n_chunks"], "source_files": len(sources),
                    "quarantined": len(quarantine),
-                   "checks_failed": sum(1 for c in checks if not c["passed"])},
+                   "checks_failed": sum(1 for c in checks if not c["passed"]),
+                   "checks_overridden": sum(1 for c in checks if c["overridden"])},
         "chunk_stats": chunk_stats(lin, n),
         "registry": registry_row(lin, KB_MODEL, n),
         "production_windows": windows,
@@ -202,6 +204,13 @@ def doc_report(lin: Lineage, ident: str) -> dict:
                                                  if m["production_windows"]],
                         "ever_in_production": sorted({r["version"] for r in kb
                                                       if r["production_windows"]})}}
+
+
+def check_overridden(metadata: dict) -> bool:
+    """A gate that passed only because an operator accepted the change (e.g. the chunking
+    drift check run with KB_ACCEPT_DRIFT=1 records values.accepted = true)."""
+    values = metadata.get("values") if isinstance(metadata.get("values"), dict) else {}
+    return bool(values.get("accepted") or metadata.get("accepted"))
 
 
 def exposed_models(lin: Lineage, datasets: set[int]) -> list[dict]:

@@ -205,10 +205,18 @@ def md_version(r: dict, runs: dict | None = None) -> str:
                 if r["previous_version"] is not None else "none (first version)"),
            ], ["field", "value"])]
     failed = c["checks_failed"]
-    out += ["", f"### Checks ({len(r['checks'])}, {failed} failed)", "",
-            table([(x["event_at"], x["asset"], x["check_name"],
-                    "passed" if x["passed"] else "**FAILED**", x["severity"], x["blocking"],
-                    x["description"]) for x in r["checks"]],
+    out += ["", f"### Checks ({len(r['checks'])}, {failed} failed, "
+                f"{c['checks_overridden']} passed by override)", ""]
+    attention = [f"{x['asset']}:{x['check_name']} "
+                 + ("FAILED" if not x["passed"] else "passed by override")
+                 + (" (blocking)" if x["blocking"] else "")
+                 for x in r["checks"] if not x["passed"] or x["overridden"]]
+    if attention:
+        out += ["**Needs attention:** " + "; ".join(attention), ""]
+    out += [table([(x["event_at"], x["asset"], x["check_name"],
+                    ("**FAILED**" if not x["passed"] else
+                     "passed (**override**)" if x["overridden"] else "passed"),
+                    x["severity"], x["blocking"], x["description"]) for x in r["checks"]],
                   ["time", "asset", "check", "result", "severity", "blocking", "description"])]
     out += ["", "### Evaluation", ""]
     if r["evals"]:

@@ -103,6 +103,8 @@ def seed(con):
         ("kb", 2, "run-2", T("2026-11-21 23:31"), json.dumps({"recall@3": 0.55, "mrr": 0.5}),
          False, "{}")])
     con.executemany("INSERT INTO check_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
+        ("run-2", T("2026-11-21 23:29"), "cleaned_chunks", "chunking_drift", True, "ERROR",
+         True, "mean moved 70%; ACCEPTED", None, json.dumps({"values": {"accepted": True}})),
         ("run-2", T("2026-11-21 23:30"), "faiss_index", "chunk_length", False, "WARN", False,
          "median chunk 40 tokens < 80", 2, "{}"),
         ("run-2", T("2026-11-21 23:31"), "retrieval_eval", "recall_gate", False, "ERROR", True,
@@ -247,8 +249,9 @@ def test_version_report(lineage):
     r = audit.version_report(lineage, 2)
     assert r["run_id"] == "run-2" and r["code_version"] == "code-b"
     assert r["chunker"]["size"] == 60 and r["previous_version"] == 1
-    assert [c["check_name"] for c in r["checks"]] == ["chunk_length", "recall_gate"]
-    assert r["counts"]["checks_failed"] == 2
+    assert [(c["check_name"], c["overridden"]) for c in r["checks"]] == [
+        ("chunking_drift", True), ("chunk_length", False), ("recall_gate", False)]
+    assert (r["counts"]["checks_failed"], r["counts"]["checks_overridden"]) == (2, 1)
     assert [e["metrics"]["recall@3"] for e in r["evals"]] == [0.55]
     assert [s["path"] for s in r["sources"]] == ["a.md", "bad/d.md", "f.jsonl"]
     assert [(q["source_path"], q["this_run"]) for q in r["quarantine"]] == [("bad/x.txt", True)]
@@ -305,7 +308,9 @@ def test_markdown_sections(lineage):
     ver = audit_format.md_version(audit.version_report(lineage, 2))
     for needle in ("## KB version 2", "size=60 overlap=10", "**FAILED**",
                    "### Changes from KB v1 to v2", "chunker.size 200 → 60",
-                   "| added | bad/d.md |", "| bad/x.txt |", "`sd1`"):
+                   "| added | bad/d.md |", "| bad/x.txt |", "`sd1`",
+                   "cleaned_chunks:chunking_drift passed by override (blocking)",
+                   "| chunking_drift | passed (**override**) |"):
         assert needle in ver
     doc = audit_format.md_doc(audit.doc_report(lineage, "bad/d.md"))
     assert "- KB versions that contained it: v2\n" in doc

@@ -112,6 +112,8 @@ def test_incident_postmortem(kb_paths, capsys, monkeypatch):
         ("bad/broken.txt", True)]
     gate = [c for c in v2["checks"] if c["check_name"] == "promotion_gate"]
     assert gate and gate[0]["passed"] is False
+    drift = [c for c in v2["checks"] if c["check_name"] == "chunking_drift"]
+    assert drift and drift[0]["passed"] and drift[0]["overridden"]  # KB_ACCEPT_DRIFT=1
     assert v2["evals"] and v2["evals"][0]["passed"] is False
     assert [(w["forced"], w["until"] is not None)
             for w in v2["production_windows"]] == [(True, True)]
