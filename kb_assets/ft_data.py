@@ -13,10 +13,9 @@ from dataclasses import asdict, dataclass, field, replace
 
 from .text import CJK_CHAR, TOKEN, cjk_ratio, mask_pii, normalise
 
-DEFAULT_SYSTEM_PROMPT = (
-    "You are the company knowledge-base assistant. Answer the question from the context "
-    "passages only, in one or two sentences, and name the source document. If the context "
-    "does not answer the question, say that the knowledge base has no answer.")
+# Short on purpose: every token of it is paid for in every training step.
+DEFAULT_SYSTEM_PROMPT = ("Answer from the context only, briefly, and cite the source. If the "
+                         "context has no answer, say so.")
 DEFAULT_ANSWER_TEMPLATE = "{answer} (Source: {source})"
 USER_TEMPLATE = "Context:\n{context}\n\nQuestion: {question}"
 
@@ -51,8 +50,8 @@ class DatasetSettings:
     questions_per_section: int = 2
     max_sections_per_doc: int = 8
     min_section_chars: int = 30
-    max_context_tokens: int = 120   # project tokens (a word, or one CJK character)
-    max_answer_tokens: int = 50
+    max_context_tokens: int = 64    # approximate model tokens (n_tokens)
+    max_answer_tokens: int = 32
     eval_fraction: float = 0.2
     replay_share: float = 0.2
     min_examples: int = 20
@@ -107,7 +106,20 @@ def clean_for_export(text: str) -> str:
 
 
 def n_tokens(text: str) -> int:
-    return len(TOKEN.findall(text))
+    """Approximate model tokens (budgets): a word counts 1, a CJK character 2 (the base
+    model's English-centric BPE spends two to three tokens per Chinese character)."""
+    return sum(2 if CJK_CHAR.fullmatch(t) else 1 for t in TOKEN.findall(text))
+
+
+def short_title(title: str) -> str:
+    """The title without its site/company decorations, for questions: "Annual Leave Policy
+    — London Office" -> "Annual Leave Policy"; "北風格子股份有限公司 病假及生理假作業要點(台北辦公室)"
+    -> "病假及生理假作業要點"."""
+    t = re.split(r"\s+[—–|]\s+|\s+-\s+", title)[0]
+    t = re.sub(r"\s*[(（][^)）]*[)）]\s*", "" if CJK_CHAR.search(t) else " ", t).strip()
+    if CJK_CHAR.search(t) and " " in t:
+        t = t.rsplit(" ", 1)[-1]
+    return t or title
 
 
 def _is_heading(line: str) -> bool:
@@ -173,8 +185,13 @@ def first_sentences(text: str, max_tokens: int) -> str:
     joined = "".join(x if i == 0 or out[i - 1][-1] in "。！？；" else " " + x
                      for i, x in enumerate(out))
     if n_tokens(joined) > max_tokens:  # one long sentence: cut at the token budget
-        toks = list(TOKEN.finditer(joined))
-        joined = joined[:toks[max_tokens - 1].end()] + "…"
+        used, end = 0, 0
+        for m in TOKEN.finditer(joined):
+            used += 2 if CJK_CHAR.fullmatch(m.group(0)) else 1
+            if used > max_tokens:
+                break
+            end = m.end()
+        joined = joined[:end] + "…"
     return joined
 
 
@@ -197,9 +214,9 @@ def template_questions(title: str, heading: str | None, n: int, salt: str) -> li
     return [t.format(title=title, heading=h, heading_lc=h[:1].lower() + h[1:]) for t in picked]
 
 
-def context_passage(doc_id: str, title: str, body: str, max_tokens: int, rank: int = 1) -> str:
+def context_passage(doc_id: str, body: str, max_tokens: int, rank: int = 1) -> str:
     """Same shape as retrieval.context_block, so training prompts match `kb ask` prompts."""
-    return f"[{rank}] (source: {doc_id})\n{title}\n{first_sentences(body, max_tokens)}"
+    return f"[{rank}] (source: {doc_id})\n{first_sentences(body, max_tokens)}"
 
 
 def user_prompt(question: str, context: str) -> str:
@@ -233,8 +250,9 @@ def build_examples(doc: SourceDoc, s: DatasetSettings, questions_fn=None) -> lis
     for sec in sections[:s.max_sections_per_doc]:
         salt = f"{doc.doc_key}#{sec.index}"
         qs = questions_fn(title, sec, s.questions_per_section) if questions_fn else None
-        qs = qs or template_questions(title, sec.heading, s.questions_per_section, salt)
-        context = context_passage(doc.doc_id, title, sec.body, s.max_context_tokens)
+        qs = qs or template_questions(short_title(title), sec.heading,
+                                      s.questions_per_section, salt)
+        context = context_passage(doc.doc_id, sec.body, s.max_context_tokens)
         answer = s.answer_template.format(answer=first_sentences(sec.body, s.max_answer_tokens),
                                           title=title, source=doc.doc_id,
                                           heading=sec.heading or title)

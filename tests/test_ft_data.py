@@ -67,8 +67,9 @@ def test_template_questions_distinct_and_deterministic(title, heading, n, lang_c
 @pytest.mark.parametrize("text,budget,expect", [
     ("One two three. Four five six. Seven.", 6, "One two three. Four five six."),
     ("One two three. Four five six.", 2, "One two…"),
-    ("短句。第二句。", 5, "短句。第二句。"),
-    ("短句。第二句。", 3, "短句。"),
+    ("短句。第二句。", 10, "短句。第二句。"),
+    ("短句。第二句。", 6, "短句。"),
+    ("一二三四五六", 6, "一二三…"),
 ])
 def test_first_sentences(text, budget, expect):
     assert first_sentences(text, budget) == expect
@@ -285,3 +286,16 @@ def test_pick_eval_round_robins_documents():
     picked = pick_eval(items, 5)
     docs = [items[i][0] for i in picked]
     assert len(picked) == 5 and set(docs) == {"a", "b", "c"}
+
+
+@pytest.mark.parametrize("title,short", [
+    ("Annual Leave Policy — London Office", "Annual Leave Policy"),
+    ("Family Leave Policy (UK) – Northwind Lattice Ltd.", "Family Leave Policy"),
+    ("北風格子股份有限公司 病假及生理假作業要點(台北辦公室)", "病假及生理假作業要點"),
+    ("混合辦公(遠距工作)實施要點 - 台北辦公室", "混合辦公實施要點"),
+    ("Hybrid Working Policy (UK)", "Hybrid Working Policy"),
+])
+def test_short_title(title, short):
+    from kb_assets.ft_data import short_title
+
+    assert short_title(title) == short

@@ -1,0 +1,108 @@
+"""`kb ask`: retrieve from the production KB, then answer with the production kb-assistant
+(local base + LoRA adapter, or an OpenAI model) from the retrieved passages only, and print
+the sources. Nothing relevant retrieved -> say so; the model is not asked to guess."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+from dagster_project.settings import Paths
+
+ASSISTANT = "kb-assistant"
+
+
+def register(sub) -> None:
+    p = sub.add_parser("ask", help="answer a question from the production KB with the assistant")
+    p.add_argument("question")
+    p.add_argument("-k", type=int, default=3, help="passages given to the model (default 3)")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="answer length cap in tokens (default: the LLM setting, 96)")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+    p.set_defaults(func=cmd_ask)
+
+
+def resolve_assistant(paths: Paths, llm, resources: dict):
+    """(AssistantRef, system prompt, note). The production kb-assistant when one was
+    promoted, else the configured base model (and the note says so)."""
+    from dagster_project.cli import CLIError
+    from resources.llm import AssistantRef
+    from resources.registry import RegistryError, registered_versions
+
+    store, registry = resources["store"], resources["registry"]
+    system = resources["ft_config"].system_prompt
+    try:
+        version = registry.get_alias(ASSISTANT, "production")
+    except RegistryError as exc:
+        version = None
+        note = f"registry unavailable ({exc}); answering with the base model"
+    else:
+        note = "no fine-tuned assistant has been promoted yet: answering with the base model"
+    if version is None:
+        base = llm.base_ref()
+        return base, system, f"{note} ({base.model})"
+    row = next((v for v in registered_versions(store, ASSISTANT) if v["version"] == version), None)
+    if row is None:
+        raise CLIError(f"production kb-assistant version {version} is not in the DuckDB mirror")
+    tags = row["tags"]
+    card = Path(tags.get("model_ref", "")).parent / "assistant.json"
+    if card.is_file():  # answer in the same house style the model was trained on
+        system = json.loads(card.read_text("utf-8")).get("system_prompt", system)
+    if tags.get("provider") == "openai":
+        ref = AssistantRef("openai", tags["model_ref"], None, f"OpenAI {tags['model_ref']}")
+    else:
+        if not Path(tags.get("model_ref", "")).is_dir():
+            raise CLIError(f"adapter folder {tags.get('model_ref')} of kb-assistant version "
+                           f"{version} is missing")
+        ref = AssistantRef("local", tags["base_model"], tags["model_ref"],
+                           f"{tags['base_model']} + LoRA adapter")
+    return ref, system, f"kb-assistant version {version} (production)"
+
+
+def cmd_ask(args) -> int:
+    from dagster_project.cli import CLIError
+    from dagster_project.commands.search import open_searcher
+    from kb_assets.ft_data import chat_messages, user_prompt
+    from kb_assets.retrieval import context_block
+    from resources import default_resources
+    from resources.llm import LLMError
+
+    question = args.question.strip()
+    if not question:
+        raise CLIError("the question is empty")
+    if args.k < 1:
+        raise CLIError("-k must be at least 1")
+    paths = Paths.from_env()
+    searcher, source = open_searcher(paths)
+    hits = searcher.search(question, k=args.k)
+    kb = searcher.version.number
+    if not hits:
+        msg = (f"Nothing in the knowledge base (version {kb}, {source}) is relevant to this "
+               "question, so there is no grounded answer. Try other words or add documents.")
+        print(json.dumps({"answer": None, "reason": msg, "kb_version": kb, "sources": []},
+                         ensure_ascii=False) if args.json else msg)
+        return 0
+    try:
+        resources = default_resources(paths)
+    except ValueError as exc:  # a bad KB_FT_* setting
+        raise CLIError(str(exc)) from None
+    llm = resources["llm"]
+    ref, system, note = resolve_assistant(paths, llm, resources)
+    messages = chat_messages(system, user_prompt(question, context_block(hits)))
+    try:
+        answer = llm.chat([messages], ref, args.max_new_tokens)[0].strip()
+    except LLMError as exc:
+        raise CLIError(str(exc)) from None
+    sources = [{"rank": h.rank, "doc_id": h.doc_id, "source": h.source, "score": h.score}
+               for h in hits]
+    if args.json:
+        print(json.dumps({"answer": answer, "model": note, "kb_version": kb, "sources": sources},
+                         ensure_ascii=False, indent=2))
+        return 0
+    print(f"KB version {kb} ({source}); {note}\n")
+    print(textwrap.fill(answer or "(the model returned an empty answer)", 100))
+    print("\nSources:")
+    for s in sources:
+        print(f"  [{s['rank']}] {s['doc_id']}  ({s['source']}, score {s['score']:.4f})")
+    return 0

@@ -1,0 +1,46 @@
+"""The MLflow pyfunc form of a kb-assistant version: an `assistant.json` card (provider,
+base model, adapter or OpenAI model id, house-style system prompt) plus, for local
+fine-tunes, the LoRA adapter folder. `mlflow.pyfunc.load_model("models:/kb-assistant@production")`
+answers DataFrames of (question, context). Imported only when registering or loading."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow.pyfunc
+
+
+def write_assistant_card(folder: Path, result, system_prompt: str, dataset_version: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    card = folder / "assistant.json"
+    card.write_text(json.dumps({
+        "provider": result.provider, "base_model": result.base_model,
+        "base_model_path": result.params.get("base_model_path", ""),
+        "model_ref": result.model_ref, "system_prompt": system_prompt,
+        "dataset_version": dataset_version}, indent=2, ensure_ascii=False), "utf-8")
+    return card
+
+
+class AssistantModel(mlflow.pyfunc.PythonModel):
+    """Answers questions from given context passages in the fine-tuned house style."""
+
+    def load_context(self, context):
+        from resources.llm import LLM, AssistantRef
+
+        card = json.loads(Path(context.artifacts["assistant"]).read_text("utf-8"))
+        self.system_prompt = card["system_prompt"]
+        if card["provider"] == "openai":
+            self.llm = LLM(provider="openai", openai_model=card["base_model"])
+            self.ref = AssistantRef("openai", card["model_ref"])
+        else:
+            self.llm = LLM(provider="local", base_model_path=card.get("base_model_path", ""))
+            self.ref = AssistantRef("local", card["base_model"], context.artifacts.get("adapter"))
+
+    def predict(self, context, model_input, params=None):
+        from kb_assets.ft_data import chat_messages, user_prompt
+
+        rows = model_input.to_dict("records") if hasattr(model_input, "to_dict") else model_input
+        convs = [chat_messages(self.system_prompt, user_prompt(r["question"], r.get("context", "")))
+                 for r in rows]
+        return self.llm.chat(convs, self.ref)

@@ -1,0 +1,388 @@
+"""Fine-tuners: one interface, two providers. `LocalLoRAFineTuner` trains a LoRA adapter
+(peft) on the local base model with loss on assistant tokens only; `OpenAIFineTuner` runs an
+OpenAI fine-tuning job. Which one runs is configuration (`ft_resources`), not code paths."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from dagster import ConfigurableResource
+
+from .llm import (DEFAULT_OPENAI_MODEL, LLM, _threads, base_model_id, load_base, openai_client,
+                  redact)
+
+
+class FineTuneError(Exception):
+    """Training could not produce a model; the message is one line, safe to show."""
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    train_file: str            # chat JSONL
+    eval_file: str             # held-out chat JSONL (validation)
+    out_dir: str               # where a local adapter is written
+    parent: str | None = None  # adapter dir / OpenAI model id to continue from
+    label: str = "kb-assistant"
+
+
+@dataclass
+class TrainResult:
+    provider: str
+    base_model: str
+    model_ref: str             # adapter folder (local) or fine-tuned OpenAI model id
+    parent: str | None
+    params: dict
+    metrics: dict
+    loss_curve: list = field(default_factory=list)  # (step, loss)
+    details: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def read_chat_jsonl(path: str) -> list[list[dict]]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line)["messages"] for line in f if line.strip()]
+
+
+class FineTuner(ConfigurableResource):
+    """Interface: `provider`, `base_model()`, `settings()`, `train(job, log)`."""
+
+    @property
+    def provider(self) -> str:
+        raise NotImplementedError
+
+    def base_model(self) -> str:
+        raise NotImplementedError
+
+    def settings(self) -> dict:
+        """Training settings that define a fine-tune (part of its fingerprint)."""
+        return {k: getattr(self, k) for k in type(self).model_fields}
+
+    def train(self, job: TrainJob, log=None) -> TrainResult:
+        raise NotImplementedError
+
+
+# -- local LoRA -----------------------------------------------------------------------------
+def encode_example(tok, messages: list[dict], max_len: int):
+    """(input_ids, labels) for one chat example; labels are -100 on the prompt (system +
+    user + assistant header) so only the answer is learned. None if the prompt alone does
+    not fit; a long answer is cut at max_len."""
+    prompt = tok.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+    full = tok.apply_chat_template(messages, tokenize=False)
+    if not full.startswith(prompt):
+        raise FineTuneError("the chat template does not render the prompt as a prefix of the "
+                            "full conversation; cannot mask prompt tokens")
+    p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    a_ids = tok(full[len(prompt):], add_special_tokens=False)["input_ids"]
+    if len(p_ids) + 4 > max_len:
+        return None
+    ids = (p_ids + a_ids)[:max_len]
+    labels = ([-100] * len(p_ids) + a_ids)[:max_len]
+    return ids, labels
+
+
+def length_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Shuffled batches of similar length (less padding), in shuffled order."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    batches = []
+    chunk = batch_size * 8
+    for i in range(0, len(order), chunk):
+        group = sorted(order[i:i + chunk], key=lambda j: lengths[j])
+        batches.extend(group[k:k + batch_size] for k in range(0, len(group), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def _collate(rows, pad_id):
+    import torch
+
+    n = max(len(r[0]) for r in rows)
+    ids = torch.full((len(rows), n), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), n), -100, dtype=torch.long)
+    mask = torch.zeros((len(rows), n), dtype=torch.long)
+    for i, (x, y) in enumerate(rows):
+        ids[i, :len(x)] = torch.tensor(x)
+        labels[i, :len(y)] = torch.tensor(y)
+        mask[i, :len(x)] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def answer_loss(model, batch):
+    """Cross-entropy on answer tokens only, projecting only those positions through the
+    vocabulary head (the full-sequence logits of a 49k vocabulary dominate memory)."""
+    import torch
+
+    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = causal.model(input_ids=batch["input_ids"],
+                          attention_mask=batch["attention_mask"]).last_hidden_state
+    labels = batch["labels"][:, 1:]
+    keep = labels != -100
+    logits = causal.lm_head(hidden[:, :-1][keep])
+    return torch.nn.functional.cross_entropy(logits.float(), labels[keep])
+
+
+def mean_loss(model, rows, pad_id, batch_size: int) -> float | None:
+    import torch
+
+    if not rows:
+        return None
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(rows), batch_size):
+            b = rows[i:i + batch_size]
+            total += float(answer_loss(model, _collate(b, pad_id))) * len(b)
+            n += len(b)
+    return round(total / n, 4)
+
+
+class LocalLoRAFineTuner(FineTuner):
+    """LoRA SFT on the local base model (packaged SmolLM2-135M-Instruct by default)."""
+
+    base_model_path: str = ""      # empty: packaged GGUF; else a local HF folder or .gguf file
+    epochs: int = 1
+    max_steps: int = 30            # 0: no cap (epochs decide)
+    batch_size: int = 4
+    learning_rate: float = 1e-3
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    target_modules: str = "q_proj,v_proj"
+    max_seq_len: int = 256
+    warmup_ratio: float = 0.1
+    eval_loss_examples: int = 16
+    log_every: int = 5
+    seed: int = 0
+    num_threads: int = 0
+
+    @property
+    def provider(self) -> str:
+        return "local"
+
+    def base_model(self) -> str:
+        return base_model_id(self.base_model_path)
+
+    def train(self, job: TrainJob, log=None) -> TrainResult:
+        with _threads(self.num_threads):
+            return self._train(job, log)
+
+    def _train(self, job: TrainJob, log) -> TrainResult:
+        import torch
+        from peft import LoraConfig, PeftModel, get_peft_model
+
+        t0 = time.perf_counter()
+        torch.manual_seed(self.seed)
+        tok, base = load_base(self.base_model_path)
+        load_s = time.perf_counter() - t0
+        train = [encode_example(tok, m, self.max_seq_len) for m in read_chat_jsonl(job.train_file)]
+        skipped = sum(r is None for r in train)
+        train = [r for r in train if r is not None]
+        if not train:
+            raise FineTuneError(f"no training example of {job.train_file} fits in "
+                                f"max_seq_len={self.max_seq_len} tokens")
+        held = [encode_example(tok, m, self.max_seq_len)
+                for m in read_chat_jsonl(job.eval_file)[:self.eval_loss_examples]]
+        held = [r for r in held if r is not None]
+        pad = tok.pad_token_id
+        eval_before = mean_loss(base, held, pad, self.batch_size)
+        if job.parent:
+            model = PeftModel.from_pretrained(base, job.parent, is_trainable=True)
+        else:
+            model = get_peft_model(base, LoraConfig(
+                r=self.lora_rank, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
+                target_modules=[m.strip() for m in self.target_modules.split(",") if m.strip()],
+                task_type="CAUSAL_LM"))
+        if job.parent:  # the parent adapter's own loss is the fair "before"
+            model.eval()
+            eval_before = mean_loss(model, held, pad, self.batch_size)
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=self.learning_rate, weight_decay=0.0)
+        per_epoch = math.ceil(len(train) / self.batch_size)
+        total = per_epoch * self.epochs
+        if self.max_steps > 0:
+            total = min(total, self.max_steps)
+        warm = max(1, int(total * self.warmup_ratio))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
+        rng = random.Random(self.seed)
+        curve, step, seen, window = [], 0, 0, []
+        t_train = time.perf_counter()
+        model.train()
+        while step < total:
+            for batch in length_batches([len(r[0]) for r in train], self.batch_size, rng):
+                if step >= total:
+                    break
+                loss = answer_loss(model, _collate([train[i] for i in batch], pad))
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+                sched.step()
+                opt.zero_grad()
+                step += 1
+                seen += len(batch)
+                window.append(float(loss.detach()))
+                if step % self.log_every == 0 or step == total:
+                    loss = round(sum(window) / len(window), 4)
+                    curve.append((step, loss))
+                    window = []
+                    if log:
+                        el = time.perf_counter() - t_train
+                        log.info(f"step {step}/{total} loss {loss:.4f} "
+                                 f"({el / step:.2f} s/step, ~{el / step * (total - step):.0f} s left)")
+        train_s = time.perf_counter() - t_train
+        model.eval()
+        eval_after = mean_loss(model, held, pad, self.batch_size)
+        out_dir = Path(job.out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(str(out_dir))
+        metrics = {
+            "steps": step, "examples_seen": seen, "train_examples": len(train),
+            "examples_skipped_too_long": skipped, "epochs_done": round(seen / len(train), 3),
+            "train_loss_first": curve[0][1] if curve else None,
+            "train_loss_last": curve[-1][1] if curve else None,
+            "eval_loss_before": eval_before, "eval_loss_after": eval_after,
+            "load_s": round(load_s, 2), "train_s": round(train_s, 2),
+            "s_per_step": round(train_s / max(1, step), 3),
+            "s_per_100_examples": round(train_s / max(1, seen) * 100, 2),
+        }
+        return TrainResult("local", self.base_model(), str(out_dir), job.parent,
+                           self.settings(), metrics, curve)
+
+
+# -- OpenAI ---------------------------------------------------------------------------------
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+class OpenAIFineTuner(FineTuner):
+    """OpenAI fine-tuning job: upload files, create the job, poll with backoff."""
+
+    base_model_name: str = DEFAULT_OPENAI_MODEL
+    base_url: str = ""             # empty: OPENAI_BASE_URL or api.openai.com
+    n_epochs: int = 0              # 0: let OpenAI choose
+    suffix: str = "kb-assistant"
+    poll_initial_s: float = 2.0
+    poll_max_s: float = 60.0
+    timeout_s: float = 4 * 3600
+
+    @property
+    def provider(self) -> str:
+        return "openai"
+
+    def base_model(self) -> str:
+        return self.base_model_name
+
+    def settings(self) -> dict:
+        # base_url is deliberately not part of settings: it is deployment, not the model,
+        # and it could carry credentials.
+        return {"base_model": self.base_model_name, "n_epochs": self.n_epochs,
+                "suffix": self.suffix}
+
+    def _api(self, what: str, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except FineTuneError:
+            raise
+        except Exception as exc:  # openai.APIError and friends carry the server's message
+            raise FineTuneError(redact(f"OpenAI {what} failed: {type(exc).__name__}: {exc}")) from None
+
+    def train(self, job: TrainJob, log=None) -> TrainResult:
+        try:
+            client = openai_client(self.base_url)
+        except Exception as exc:
+            raise FineTuneError(redact(str(exc))) from None
+        t0 = time.perf_counter()
+        with open(job.train_file, "rb") as f:
+            tf = self._api("upload of the training file", client.files.create, file=f,
+                           purpose="fine-tune")
+        with open(job.eval_file, "rb") as f:
+            vf = self._api("upload of the validation file", client.files.create, file=f,
+                           purpose="fine-tune")
+        kwargs = {"model": job.parent or self.base_model_name, "training_file": tf.id,
+                  "validation_file": vf.id, "suffix": self.suffix}
+        if self.n_epochs:
+            kwargs["method"] = {"type": "supervised", "supervised": {
+                "hyperparameters": {"n_epochs": self.n_epochs}}}
+        ftj = self._api("fine-tuning job creation", client.fine_tuning.jobs.create, **kwargs)
+        if log:
+            log.info(f"OpenAI fine-tuning job {ftj.id} created on {kwargs['model']} "
+                     f"(training file {tf.id}, validation file {vf.id})")
+        ftj = self._poll(client, ftj, log)
+        if ftj.status != "succeeded":
+            err = getattr(ftj, "error", None)
+            text = getattr(err, "message", None) or "no error message returned"
+            extra = ", ".join(f"{k}={getattr(err, k)}" for k in ("code", "param")
+                              if err is not None and getattr(err, k, None))
+            raise FineTuneError(redact(f"OpenAI fine-tuning job {ftj.id} {ftj.status}: {text}"
+                                       + (f" ({extra})" if extra else "")))
+        metrics = {"trained_tokens": getattr(ftj, "trained_tokens", None) or 0,
+                   "duration_s": round(time.perf_counter() - t0, 2)}
+        return TrainResult("openai", self.base_model_name, ftj.fine_tuned_model, job.parent,
+                           self.settings(), metrics,
+                           details={"job_id": ftj.id, "training_file": tf.id,
+                                    "validation_file": vf.id})
+
+    def _poll(self, client, ftj, log):
+        delay, t0, last = self.poll_initial_s, time.monotonic(), None
+        while ftj.status not in TERMINAL:
+            if time.monotonic() - t0 > self.timeout_s:
+                self._api("cancel", client.fine_tuning.jobs.cancel, ftj.id)
+                raise FineTuneError(f"OpenAI fine-tuning job {ftj.id} did not finish within "
+                                    f"{self.timeout_s:.0f} s and was cancelled")
+            time.sleep(delay)
+            delay = min(delay * 2, self.poll_max_s)
+            ftj = self._api("job status poll", client.fine_tuning.jobs.retrieve, ftj.id)
+            if log and ftj.status != last:
+                log.info(f"OpenAI fine-tuning job {ftj.id}: {ftj.status}")
+                last = ftj.status
+        return ftj
+
+
+# -- configuration --------------------------------------------------------------------------
+def _env(env, name: str, kind, default):
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be {kind.__name__}, got {raw!r}") from None
+
+
+def ft_resources(paths, env=None) -> dict:
+    """`finetuner`, `llm` and `ft_config` for this environment. KB_FT_PROVIDER=openai (with
+    OPENAI_API_KEY) selects OpenAI; KB_FT_* variables tune the defaults (see README)."""
+    from .ft_config import FTConfig
+
+    env = os.environ if env is None else env
+    provider = env.get("KB_FT_PROVIDER", "local").strip().lower() or "local"
+    if provider not in ("local", "openai"):
+        raise ValueError(f"KB_FT_PROVIDER must be 'local' or 'openai', got {provider!r}")
+    base = env.get("KB_FT_BASE_MODEL", "")
+    if provider == "openai":
+        tuner = OpenAIFineTuner(base_model_name=base or DEFAULT_OPENAI_MODEL,
+                                n_epochs=_env(env, "KB_FT_EPOCHS", int, 0))
+        llm = LLM(provider="openai", openai_model=env.get("KB_OPENAI_CHAT_MODEL") or base
+                  or DEFAULT_OPENAI_MODEL)
+    else:
+        tuner = LocalLoRAFineTuner(
+            base_model_path=base, epochs=_env(env, "KB_FT_EPOCHS", int, 1),
+            max_steps=_env(env, "KB_FT_MAX_STEPS", int, 30),
+            batch_size=_env(env, "KB_FT_BATCH_SIZE", int, 4),
+            learning_rate=_env(env, "KB_FT_LEARNING_RATE", float, 1e-3),
+            lora_rank=_env(env, "KB_FT_LORA_RANK", int, 8),
+            max_seq_len=_env(env, "KB_FT_MAX_SEQ_LEN", int, 256))
+        llm = LLM(provider="local", base_model_path=base)
+    cfg = FTConfig(root=str(paths.home / "ft"),
+                   eval_max_questions=_env(env, "KB_FT_EVAL_QUESTIONS", int, 24),
+                   eval_max_new_tokens=_env(env, "KB_FT_EVAL_MAX_NEW_TOKENS", int, 64),
+                   gate_margin=_env(env, "KB_FT_GATE_MARGIN", float, 0.02),
+                   min_examples=_env(env, "KB_FT_MIN_EXAMPLES", int, 20),
+                   replay_share=_env(env, "KB_FT_REPLAY_SHARE", float, 0.2))
+    return {"finetuner": tuner, "llm": llm, "ft_config": cfg}
