@@ -400,3 +400,18 @@ def test_cli_waits_for_a_build_holding_the_database(lineage, kb_paths):
         if holder.poll() is None:
             holder.stdin.close()
         holder.wait(timeout=30)
+
+
+# ---------------------------------------------------------------------------- UI metadata
+def test_release_metadata_links_run_mlflow_and_changes(lineage, kb_paths):
+    from dagster_project.audit_metadata import release_metadata
+
+    store = KBStore(db_path=str(kb_paths.db))
+    md = release_metadata(store, 2)
+    assert md["built_by_run_id"] == "run-2" and md["mlflow_run_id"] == "mlrun-2"
+    assert md["mlflow_model_uri"] == "models:/kb/2" and md["audit_command"] == "kb audit version 2"
+    text = md["changes_since_previous"].value
+    assert "**v1 → v2:** 1 added, 1 changed, 1 removed" in text
+    assert "chunker.size 200 → 60" in text and "| added | bad/d.md |" in text
+    assert "First KB version" in release_metadata(store, 1)["changes_since_previous"].value
+    assert "KB version 9 does not exist" in release_metadata(store, 9)["audit_error"]

@@ -13,7 +13,7 @@ from dagster_project.cli import main
 from resources import KBConfig
 from resources.registry import ReleaseConfig, alias_history
 from resources.store import KBStore
-from tests.kbtest import copy_samples, run_job, write
+from tests.kbtest import copy_samples, materialized, run_job, write
 
 BAD_DOC = "bad/refund_policy.md"
 BAD_FILES = {BAD_DOC, "bad/travel_override.txt"}
@@ -67,6 +67,11 @@ def test_incident_postmortem(kb_paths, capsys, monkeypatch):
     with store.connect(read_only=True) as con:
         versions = con.execute("SELECT version, run_id FROM kb_versions ORDER BY 1").fetchall()
     assert versions == [(1, r1.run_id), (2, r2.run_id)]
+    # The UI shows the same links: the release materialization names the building run,
+    # the MLflow model version and what changed.
+    release = materialized(r2)["kb_release"]
+    assert release["built_by_run_id"] == r2.run_id and release["mlflow_model_uri"] == "models:/kb/2"
+    assert f"| added | {BAD_DOC} |" in release["changes_since_previous"]
 
     # -- 23:45: someone forces v2 live; 02:00: rollback to v1 -----------------------------
     kb_cli(capsys, "promote", "2", "--force", "--reason", "urgent refund policy update")
