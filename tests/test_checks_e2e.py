@@ -309,3 +309,36 @@ def test_odd_batches_never_crash(kb_paths):
     evs = checks(r)
     assert r.success and evs["raw_docs_quarantine_ratio"].passed
     assert "tolerated" in evs["raw_docs_quarantine_ratio"].description
+
+
+@pytest.mark.slow
+def test_kb_build_cli_names_the_failed_check_exits_nonzero_and_search_is_unchanged(kb_paths):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    kb = str(Path(sys.executable).parent / "kb")
+    env = {**os.environ, "KB_HOME": str(kb_paths.home)}
+    rng = random.Random(6)
+    write(kb_paths, "base.jsonl", jsonl(healthy_records(rng, 6, "base")))
+    assert run_gates(kb_paths).success
+
+    def kb_cmd(*args):
+        return subprocess.run([kb, *args], env=env, capture_output=True, text=True, timeout=600)
+
+    before = kb_cmd("search", "base policy", "--json")
+    assert before.returncode == 0 and json.loads(before.stdout)
+    recs = healthy_records(rng, 40, "batch")
+    for r in recs[:8]:
+        r["text"] = "   "
+    write(kb_paths, "export.jsonl", jsonl(recs))
+    build = kb_cmd("build", "--select", "kb")
+    assert build.returncode == 1, build.stdout + build.stderr
+    assert "FAILED" in build.stdout.splitlines()[0]
+    line = next(x for x in build.stdout.splitlines() if "raw_docs_quarantine_ratio" in x)
+    assert "FAILED (ERROR)" in line and "20.0% of 40 batch records were quarantined" in line
+    assert "not run (an upstream step or blocking check failed): cleaned_chunks," in build.stdout
+    assert "The last good KB version keeps serving" in build.stdout
+    after = kb_cmd("search", "base policy", "--json")
+    assert after.returncode == 0 and after.stdout == before.stdout

@@ -100,6 +100,13 @@ def summarize(result) -> tuple[list[str], bool]:
             ok = False
         elif ev.event_type_value == "STEP_SKIPPED":
             lines.append(f"  step {ev.step_key} skipped (an upstream step or blocking check failed)")
+    # Steps behind a failure are abandoned with a log line only (no event): list them.
+    started = {ev.step_key for ev in result.all_events
+               if ev.event_type_value in ("STEP_START", "STEP_SKIPPED")}
+    not_run = [n.name for n in result.job_def.graph.nodes_in_topological_order
+               if n.name not in started]
+    if not_run and not ok:
+        lines.append(f"  not run (an upstream step or blocking check failed): {', '.join(not_run)}")
     return lines, ok
 
 

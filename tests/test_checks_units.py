@@ -1,0 +1,267 @@
+"""The gates' pure parts without Dagster: thresholds, measures, the GX wrapper and each
+asset's evaluate() on hand-made frames (empty, one row, the incident shapes)."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from checks import chunk_checks, embedding_checks, raw_docs_checks
+from checks.gx_suites import Expect, validate
+from checks.metrics import (centroid_reference, chunk_drift, cosine, is_empty_text_reason,
+                            pii_frame, ratio_gate, redact, relative_change, vector_frame)
+from checks.state import declared_model_dim
+from checks.thresholds import QualityThresholds
+from resources.embedder import packaged_model_path
+
+Q = QualityThresholds()
+
+
+# --- thresholds ----------------------------------------------------------------------------
+def test_thresholds_defaults_documented_and_env_overrides():
+    doc = QualityThresholds.documentation()
+    assert len(doc) == len(QualityThresholds.model_fields) and all(why for _, _, why in doc)
+    assert dict((n, d) for n, d, _ in doc)["max_chunk_drift"] == 0.25
+    q = QualityThresholds.from_env({"KB_ACCEPT_DRIFT": "1", "KB_QUALITY_MAX_CHUNK_DRIFT": "0.4",
+                                    "KB_QUALITY_MIN_BATCH_RECORDS": "50"})
+    assert q.accept_drift is True and q.max_chunk_drift == 0.4 and q.min_batch_records == 50
+    assert QualityThresholds.from_env({}).accept_drift is False
+    assert QualityThresholds.from_env({"KB_ACCEPT_DRIFT": "no"}).accept_drift is False
+    assert Q.chunk_token_max(200) == 200 and QualityThresholds(max_chunk_tokens=300).chunk_token_max(200) == 300
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"KB_ACCEPT_DRIFT": "maybe"}, "KB_ACCEPT_DRIFT='maybe': expected 1/0"),
+    ({"KB_QUALITY_MAX_CHUNK_DRIFT": "a lot"}, "KB_QUALITY_MAX_CHUNK_DRIFT='a lot': expected a number"),
+    ({"KB_QUALITY_MIN_BATCH_RECORDS": "2.5"}, "expected an integer"),
+    ({"KB_QUALITY_MAX_DUPLICATE_RATIO": "-1"}, "must not be negative"),
+])
+def test_thresholds_bad_env_is_one_clear_line(env, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        QualityThresholds.from_env(env)
+
+
+# --- measures ------------------------------------------------------------------------------
+@pytest.mark.parametrize("offending, total, limit, upper, verdict", [
+    (15, 100, 0.10, True, "fail"),          # the incident: 15% quarantined
+    (10, 100, 0.10, True, "pass"),          # at the limit
+    (1, 33, 0.02, True, "few_offenders"),   # one stray copy in the sample corpus
+    (5, 10, 0.10, True, "small_batch"),     # a handful of bad files
+    (15, 100, 0.90, False, "fail"),         # 85% with text < 90%
+    (0, 0, 0.90, False, "pass"),            # empty batch
+])
+def test_ratio_gate(offending, total, limit, upper, verdict):
+    assert ratio_gate(offending, total, limit, upper=upper, min_records=20,
+                      min_offending=2) == verdict
+
+
+@pytest.mark.parametrize("new, old, change", [(280, 450, 170 / 450), (450, 450, 0.0),
+                                              (0, 0, 0.0), (5, 0, math.inf)])
+def test_relative_change(new, old, change):
+    assert relative_change(new, old) == pytest.approx(change)
+
+
+@pytest.mark.parametrize("reason, empty", [
+    ("field 'text' is empty or whitespace only", True), ("field 'text' is missing", True),
+    ("file is empty or whitespace only", True), ("malformed JSON: Expecting value (column 1)", False),
+    (None, False)])
+def test_empty_text_reasons(reason, empty):
+    assert is_empty_text_reason(reason) is empty
+
+
+def chunk_frame(docs: dict[str, list[int]], hashes: dict[str, str] | None = None) -> pd.DataFrame:
+    rows = []
+    for doc, lengths in docs.items():
+        for i, n in enumerate(lengths):
+            rows.append({"chunk_id": hash((doc, i, n)) & 0xFFFFFFFF, "doc_key": doc, "doc_id": doc,
+                         "ordinal": i, "n_tokens": n, "doc_content_hash": (hashes or {}).get(doc, "h-" + doc),
+                         "text_chars": 5 * n, "preview": "x", "chunker_version": "v", "text_hash": f"{doc}{i}"})
+    return pd.DataFrame(rows)
+
+
+def test_chunk_drift_on_unchanged_documents_ignores_new_content():
+    old = chunk_frame({f"d{i}": [450, 450, 300] for i in range(5)})
+    # Same documents re-chunked smaller: drift.
+    new = chunk_frame({f"d{i}": [280, 280, 280, 280, 120] for i in range(5)})
+    r = chunk_drift(new, old, min_docs=3)
+    assert r.changes["mean_tokens"] > 0.25 and r.changes["chunks_per_doc"] > 0.25
+    # Same documents unchanged plus many short new ones: no chunking drift on the cohort...
+    grown = pd.concat([old, chunk_frame({f"n{i}": [40] for i in range(20)})])
+    r = chunk_drift(grown, old, min_docs=3)
+    assert r.doc_keys == frozenset(f"d{i}" for i in range(5)) and max(r.changes.values()) == 0
+    # ...but the content shift over all documents shows it.
+    assert chunk_drift(grown, old, None).changes["mean_tokens"] > 0.25
+    # Too few unchanged documents: not judged.
+    assert chunk_drift(chunk_frame({"z": [10]}), old, min_docs=3).changes == {}
+
+
+def test_redact_and_pii_frame_never_show_the_value():
+    assert redact("jane.doe@northwind.example") == "ja***.do***@no***.ex***"
+    frame = pii_frame(pd.DataFrame({"chunk_id": [1, 2], "doc_id": ["a", "b"], "text": [
+        "mail jane.doe@northwind.example, ID A123456789", "[EMAIL] masked already"]}))
+    assert frame["pii_count"].tolist() == [2, 0]
+    assert frame["pii_kinds"][0] == "EMAIL,NATIONAL_ID"
+    assert "jane" not in frame["example"][0] and "A123456789" not in frame["example"][0]
+
+
+def unit_rows(n: int, d: int = 8, seed: int = 0) -> np.ndarray:
+    v = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_vector_frame_flags_bad_vectors():
+    good = unit_rows(3)
+    nan = good[0].copy()
+    nan[2] = np.nan
+    blobs = [good[0].tobytes(), nan.tobytes(), np.zeros(8, np.float32).tobytes(),
+             (good[1] * 3).tobytes(), good[2][:4].tobytes()]
+    ids = pd.DataFrame({"chunk_id": range(5), "doc_id": list("abcde")})
+    stats, matrix = vector_frame(ids, blobs)
+    assert stats["dim"].tolist() == [8, 8, 8, 8, 4]
+    assert stats["nonfinite"].tolist() == [0, 1, 0, 0, 0]
+    assert stats["norm"].round(3).tolist()[::3] == [1.0, 3.0] and stats["max_abs"][2] == 0
+    assert matrix.shape == (3, 8)  # NaN row and the odd-sized one left out of the centroid
+
+
+def test_centroid_reference_adapts_to_batch_size():
+    base = unit_rows(500, 16)
+    assert centroid_reference(base, 1) < centroid_reference(base, 200) <= 1.0
+    assert centroid_reference(base, 600) == 1.0 and math.isnan(centroid_reference(base[:0], 5))
+    assert math.isnan(cosine(np.zeros(3), np.ones(3)))
+
+
+def test_declared_model_dim_reads_config_without_loading():
+    assert declared_model_dim(packaged_model_path()) == 384
+    assert declared_model_dim("/nonexistent") is None
+
+
+# --- GX wrapper ------------------------------------------------------------------------------
+def test_validate_reports_observed_expected_and_offending_rows():
+    df = pd.DataFrame({"doc_id": list("abcd"), "text": ["x", None, "y", None], "n": [1, 2, 3, 99]})
+    r = validate("unit", df, [Expect("not_null", "text", {"mostly": 0.9}, "has text"),
+                              Expect("between", "n", {"min_value": 0, "max_value": 10}),
+                              Expect("mean_between", "n", {"min_value": 0, "max_value": 10})],
+                 ["doc_id"], 5)
+    nn, between, mean = r.outcomes
+    assert not r.success and len(r.failed) == 3
+    assert nn.observed_text() == "2 of 4 rows unexpected (50.0%)"
+    assert nn.expect.describe_expected() == "text not null for >= 90.0% of rows"
+    assert [row["doc_id"] for row in nn.offending] == ["b", "d"]
+    assert between.offending == [{"n": 99, "doc_id": "d"}]
+    assert mean.observed == 26.25 and mean.expect.describe_expected() == "n mean in [0, 10]"
+
+
+def test_validate_empty_frame_and_missing_column():
+    empty = pd.DataFrame({"doc_id": [], "text": []})
+    assert validate("unit_empty", empty, [Expect("not_null", "text")], ["doc_id"]).success
+    with pytest.raises(KeyError, match="lacks columns"):
+        validate("unit_missing", empty, [Expect("not_null", "nope")])
+
+
+# --- evaluate() per asset ------------------------------------------------------------------
+def docs_frame(n: int, dup: int = 0) -> pd.DataFrame:
+    return pd.DataFrame({
+        "doc_key": [f"f.jsonl#{i}" for i in range(n)], "doc_id": [str(i) for i in range(n)],
+        "source_path": "f.jsonl", "line": list(range(1, n + 1)), "title": "t",
+        "content_hash": [f"h{i}" for i in range(n)], "text": "some text", "n_chars": 400,
+        "is_duplicate": [i < dup for i in range(n)],
+        "duplicate_of": [f"{i + 50}" if i < dup else None for i in range(n)]})
+
+
+def quarantine_frame(n: int, reason: str = "field 'text' is empty or whitespace only"):
+    return pd.DataFrame({"source_path": "f.jsonl", "line": range(200, 200 + n), "reason": reason})
+
+
+def by_name(outcomes) -> dict:
+    return {o.check.name: o for o in outcomes}
+
+
+def test_raw_docs_empty_inbox_and_nothing_new_are_explicit():
+    none = quarantine_frame(0)
+    out = by_name(raw_docs_checks.evaluate(docs_frame(0), none, Q, "KB version 3", 0))
+    assert all(o.passed for o in out.values()) and len(out) == 5
+    assert "no valid documents" in out["raw_docs_quarantine_ratio"].description
+    out = by_name(raw_docs_checks.evaluate(docs_frame(0), none, Q, "KB version 3", 40))
+    assert "no new or changed documents since KB version 3" in out["raw_docs_required_fields"].description
+
+
+def test_raw_docs_incident_batch_fails_with_causes():
+    out = by_name(raw_docs_checks.evaluate(docs_frame(85, dup=3), quarantine_frame(15), Q,
+                                           "KB version 1", 90))
+    assert not out["raw_docs_quarantine_ratio"].passed
+    assert "15.0% of 100 batch records were quarantined" in out["raw_docs_quarantine_ratio"].description
+    assert "top reason: field 'text' is empty" in out["raw_docs_quarantine_ratio"].description
+    assert not out["raw_docs_non_empty_text"].passed and not out["raw_docs_duplicate_content"].passed
+    assert out["raw_docs_duplicate_content"].offending()[0]["duplicate_of"] == "50"
+    assert out["raw_docs_required_fields"].passed and out["raw_docs_length_bounds"].passed
+    assert not out["raw_docs_length_bounds"].check.blocking
+
+
+def test_raw_docs_single_document_and_missing_field():
+    one = docs_frame(1)
+    assert all(o.passed for o in raw_docs_checks.evaluate(one, quarantine_frame(0), Q, "x", 1))
+    one.loc[0, "content_hash"] = None
+    out = by_name(raw_docs_checks.evaluate(one, quarantine_frame(0), Q, "x", 1))
+    assert not out["raw_docs_required_fields"].passed
+    assert "lack 'content_hash'" in out["raw_docs_required_fields"].description
+
+
+def test_chunk_checks_empty_and_bad_chunks():
+    empty = chunk_frame({})
+    for col in ("chunk_id", "doc_key", "doc_id", "ordinal", "n_tokens", "text_chars",
+                "doc_content_hash", "chunker_version", "preview"):
+        empty[col] = pd.Series(dtype=object)
+    none = pd.DataFrame({"chunk_id": [], "doc_id": [], "text": []})
+    out = by_name(chunk_checks.evaluate(empty, empty, none, Q, 200, True, "no published version yet"))
+    assert all(o.passed for o in out.values()) and len(out) == 6
+
+    bad = chunk_frame({"a": [0, 250, 10]})
+    bad.loc[0, "text_chars"] = 0
+    bad.loc[2, "chunk_id"] = bad.loc[1, "chunk_id"]
+    out = by_name(chunk_checks.evaluate(bad, empty, none, Q, 200, True, "no published version yet"))
+    assert not out["chunks_unique_ids"].passed and not out["chunks_not_empty"].passed
+    assert not out["chunks_token_bounds"].passed
+    assert "outside 1..200 tokens" in out["chunks_token_bounds"].description
+
+
+def test_chunk_drift_blocks_unless_accepted_and_pii_unless_allowed():
+    old = chunk_frame({f"d{i}": [450, 450, 300] for i in range(5)})
+    new = chunk_frame({f"d{i}": [280, 280, 280, 280, 120] for i in range(5)})
+    pii = pd.DataFrame({"chunk_id": [7], "doc_id": ["d1"], "text": ["call 0912 345 678"]})
+    out = by_name(chunk_checks.evaluate(new, old, pii, Q, 450, False, "KB version 1"))
+    assert not out["chunking_drift"].passed and "KB_ACCEPT_DRIFT=1" in out["chunking_drift"].description
+    assert not out["chunk_distribution_shift"].passed and not out["chunk_distribution_shift"].check.blocking
+    assert not out["chunks_pii_free"].passed and "PHONE" in out["chunks_pii_free"].description
+    lenient = QualityThresholds(accept_drift=True, allow_pii=True)
+    out = by_name(chunk_checks.evaluate(new, old, pii, lenient, 450, False, "KB version 1"))
+    assert out["chunking_drift"].passed and "ACCEPTED" in out["chunking_drift"].description
+    assert out["chunks_pii_free"].passed and "allowed" in out["chunks_pii_free"].description
+
+
+def test_embedding_checks_flag_each_defect_and_warn_on_centroid():
+    base = unit_rows(300, 8, seed=1) + np.eye(8, dtype=np.float32)[0] * 3
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    batch = unit_rows(200, 8, seed=2) - np.eye(8, dtype=np.float32)[0] * 3
+    batch /= np.linalg.norm(batch, axis=1, keepdims=True)
+    ids = pd.DataFrame({"chunk_id": range(200), "doc_id": "d"})
+    stats, matrix = vector_frame(ids, [v.tobytes() for v in batch])
+    cov = {"chunks": 500, "missing": 0, "wrong_size": 0}
+    out = by_name(embedding_checks.evaluate(cov, pd.DataFrame(columns=["chunk_id", "doc_id", "dim"]),
+                                            stats, matrix, 8, "m", base, Q, "KB version 1"))
+    assert all(out[n].passed for n in ("embeddings_dimension", "embeddings_finite",
+                                       "embeddings_unit_norm", "embeddings_nonzero"))
+    centroid = out["embeddings_centroid_drift"]
+    assert not centroid.passed and not centroid.check.blocking and centroid.values["centroid_cosine"] < 0
+
+    broken = [batch[0].tobytes(), np.zeros(8, np.float32).tobytes(), (batch[1] * 2).tobytes(),
+              np.full(8, np.inf, np.float32).tobytes(), batch[2][:6].tobytes()]
+    stats, matrix = vector_frame(ids.head(5), broken)
+    cov = {"chunks": 5, "missing": 1, "wrong_size": 1}
+    bad_rows = pd.DataFrame({"chunk_id": [9, 4], "doc_id": ["x", "d"], "dim": [None, 6]})
+    out = by_name(embedding_checks.evaluate(cov, bad_rows, stats, matrix, 8, "m", None, Q, "none"))
+    assert not out["embeddings_dimension"].passed
+    assert out["embeddings_dimension"].offending()[0] == {"chunk_id": 9, "doc_id": "x", "dim": "missing"}
+    assert not out["embeddings_finite"].passed and not out["embeddings_nonzero"].passed
+    assert "4 of 5 new vectors have a norm outside" in out["embeddings_unit_norm"].description
+    assert out["embeddings_centroid_drift"].passed  # nothing to compare against
