@@ -194,7 +194,10 @@ def doc_report(lin: Lineage, ident: str) -> dict:
         ORDER BY l.dataset_version, l.doc_key""", [keys],
         needs=("ft_dataset_lines", "ft_datasets"))
     datasets = sorted({r["dataset_version"] for r in ft})
-    models = exposed_models(lin, set(datasets))
+    splits: dict[int, set[str]] = {}
+    for r in ft:
+        splits.setdefault(r["dataset_version"], set()).update((r["splits"] or "").split(","))
+    models = exposed_models(lin, splits)
     return {"kind": "doc", "query": ident, "documents": docs, "events": events,
             "kb_versions": kb, "ft_datasets": ft, "models": models,
             "summary": {"kb_versions": sorted({r["version"] for r in kb}),
@@ -213,23 +216,36 @@ def check_overridden(metadata: dict) -> bool:
     return bool(values.get("accepted") or metadata.get("accepted"))
 
 
-def exposed_models(lin: Lineage, datasets: set[int]) -> list[dict]:
-    """kb-assistant versions trained on one of `datasets`, and (transitively) those that
-    continued training from such a version (tag parent_version): an incremental fine-tune
-    keeps what its parent learned, so it saw the document too."""
+def exposed_models(lin: Lineage, splits: dict[int, set[str]]) -> list[dict]:
+    """kb-assistant versions whose FT dataset held the document (`splits`: dataset version ->
+    the splits it was in), and (transitively) those that continued training from a version
+    that trained on it (tag parent_version): an incremental fine-tune keeps what its parent
+    learned. A held-out (eval) line was shown to the model, and for the OpenAI provider
+    uploaded, but not trained on: listed, and said so."""
     regs = {}
     for reg in lin.rows("SELECT * FROM registry_versions WHERE model_name = ? ORDER BY version",
                         [ASSISTANT_MODEL], needs=("registry_versions",)):
         reg["tags"] = loads(reg.get("tags"), {})
         regs[reg["version"]] = reg
 
-    def exposure(v: int, seen: frozenset = frozenset()) -> str | None:
-        tags = regs[v]["tags"]
-        if as_int(tag_value(tags, DATASET_TAG_KEYS)) in datasets:
-            return "trained on it"
-        parent = as_int(tags.get("parent_version"))
-        if parent in regs and parent not in seen and exposure(parent, seen | {v}):
+    def own_splits(v: int) -> set[str]:
+        return splits.get(as_int(tag_value(regs[v]["tags"], DATASET_TAG_KEYS)), set())
+
+    def trained(v: int, seen: frozenset = frozenset()) -> bool:
+        if "train" in own_splits(v):
+            return True
+        parent = as_int(regs[v]["tags"].get("parent_version"))
+        return parent in regs and parent not in seen and trained(parent, seen | {v})
+
+    def exposure(v: int) -> str | None:
+        own = own_splits(v)
+        parent = as_int(regs[v]["tags"].get("parent_version"))
+        if "train" in own:
+            return "trained on it (train split)"
+        if parent in regs and trained(parent, frozenset({v})):
             return f"inherited from v{parent} (continued training)"
+        if own:
+            return f"not trained on it: in the {'/'.join(sorted(own))} split only"
         return None
 
     amoves = alias_moves(lin, ASSISTANT_MODEL)

@@ -269,6 +269,7 @@ def test_version_report(lineage):
     ("f.jsonl", ["f.jsonl#b", "f.jsonl#e"], [1, 2, 3], [1, 2],
      ["kb-assistant v1", "kb-assistant v2"]),
     ("e", ["f.jsonl#e"], [3], [2], ["kb-assistant v2"]),
+    ("a.md", ["a.md"], [1, 2, 3], [1], ["kb-assistant v1"]),  # eval split: not inherited
     ("bad/d.md", ["bad/d.md"], [2], [], []),
     ("c.md", ["c.md"], [1], [], []),
 ])
@@ -287,9 +288,12 @@ def test_doc_report_history_and_production(lineage):
         (1, "hb1", "sf1"), (2, "hb2", "sf2"), (3, "hb2", "sf3")]
     assert r["summary"]["ever_in_production"] == [1, 2]
     assert [(m["version"], m["exposure"], m["run_id"]) for m in r["models"]] == [
-        (1, "trained on it", "run-ft"),
+        (1, "trained on it (train split)", "run-ft"),
         (2, "inherited from v1 (continued training)", "run-ft2")]
     assert r["summary"]["models_in_production"] == [1]
+    held_out = audit.doc_report(lineage, "a.md")["models"]
+    assert [(m["version"], m["exposure"]) for m in held_out] == [
+        (1, "not trained on it: in the eval split only")]
     assert audit.doc_report(lineage, "bad/d.md")["summary"]["ever_in_production"] == [2]
 
 
