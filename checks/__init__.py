@@ -1,6 +1,7 @@
 """Asset checks (Great Expectations suites and custom checks)."""
 
 from kb_assets.release_checks import RELEASE_CHECKS
+from checks.ft_checks import FT_CHECKS
 from checks.kb_checks import KB_CHECKS
 
-ALL_CHECKS: list = [*KB_CHECKS, *RELEASE_CHECKS]
+ALL_CHECKS: list = [*KB_CHECKS, *RELEASE_CHECKS, *FT_CHECKS]

@@ -12,6 +12,7 @@ COMMAND_MODULES = [
     "dagster_project.commands.search",
     "dagster_project.commands.registry", "dagster_project.commands.eval", "dagster_project.commands.serve",
     "dagster_project.commands.audit",
+    "dagster_project.commands.ask",
 ]
 
 

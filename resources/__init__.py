@@ -6,6 +6,7 @@ from dagster_project.settings import Paths
 
 from .config import KBConfig
 from .embedder import Embedder
+from .finetuner import ft_resources
 from .registry import registry_resources
 from .store import KBStore
 from .vector_index import VersionStore
@@ -20,6 +21,7 @@ def default_resources(paths: Paths | None = None, **overrides) -> dict:
         "embedder": Embedder(),
         "kb_config": KBConfig(inbox=str(paths.inbox)),
         **registry_resources(paths),  # registry (MLflow), release_config (gate policy)
+        **ft_resources(paths),  # finetuner (local LoRA | OpenAI), llm, ft_config
         "quality": __import__("checks.thresholds").thresholds.QualityThresholds.from_env(),
     }
     resources.update(overrides)
