@@ -42,16 +42,16 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def write_section(name: str, markdown: str) -> None:
+def write_section(name: str, markdown: str, path: Path = BENCHMARKS_MD) -> None:
     """Replace (or append) the section for `name`, leaving the others intact."""
     start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
     block = f"{start}\n{markdown.strip()}\n\n_Machine: {machine()}_\n{end}"
-    text = BENCHMARKS_MD.read_text(encoding="utf-8") if BENCHMARKS_MD.exists() else (
+    text = path.read_text(encoding="utf-8") if path.exists() else (
         "# Benchmarks\n\nWritten by `make bench` (scripts in `benchmarks/`). Machines are shared "
         "and noisy: comparisons are side by side in one run; medians are quoted.\n")
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    BENCHMARKS_MD.write_text(text, encoding="utf-8")
+    path.write_text(text, encoding="utf-8")
 
 
 def load_beir(folder: Path, split: str = "test"):
