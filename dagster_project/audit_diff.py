@@ -13,7 +13,8 @@ def doc_changes(lin: Lineage, a: int, b: int) -> list[dict]:
         WITH v AS (
             SELECT version, doc_key, any_value(doc_id) AS doc_id,
                    any_value(doc_content_hash) AS h, count(*) AS n_chunks,
-                   md5(string_agg(text_hash, ',' ORDER BY text_hash)) AS sig
+                   -- order-free fingerprint of the chunk set (cheap at a million rows)
+                   bit_xor(hash(text_hash)) AS sig
             FROM kb_version_members WHERE version IN (?, ?) GROUP BY version, doc_key),
         a AS (SELECT * FROM v WHERE version = ?), b AS (SELECT * FROM v WHERE version = ?),
         paths AS (SELECT doc_key, any_value(source_path) AS source_path FROM (
@@ -27,7 +28,8 @@ def doc_changes(lin: Lineage, a: int, b: int) -> list[dict]:
                    CASE WHEN a.doc_key IS NULL THEN 'added'
                         WHEN b.doc_key IS NULL THEN 'removed'
                         WHEN a.h <> b.h THEN 'changed'
-                        WHEN a.sig <> b.sig THEN 'rechunked' ELSE 'unchanged' END AS change
+                        WHEN a.sig <> b.sig OR a.n_chunks <> b.n_chunks THEN 'rechunked'
+                        ELSE 'unchanged' END AS change
             FROM a FULL OUTER JOIN b ON a.doc_key = b.doc_key)
         SELECT d.change, d.doc_id, d.doc_key, coalesce(p.source_path, d.doc_key) AS source_path,
                d.hash_before, d.hash_after, d.chunks_before, d.chunks_after
