@@ -132,7 +132,8 @@ def run_config(interval: int, trials: int, root: Path, embedder) -> dict:
                        "published_s": (pub - rec.start_time) if pub else float("nan"),
                        "to_served_s": (served - pub) if pub else float("nan"),
                        "version": number, "run_s": rec.end_time - rec.start_time,
-                       "status": rec.dagster_run.status.value}
+                       "status": rec.dagster_run.status.value,
+                       "load": os.getloadavg()[0]}
                 rows.append(row)
                 print(f"  drop {trial + 1}/{trials}: served after {row['served_s']:.1f}s "
                       f"(requested {row['requested_s']:.1f}s, version {number}, "
@@ -159,8 +160,8 @@ def report(results: list[dict], settle_s: str) -> str:
         "",
         md_row("sensor interval", "drops", "median", "max", "target", "drop -> run requested",
                "requested -> run started", "started -> version published",
-               "published -> served", "run (s)", "`kb search` confirms"),
-        md_row(*["---"] * 11),
+               "published -> served", "run (s)", "`kb search` confirms", "load avg (1 min)"),
+        md_row(*["---"] * 12),
     ]
     for r in results:
         rows = r["rows"]
@@ -175,7 +176,8 @@ def report(results: list[dict], settle_s: str) -> str:
             f"{median([x['published_s'] for x in rows]):.1f}",
             f"{median([x['to_served_s'] for x in rows]):.1f}",
             f"{median([x['run_s'] for x in rows]):.0f}",
-            "yes" if r["confirmed"] else "NO"))
+            "yes" if r["confirmed"] else "NO",
+            f"{median([x['load'] for x in rows]):.1f} on {os.cpu_count()} cores"))
     lines += [
         "",
         "Where the time goes: the sensor ticks on Dagster's 5 s daemon loop, counted from the "
@@ -183,7 +185,8 @@ def report(results: list[dict], settle_s: str) -> str:
         "younger than the settle time is looked at twice, settle-time apart, within the tick; "
         "the run queue is checked every 2 s; the run then ingests, chunks, embeds and "
         "publishes before `kb search` can see the version (with a `production` pointer, only "
-        "after the release gate promotes it).",
+        "after the release gate promotes it). The machine is shared: a load average well "
+        "above the core count stretches every step after the request several-fold.",
     ]
     return "\n".join(lines)
 

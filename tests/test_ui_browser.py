@@ -10,7 +10,7 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
-from dagster import DagsterInstance, DagsterRunStatus
+from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
 
 from tests.kbtest import REPO, copy_samples
 from tests.ui_stack import UIStack
@@ -111,20 +111,36 @@ def test_materialize_all_from_the_asset_graph(stack, kb_paths):
                 assert "Materialized" in body or "ago" in body, body[:2000]
                 page.screenshot(path=str(ARTIFACTS / f"ui-group-{group}.png"))
 
+            # Check results are visible: every check the run evaluated on faiss_index is
+            # listed on the asset's Checks tab with its outcome.
+            checks = {e.dagster_event.event_specific_data.check_name: e.dagster_event.
+                      event_specific_data.passed for e in instance.all_logs(
+                          run.run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION)
+                      if e.dagster_event.event_specific_data.asset_key.to_user_string()
+                      == "faiss_index"}
+            if checks:
+                page.goto(f"{stack.url}/assets/faiss_index?view=checks", timeout=120_000)
+                wait_loaded(page, next(iter(checks)))
+                body = page.inner_text("body")
+                for name in checks:
+                    assert name in body, f"check {name} not shown:\n{body[:2000]}"
+                assert "Passed" in body or "Succeeded" in body or "Failed" in body, body[:2000]
+                page.screenshot(path=str(ARTIFACTS / "ui-checks-faiss_index.png"))
+
             # The run page tells the story too: the steps and the writer lock events.
             page.goto(f"{stack.url}/runs/{run.run_id}", timeout=120_000)
             wait_loaded(page, "Success")
             page.screenshot(path=str(ARTIFACTS / "ui-run.png"))
 
             # The whole graph, wide enough for the layout to fit every group legibly.
-            page.set_viewport_size({"width": 2000, "height": 640})
+            page.set_viewport_size({"width": 1800, "height": 600})
             page.goto(f"{stack.url}/asset-groups", timeout=120_000)
             wait_loaded(page, "Materialize all")
             show_whole_graph(page)
             for name in KB_CHAIN + ["kb_release", "retrieval_eval"]:
                 assert page.get_by_text(name, exact=True).count() >= 1, name
             shot = ARTIFACTS / "asset-graph.png"
-            page.screenshot(path=str(shot), clip={"x": 0, "y": 0, "width": 1540, "height": 640})
+            page.screenshot(path=str(shot))
             assert shot.stat().st_size > 20_000  # a rendered graph, not a blank page
             if os.environ.get("KB_DOCS_SCREENSHOT") == "1":
                 (REPO / "docs").mkdir(exist_ok=True)

@@ -1,0 +1,63 @@
+"""scripts/ui.sh marks runs whose worker died with an earlier UI session as failed, so their
+kb/writer tag stops holding the run queue. Real instance, real run records."""
+
+import os
+import subprocess
+import sys
+
+from dagster import DagsterEvent, DagsterEventType, DagsterInstance, DagsterRunStatus, job, op
+from dagster._core.events import EngineEventData
+
+from sensors.stale_runs import fail_orphaned_runs
+
+
+@op
+def noop():
+    return None
+
+
+@job(tags={"kb/writer": "true"})
+def writer_job():
+    noop()
+
+
+def started_run(instance, pid: int | None):
+    run = instance.create_run_for_job(job_def=writer_job)
+    if pid is not None:
+        instance.report_engine_event(f"Started process for run (pid: {pid}).", run,
+                                     EngineEventData.in_process(pid))
+    instance.report_dagster_event(DagsterEvent(DagsterEventType.RUN_START.value,
+                                               job_name=run.job_name), run_id=run.run_id)
+    assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.STARTED
+    return run
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_runs_of_dead_workers_are_failed_live_ones_kept(kb_paths):
+    with DagsterInstance.get() as instance:
+        orphan = started_run(instance, dead_pid())
+        alive = started_run(instance, os.getpid())          # e.g. a `kb build` in progress
+        young = started_run(instance, None)                  # worker not reported yet
+        failed = fail_orphaned_runs(instance)
+        assert failed == [orphan.run_id]
+        assert instance.get_run_by_id(orphan.run_id).status == DagsterRunStatus.FAILURE
+        assert instance.get_run_by_id(alive.run_id).status == DagsterRunStatus.STARTED
+        assert instance.get_run_by_id(young.run_id).status == DagsterRunStatus.STARTED
+        # Without a pid, a run is failed only once it is older than the grace period.
+        import time
+
+        assert young.run_id in fail_orphaned_runs(instance, now=time.time() + 3600)
+        assert alive.run_id not in fail_orphaned_runs(instance, now=time.time() + 3600)
+
+
+def test_module_entry_point_creates_the_instance(kb_paths, monkeypatch):
+    (kb_paths.dagster_home / "dagster.yaml").unlink()
+    out = subprocess.run([sys.executable, "-m", "sensors.stale_runs"], capture_output=True,
+                         text=True, env={**os.environ, "KB_HOME": str(kb_paths.home)}, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "kb/writer" in (kb_paths.dagster_home / "dagster.yaml").read_text()
