@@ -203,7 +203,7 @@ def main() -> None:
     lines = [
         "## Registry: rollback and the search API (`benchmarks/bench_registry.py`)", "",
         "Sample corpus (32 docs + 1), two real `kb_job` runs (v1, v2 both promoted), `kb serve` "
-        "as its own process on 127.0.0.1 polling the serving pointer every 1 s.", "",
+        "as its own process on 127.0.0.1 polling the serving pointer every 0.5 s.", "",
         f"### Rollback v2 -> v1: start of the switch to the first answer served from v1 "
         f"({args.trials} trials)", "",
         md_row("how", "command done s (each)", "first v1 answer s (each)", "median s",

@@ -14,6 +14,7 @@ import csv
 import hashlib
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,6 +136,20 @@ def _load_beir(p: Path) -> GoldenSet:
     return GoldenSet(p, queries, _sha(qfile, qrels), "beir", skipped=len(texts) - len(queries))
 
 
+@contextmanager
+def one_torch_thread():
+    """Time queries as `kb serve` runs them: one torch thread. With two on a busy 2-core
+    machine, a single-query encode burnt ~15x the CPU (OpenMP spinning) and ran ~10x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @dataclass
 class EvalReport:
     version: int
@@ -163,12 +178,13 @@ def evaluate(searcher, golden: GoldenSet, k: int = 10, query_vectors=None,
                           "n_hits": len(hits), "top_doc": ranked[0] if ranked else None,
                           "expected": sorted(q.relevant)})
     latencies = []
-    searcher.search(golden.queries[0].question, k=k)  # warm-up, not timed
     step = max(1, len(golden.queries) // max(1, latency_sample))  # spread over the set
-    for q in golden.queries[::step][:latency_sample]:
-        t0 = time.perf_counter()
-        searcher.search(q.question, k=k)
-        latencies.append((time.perf_counter() - t0) * 1000)
+    with one_torch_thread():
+        searcher.search(golden.queries[0].question, k=k)  # warm-up, not timed
+        for q in golden.queries[::step][:latency_sample]:
+            t0 = time.perf_counter()
+            searcher.search(q.question, k=k)
+            latencies.append((time.perf_counter() - t0) * 1000)
     metrics = summarize(results, latencies, k)
     metrics["n_queries"] = len(results)
     return EvalReport(searcher.version.number, metrics, per_query, query_vectors)

@@ -252,7 +252,16 @@ class Registry(ConfigurableResource):
         return out
 
     def get_alias(self, model_name: str, alias: str) -> int | None:
-        return self.aliases(model_name).get(alias)
+        client = self.client()
+        try:
+            mv = client.get_model_version_by_alias(model_name, alias)
+        except Exception as exc:
+            text = str(exc)
+            if ("RESOURCE_DOES_NOT_EXIST" in text or "INVALID_PARAMETER_VALUE" in text
+                    or "not found" in text.lower()):
+                return None
+            raise self._wrap(f"read alias {alias}", exc) from None
+        return self._mlflow_to_key(model_name, mv)
 
     def versions(self, model_name: str, store: KBStore) -> list[dict]:
         client = self.client()

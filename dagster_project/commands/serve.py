@@ -10,8 +10,8 @@ def register(sub) -> None:
                                      "that follows the production KB version")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--poll", type=float, default=1.0,
-                   help="seconds between checks of the serving pointer (default 1)")
+    p.add_argument("--poll", type=float, default=0.5,
+                   help="seconds between checks of the serving pointer (default 0.5)")
     p.set_defaults(func=cmd_serve)
 
 
