@@ -3,6 +3,7 @@ success (registered model id, eval, promotion, `kb ask`), a job that fails OpenA
 validation (the asset fails with OpenAI's own error text), and the API key never written
 anywhere under KB_HOME nor logged."""
 
+import json
 import logging
 import secrets
 
@@ -10,12 +11,12 @@ import pytest
 
 from dagster_project.cli import main as kb
 from resources.ft_config import FTConfig
-from resources.registry import registered_versions
+from resources.registry import alias_history, registered_versions
 from resources.store import KBStore
 from tests.fake_openai_server import FakeOpenAI
 from tests.kbtest import materialized
 from tests.test_ft_helpers import (FT_CHAIN, KB_CORE, check_results, run_assets, step_failures,
-                                   write_topics)
+                                   train_topic, write_topics)
 
 TOPICS = ["parking", "expenses", "laptops", "travel", "security", "overtime", "wellbeing",
           "visitors"]
@@ -84,6 +85,39 @@ def test_openai_fine_tune_registers_the_model_id_and_answers(openai_env, caplog,
     assert "(Source: travel/travel_policy.md)" in out and "Sources:" in out
     assert any(q["path"] == "/v1/chat/completions" for q in server.requests)
     assert_key_nowhere(paths, key, out, caplog.text)
+
+
+def test_incremental_openai_fine_tune_continues_and_rolls_back(openai_env, capsys):
+    paths, server, key = openai_env
+    names = TOPICS[:6]
+    new = train_topic(names, TOPICS[6:])
+    write_topics(paths, names)
+    assert run_assets(paths, KB_CORE + FT_CHAIN, **fast_openai(paths)).success
+    first = registered_versions(KBStore(db_path=str(paths.db)), "kb-assistant")[0]["tags"]
+    write_topics(paths, [new])
+    r = run_assets(paths, KB_CORE + FT_CHAIN, **fast_openai(paths))
+    assert r.success, step_failures(r)
+    md = materialized(r)
+    assert md["ft_dataset"]["mode"] == "incremental"
+    assert md["fine_tuned_model"]["training_mode"] == "incremental"
+    second = registered_versions(KBStore(db_path=str(paths.db)), "kb-assistant")[1]["tags"]
+    assert second["parent_version"] == "1"
+    job = server.jobs[second["job_job_id"]]
+    assert job["model"] == first["model_ref"]  # continued from the parent fine-tune
+    train = server.files[job["training_file"]]["content"].decode().splitlines()
+    assert len(train) == md["ft_dataset"]["n_fresh"] + md["ft_dataset"]["n_replay"]
+    assert md["assistant_release"]["production_version"] == 2
+
+    capsys.readouterr()
+    assert kb(["rollback", "--model", "kb-assistant", "--reason", "drill"]) == 0
+    assert "kb-assistant production: 2 -> 1" in capsys.readouterr().out
+    assert kb(["versions", "--model", "kb-assistant", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert listing["production"] == 1 and [v["version"] for v in listing["versions"]] == [1, 2]
+    assert kb(["promote", "7", "--model", "kb-assistant"]) == 2
+    moves = alias_history(KBStore(db_path=str(paths.db)), "kb-assistant", "production")
+    assert [(m["from_version"], m["to_version"]) for m in moves] == [(None, 1), (1, 2), (2, 1)]
+    assert moves[-1]["reason"] == "rollback: drill"
 
 
 def test_failed_openai_job_fails_the_asset_with_openais_error(openai_env, caplog):

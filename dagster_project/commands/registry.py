@@ -30,6 +30,9 @@ def register(sub) -> None:
     p.add_argument("--force", action="store_true", help="allow a version that failed its gate")
     p.add_argument("--reason", default="", help="why (recorded in alias_history)")
     p.set_defaults(func=cmd_rollback)
+    for name in ("versions", "promote", "rollback"):  # the fine-tuned assistant: same mechanics
+        sub.choices[name].add_argument("--model", choices=[MODEL, "kb-assistant"], default=MODEL,
+                                       help="registered model (default kb)")
 
 
 def _context():
@@ -85,7 +88,18 @@ def _eval_summary(store) -> dict[int, dict]:
     return out
 
 
+def _assistant(args):
+    """`--model kb-assistant`: handled by commands/assistant_registry.py."""
+    if getattr(args, "model", MODEL) == MODEL:
+        return None
+    from dagster_project.commands import assistant_registry
+
+    return getattr(assistant_registry, args.func.__name__)(args)
+
+
 def cmd_versions(args) -> int:
+    if (rc := _assistant(args)) is not None:
+        return rc
     from kb_assets.report import md_table
     from resources.vector_index import VersionStore
 
@@ -177,6 +191,8 @@ def _move(paths, store, registry, version: int, reason: str, force: bool) -> int
 
 
 def cmd_promote(args) -> int:
+    if (rc := _assistant(args)) is not None:
+        return rc
     paths, store, registry = _context()
     _check_promotable(paths, store, args.version, args.force)
     current = _guard(registry.get_alias, MODEL, "production")
@@ -188,6 +204,8 @@ def cmd_promote(args) -> int:
 
 
 def cmd_rollback(args) -> int:
+    if (rc := _assistant(args)) is not None:
+        return rc
     from dagster_project.cli import CLIError
     from resources.registry import alias_history, rollback_target
 
