@@ -1,9 +1,10 @@
 """The incident, played for real: v1 built from the sample corpus and promoted; v2 built from
-a bad batch with a smaller chunk size fails its gate and is force-promoted; production is
-rolled back to v1. The on-call engineer's questions are then answered by `kb audit` from the
+a bad batch with a smaller chunk size fails its gate, a fine-tune is trained on it (OpenAI
+provider, local stand-in server) and v2 is force-promoted; production is rolled back to v1. The on-call engineer's questions are then answered by `kb audit` from the
 lineage recorded along the way (DuckDB, MLflow mirror, Dagster event log)."""
 
 import json
+import secrets
 import time
 from datetime import timedelta
 
@@ -13,7 +14,9 @@ from dagster_project.cli import main
 from resources import KBConfig
 from resources.registry import ReleaseConfig, alias_history
 from resources.store import KBStore
+from tests.fake_openai_server import FakeOpenAI
 from tests.kbtest import copy_samples, materialized, run_job, write
+from tests.test_ft_helpers import FT_CHAIN, run_assets, step_failures
 
 BAD_DOC = "bad/refund_policy.md"
 BAD_FILES = {BAD_DOC, "bad/travel_override.txt"}
@@ -73,6 +76,18 @@ def test_incident_postmortem(kb_paths, capsys, monkeypatch):
     assert release["built_by_run_id"] == r2.run_id and release["mlflow_model_uri"] == "models:/kb/2"
     assert f"| added | {BAD_DOC} |" in release["changes_since_previous"]
 
+    # -- the fine-tune chain runs on v2 (OpenAI provider: the local stand-in server) ------
+    key = "sk-test-" + secrets.token_hex(8)
+    with FakeOpenAI(api_key=key, steps_to_finish=2) as server:
+        for var, value in (("OPENAI_API_KEY", key), ("OPENAI_BASE_URL", server.base_url),
+                           ("KB_FT_PROVIDER", "openai")):
+            monkeypatch.setenv(var, value)
+        rf = run_assets(kb_paths, FT_CHAIN, **fast_openai(kb_paths))
+    for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "KB_FT_PROVIDER"):
+        monkeypatch.delenv(var)
+    assert rf.success, step_failures(rf)
+    assert materialized(rf)["assistant_release"]["production_version"] == 1
+
     # -- 23:45: someone forces v2 live; 02:00: rollback to v1 -----------------------------
     kb_cli(capsys, "promote", "2", "--force", "--reason", "urgent refund policy update")
     time.sleep(2.2)  # alias moves are recorded to the second
@@ -92,6 +107,9 @@ def test_incident_postmortem(kb_paths, capsys, monkeypatch):
     assert kb["ended_by"]["to_version"] == 1
     assert kb["ended_by"]["reason"] == "rollback: hallucination rate jumped"
     assert kb["registry"]["status"] == "rejected"
+    asst = at["models"]["kb-assistant"]
+    assert asst["version"] == 1 and asst["built_by_run"] == rf.run_id
+    assert asst["ft_dataset"]["dataset_version"] == 1 and asst["kb_version"] == 2
     run2 = at["dagster_runs"][r2.run_id]
     assert run2["found"] and run2["job"] == "kb_job"
     assert "faiss_index" in run2["assets_materialized"]
@@ -131,9 +149,24 @@ def test_incident_postmortem(kb_paths, capsys, monkeypatch):
     doc = audit_json(capsys, "doc", BAD_DOC)
     assert doc["summary"]["kb_versions"] == [2]
     assert doc["summary"]["ever_in_production"] == [2]
-    assert doc["summary"]["ft_datasets"] == [] and doc["summary"]["models"] == []
+    assert doc["summary"]["ft_datasets"] == [1]
+    assert doc["summary"]["models"] == ["kb-assistant v1"]
+    assert doc["summary"]["models_in_production"] == [1]
+    assert doc["models"][0]["run_id"] == rf.run_id
+    assert doc["models"][0]["exposure"] in ("trained on it (train split)",
+                                            "not trained on it: in the eval split only")
     by_abs = audit_json(capsys, "doc", str(kb_paths.inbox / BAD_DOC))
     assert by_abs["summary"] == doc["summary"]
     kept = audit_json(capsys, "doc", "hr/annual_leave_en.md")
     assert kept["summary"]["kb_versions"] == [1, 2]
+    assert audit_json(capsys, "version", "2")["ft_datasets"][0]["dataset_version"] == 1
     assert audit_json(capsys, "diff", "2", "1")["documents"]["removed"] == len(BAD_FILES)
+
+
+def fast_openai(paths) -> dict:
+    """Poll the local server quickly; a small corpus is enough examples."""
+    from resources.finetuner import OpenAIFineTuner
+    from resources.ft_config import FTConfig
+
+    return {"finetuner": OpenAIFineTuner(poll_initial_s=0.05, poll_max_s=0.2),
+            "ft_config": FTConfig(root=str(paths.home / "ft"), min_examples=8)}
