@@ -54,7 +54,7 @@ def live_at(lin: Lineage, t: datetime, alias: str = PRODUCTION) -> dict:
                     break
                 since = m["event_at"]
             entry["since"] = since
-        elif model == KB_MODEL:
+        elif model == KB_MODEL and alias == PRODUCTION:
             # Before the first promotion, serving falls back to the latest built version.
             latest = lin.one("SELECT version, created_at FROM kb_versions WHERE created_at <= ? "
                              "ORDER BY version DESC LIMIT 1", [t], needs=("kb_versions",))

@@ -200,6 +200,11 @@ def test_live_before_first_promotion_is_latest_built(lineage):
     assert asst["version"] is None
 
 
+def test_live_at_other_alias(lineage):
+    r = audit.live_at(lineage, T("2026-11-22 00:30"), alias="staging")
+    assert r["models"]["kb"]["version"] is None and r["timeline"] == []
+
+
 def test_live_before_first_version_is_an_error(lineage):
     with pytest.raises(AuditError,
                        match=r"nothing was live at 2026-11-19 .*first KB version \(v1\)"):
