@@ -1,0 +1,56 @@
+"""`kb ask` on a real KB: nothing relevant -> says so without asking a model; before any
+fine-tune is promoted it answers with the base model and says so; bad input is one line."""
+
+import json
+
+import pytest
+
+from dagster_project.cli import main as kb
+from tests.test_ft_helpers import KB_CORE, run_assets, write_topics
+
+TOPICS = ["parking", "expenses", "laptops", "travel"]
+
+
+@pytest.fixture
+def kb_built(kb_paths):
+    write_topics(kb_paths, TOPICS)
+    assert run_assets(kb_paths, KB_CORE).success
+    return kb_paths
+
+
+def test_nothing_relevant_is_said_not_invented(kb_built, capsys):
+    from resources import llm
+
+    loaded = dict(llm._PRISTINE)
+    assert kb(["ask", "Quelle est la température de fusion du tungstène ?"]) == 0
+    out = capsys.readouterr().out
+    assert "Nothing in the knowledge base (version 1" in out and "no grounded answer" in out
+    assert "Sources:" not in out and llm._PRISTINE == loaded  # no model was loaded or asked
+    assert kb(["ask", "Quelle est la température de fusion du tungstène ?", "--json"]) == 0
+    obj = json.loads(capsys.readouterr().out)
+    assert obj["answer"] is None and obj["sources"] == [] and obj["kb_version"] == 1
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["ask", "   "], "the question is empty"),
+    (["ask", "parking", "-k", "0"], "-k must be at least 1"),
+])
+def test_bad_input_is_one_line(kb_built, capsys, argv, message):
+    assert kb(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_no_kb_yet_is_a_clear_error(kb_paths, capsys):
+    assert kb(["ask", "How many parking spaces are there?"]) == 2
+    assert "run `kb build` first" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_base_model_answers_before_any_promotion_and_says_so(kb_built, capsys):
+    assert kb(["ask", "How many car spaces can staff book?", "--max-new-tokens", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "no fine-tuned assistant has been promoted yet: answering with the base model" in out
+    answer, sources = out.split("Sources:")
+    assert len(answer.strip().splitlines()) >= 2  # header line + some answer text
+    assert "parking/parking_policy.md" in sources.splitlines()[1]
