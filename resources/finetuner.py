@@ -245,6 +245,7 @@ class LocalLoRAFineTuner(FineTuner):
         metrics = {
             "steps": step, "examples_seen": seen, "train_examples": len(train),
             "examples_skipped_too_long": skipped, "epochs_done": round(seen / len(train), 3),
+            "mean_tokens": round(sum(len(r[0]) for r in train) / len(train), 1),
             "train_loss_first": curve[0][1] if curve else None,
             "train_loss_last": curve[-1][1] if curve else None,
             "eval_loss_before": eval_before, "eval_loss_after": eval_after,

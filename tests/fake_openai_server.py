@@ -115,6 +115,12 @@ class FakeOpenAI:
         """Fine-tuned models answer in the house style (first context sentence + source);
         base models answer vaguely: enough for the evaluation gate to have a signal."""
         user = next((m["content"] for m in body["messages"] if m["role"] == "user"), "")
+        q = re.match(r"Write (\d+) short questions .*? of '([^']+)' answers\..*?\n\n(\S+ \S+ \S+)", user, re.S)
+        if q:  # question generation for the dataset (question_source=llm)
+            n, title, words = int(q.group(1)), q.group(2), q.group(3)
+            text = "\n".join(f"{i + 1}. What does the {title} mean by '{words}' (variant {i + 1})?"
+                             for i in range(n))
+            return self._chat_reply(body, text)
         m = re.search(r"\[1\] \(source: ([^)]+)\)\n(.*?)(?:\n\n\[2\]|\n\nQuestion:)", user, re.S)
         if body["model"].startswith("ft:") and m:
             lines = [ln.strip("# ") for ln in m.group(2).splitlines() if ln.strip()]
@@ -123,6 +129,9 @@ class FakeOpenAI:
             text = f"{first} (Source: {m.group(1)})"
         else:
             text = "I am not sure; please check the relevant policy documents."
+        return self._chat_reply(body, text)
+
+    def _chat_reply(self, body: dict, text: str) -> dict:
         return {"id": self._id("chatcmpl"), "object": "chat.completion",
                 "created": int(time.time()), "model": body["model"],
                 "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,

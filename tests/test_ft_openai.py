@@ -147,6 +147,19 @@ def test_rejected_key_is_reported_without_the_key(openai_env, monkeypatch):
     assert_key_nowhere(paths, key + "-wrong")
 
 
+def test_questions_can_be_generated_by_the_assistant_llm(openai_env):
+    paths, server, key = openai_env
+    write_topics(paths, TOPICS[:6])
+    r = run_assets(paths, KB_CORE + ["ft_dataset"],
+                   **fast_openai(paths, question_source="llm", questions_per_section=2))
+    assert r.success, step_failures(r)
+    assert check_results(r)["ft_dataset_valid"].passed
+    lines = (paths.home / "ft" / "1" / "train.jsonl").read_text("utf-8").splitlines()
+    questions = [json.loads(x)["messages"][1]["content"].rsplit("Question: ", 1)[1] for x in lines]
+    assert questions and all("(variant " in q for q in questions)
+    assert sum(q["path"] == "/v1/chat/completions" for q in server.requests) >= 6
+
+
 def test_missing_key_is_a_clear_error(kb_paths, monkeypatch):
     monkeypatch.setenv("KB_FT_PROVIDER", "openai")
     write_topics(kb_paths, TOPICS)
