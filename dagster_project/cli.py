@@ -39,4 +39,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Under `python -m` this file is `__main__`: use the importable module's main so that
+    # CLIError is the same class the commands raise.
+    from dagster_project.cli import main as cli_main
+
+    sys.exit(cli_main())

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dagster_project.settings import Paths
-from resources.vector_index import VersionStore
 
 POINTER_FILE = "serving.json"
 
@@ -19,6 +18,14 @@ POINTER_FILE = "serving.json"
 class Serving:
     version: int | None
     source: str  # "production" | "latest (nothing promoted yet)" | "none"
+
+
+def version_numbers(root: Path) -> list[int]:
+    """Complete KB versions under `root` (a version dir appears, complete, by one rename)."""
+    if not root.exists():
+        return []
+    return sorted(int(p.name) for p in root.iterdir()
+                  if p.name.isdigit() and (p / "version.json").exists())
 
 
 def pointer_path(paths: Paths) -> Path:
@@ -40,7 +47,8 @@ def resolve(paths: Paths) -> Serving:
             return Serving(int(json.loads(p.read_text(encoding="utf-8"))["version"]), "production")
         except (ValueError, KeyError, json.JSONDecodeError):
             pass
-    latest = VersionStore(root=str(paths.versions)).latest()
+    numbers = version_numbers(paths.versions)
+    latest = numbers[-1] if numbers else None
     if latest is None:
         return Serving(None, "none")
     return Serving(latest, "latest (nothing promoted yet)")

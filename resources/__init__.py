@@ -1,31 +1,19 @@
-"""ConfigurableResources: store (DuckDB), embedder, KB versions on disk, pipeline config."""
+"""ConfigurableResources: store (DuckDB), embedder, KB versions on disk, pipeline config,
+registry (MLflow), fine-tuner and LLM. Importing the package is free: names are loaded on
+first use, so light commands such as `kb search` do not pay for MLflow or peft imports."""
 
-from __future__ import annotations
+import importlib
 
-from dagster_project.settings import Paths
-
-from .config import KBConfig
-from .embedder import Embedder
-from .finetuner import ft_resources
-from .registry import registry_resources
-from .store import KBStore
-from .vector_index import VersionStore
-
-
-def default_resources(paths: Paths | None = None, **overrides) -> dict:
-    """The embedded, offline defaults, rooted at KB_HOME. Tests pass temporary paths."""
-    paths = paths or Paths.from_env()
-    resources = {
-        "store": KBStore(db_path=str(paths.db)),
-        "versions": VersionStore(root=str(paths.versions)),
-        "embedder": Embedder(),
-        "kb_config": KBConfig(inbox=str(paths.inbox)),
-        **registry_resources(paths),  # registry (MLflow), release_config (gate policy)
-        **ft_resources(paths),  # finetuner (local LoRA | OpenAI), llm, ft_config
-        "quality": __import__("checks.thresholds").thresholds.QualityThresholds.from_env(),
-    }
-    resources.update(overrides)
-    return resources
+_LAZY = {
+    "default_resources": ".defaults",
+    "KBConfig": ".config",
+    "Embedder": ".embedder",
+    "KBStore": ".store",
+    "VersionStore": ".vector_index",
+}
 
 
-__all__ = ["KBConfig", "Embedder", "KBStore", "VersionStore", "default_resources"]
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module 'resources' has no attribute {name!r}")

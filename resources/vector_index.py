@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from dagster import ConfigurableResource
 
+from dagster_project.serving import version_numbers
 from kb_assets.faults import fault_point
 from kb_assets.lexical import BM25Index
 
@@ -76,10 +77,7 @@ class VersionStore(ConfigurableResource):
         return Path(self.root)
 
     def numbers(self) -> list[int]:
-        if not self.path.exists():
-            return []
-        return sorted(int(p.name) for p in self.path.iterdir()
-                      if p.name.isdigit() and (p / INFO_FILE).exists())
+        return version_numbers(self.path)
 
     def latest(self) -> int | None:
         nums = self.numbers()

@@ -1,0 +1,29 @@
+"""The embedded, offline default resources, rooted at KB_HOME."""
+
+from __future__ import annotations
+
+from checks.thresholds import QualityThresholds
+from dagster_project.settings import Paths
+
+from .config import KBConfig
+from .embedder import Embedder
+from .finetuner import ft_resources
+from .registry import registry_resources
+from .store import KBStore
+from .vector_index import VersionStore
+
+
+def default_resources(paths: Paths | None = None, **overrides) -> dict:
+    """Every resource the definitions need; tests pass temporary paths and overrides."""
+    paths = paths or Paths.from_env()
+    resources = {
+        "store": KBStore(db_path=str(paths.db)),
+        "versions": VersionStore(root=str(paths.versions)),
+        "embedder": Embedder(),
+        "kb_config": KBConfig(inbox=str(paths.inbox)),
+        **registry_resources(paths),  # registry (MLflow), release_config (gate policy)
+        **ft_resources(paths),  # finetuner (local LoRA | OpenAI), llm, ft_config
+        "quality": QualityThresholds.from_env(),  # data-quality check thresholds
+    }
+    resources.update(overrides)
+    return resources
