@@ -4,9 +4,8 @@ daemon's code server): KB_SENSOR_INTERVAL_S (default 30), KB_SENSOR_SETTLE_S (de
 KB_SENSOR_MAX_WAIT_S (default 600); KB_SENSOR=off makes it start stopped (switch it on in
 the UI under Automation). The decision logic lives in inbox_state.py.
 
-Dagster's sensor daemon loops every 5 s and measures the interval from the end of the
-previous tick, so the effective cadence is the interval rounded up to the next 5 s loop
-(30 -> 35 s, 5 -> 10 s, 4 -> 5 s)."""
+The daemon evaluates sensors on a 5 s loop: the cadence is KB_SENSOR_INTERVAL_S rounded up
+to a multiple of 5 s (see daemon_interval)."""
 
 import os
 import time
@@ -59,10 +58,17 @@ class SensorSettings:
 SETTINGS = SensorSettings.from_env()
 
 
+def daemon_interval(interval_s: int) -> int:
+    """Dagster's minimum interval for a wanted cadence. The daemon looks every 5 s and
+    counts from the END of the previous tick (~0.2 s long), so a minimum of 30 would
+    tick every 35 s; one second less ticks every 30 s (5 s for 5)."""
+    return max(1, interval_s - 1)
+
+
 @sensor(
     name="inbox_sensor",
     job_name=KB_JOB,
-    minimum_interval_seconds=SETTINGS.interval_s,
+    minimum_interval_seconds=daemon_interval(SETTINGS.interval_s),
     default_status=(DefaultSensorStatus.STOPPED
                     if os.environ.get("KB_SENSOR", "").strip().lower() in {"off", "0", "false", "no"}
                     else DefaultSensorStatus.RUNNING),
@@ -76,10 +82,11 @@ def inbox_sensor(context: SensorEvaluationContext, kb_config: KBConfig) -> Senso
     ev = evaluate_inbox(kb_config.inbox_path, cursor, time.time(),
                         settle_s=settings.settle_s, max_wait_s=settings.max_wait_s)
     if ev.blocking and settings.settle_s <= MAX_IN_TICK_WAIT_S:
-        # Look again settle_s later within this tick: a file whose size and mtime held
-        # still meanwhile has settled (the same two-observation rule as across ticks).
-        time.sleep(settings.settle_s)
-        ev = evaluate_inbox(kb_config.inbox_path, ev.cursor, time.time(),
+        # Look again, within this tick, once the young files are settle_s old. Evaluated
+        # against the tick's own cursor, so only that age rule can settle them now: a
+        # file written to meanwhile has a new mtime and keeps waiting.
+        time.sleep(max(0.1, ev.settle_wait_s + 0.05))
+        ev = evaluate_inbox(kb_config.inbox_path, cursor, time.time(),
                             settle_s=settings.settle_s, max_wait_s=settings.max_wait_s)
     if ev.settling:
         context.log.info(f"settling (not ingested yet): {', '.join(ev.settling[:10])}")

@@ -87,6 +87,7 @@ class Evaluation:
     touched: list[str] = field(default_factory=list)    # stat changed, bytes did not
     settling: list[str] = field(default_factory=list)   # still being written: not acted upon
     blocking: list[str] = field(default_factory=list)   # settling files that hold the run back
+    settle_wait_s: float = 0.0  # until every blocking file is settle_s old, if none changes
     run_key: str | None = None
     state: str = ""
 
@@ -136,6 +137,8 @@ def evaluate_inbox(inbox: Path, cursor: InboxCursor, now: float, settle_s: float
             ev.settling.append(rel)
             if now - since < max_wait_s:
                 ev.blocking.append(rel)
+                remaining = settle_s - (now - st.mtime_ns / 1e9)
+                ev.settle_wait_s = max(ev.settle_wait_s, min(settle_s, remaining))
             continue
         try:
             _, sha = read_and_hash(inbox, st)
@@ -148,6 +151,7 @@ def evaluate_inbox(inbox: Path, cursor: InboxCursor, now: float, settle_s: float
             pending[rel] = Pending(after[0], after[1], since)
             ev.settling.append(rel)
             ev.blocking.append(rel)
+            ev.settle_wait_s = settle_s
             continue
         old = cursor.files.get(rel)
         if old is not None and old.sha == sha:

@@ -10,7 +10,7 @@ import pytest
 from dagster import DefaultScheduleStatus, DefaultSensorStatus, SensorResult, build_sensor_context
 
 from resources.config import KBConfig
-from sensors.inbox_sensor import SensorSettings, inbox_sensor
+from sensors.inbox_sensor import SensorSettings, daemon_interval, inbox_sensor
 from sensors.inbox_state import InboxCursor, evaluate_inbox, state_hash
 from tests.kbtest import write
 
@@ -91,6 +91,20 @@ def test_young_file_settles_within_one_tick(kb_paths, monkeypatch):
     t0 = time.monotonic()
     [request] = runs(evaluate(kb_paths, None))              # looked twice, 0.5 s apart
     assert time.monotonic() - t0 >= 0.5
+
+
+def test_in_tick_wait_is_only_what_the_file_still_needs(kb_paths, monkeypatch):
+    monkeypatch.setenv("KB_SENSOR_SETTLE_S", "5")
+    drop(kb_paths, "almost.md", "copied 4 s ago", seconds_old=4)
+    t0 = time.monotonic()
+    [request] = runs(evaluate(kb_paths, None))
+    assert 0.9 <= time.monotonic() - t0 < 3                  # ~1 s, not the full 5 s
+
+
+@pytest.mark.parametrize("wanted, minimum", [(30, 29), (5, 4), (10, 9), (1, 1)])
+def test_daemon_interval_gives_the_wanted_cadence(wanted, minimum):
+    # The daemon loops every 5 s and measures from the end of the previous tick.
+    assert daemon_interval(wanted) == minimum
 
 
 def test_file_written_during_the_tick_is_not_ingested(kb_paths, monkeypatch):
@@ -246,7 +260,7 @@ def test_definitions_wire_sensor_and_schedule(kb_paths):
     sensor = repo.get_sensor_def("inbox_sensor")
     assert sensor.job_name == "kb_job"
     assert sensor.default_status == DefaultSensorStatus.RUNNING
-    assert sensor.minimum_interval_seconds == SensorSettings.from_env().interval_s
+    assert sensor.minimum_interval_seconds == daemon_interval(SensorSettings.from_env().interval_s)
     schedule = repo.get_schedule_def("nightly_fine_tune")
     assert schedule.job_name == "all_job"
     assert schedule.default_status == DefaultScheduleStatus.STOPPED
