@@ -122,7 +122,10 @@ def bench_latency(n_chunks: int, queries: list[str], vocab_texts: list[str]) -> 
     from resources.embedder import Embedder
     from resources.vector_index import KBVersion, build_faiss_index
 
+    import torch
+
     faiss.omp_set_num_threads(1)
+    torch.set_num_threads(1)  # as `kb search` and `kb serve` do for single queries
     rng = np.random.default_rng(0)
     words = " ".join(vocab_texts).split()
     texts = [" ".join(words[j] for j in rng.integers(0, len(words), 60)) for _ in range(n_chunks)]

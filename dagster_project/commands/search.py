@@ -41,6 +41,9 @@ def cmd_search(args) -> int:
         raise CLIError("the query is empty")
     if args.k < 1:
         raise CLIError("-k must be at least 1")
+    import torch
+
+    torch.set_num_threads(1)  # one short query: a second thread only adds contention
     paths = Paths.from_env()
     searcher, source = open_searcher(paths, args.version)
     hits = searcher.search(args.query, k=args.k)
