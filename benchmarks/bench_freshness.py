@@ -17,6 +17,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -197,6 +198,9 @@ def main() -> int:
     ap.add_argument("--trials", type=int, default=3, help="drops per interval")
     ap.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
     args = ap.parse_args()
+    # Stopping the benchmark (even as a background job) still stops its UI stack.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from resources.embedder import Embedder
 
     embedder = Embedder()
