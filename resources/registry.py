@@ -303,7 +303,7 @@ class Registry(ConfigurableResource):
         self._call(f"set alias {alias}", client.set_registered_model_alias,
                    model_name, alias, str(row["mlflow_version"]))
         move = AliasMove(model_name, alias, current, version, actor, reason or "", bool(forced),
-                         run_id, utcnow().isoformat(timespec="seconds"))
+                         run_id, utcnow().isoformat(timespec="microseconds"))
         if model_name == "kb" and alias == "production" and self.kb_home:
             # Serving follows right after MLflow; recording it (DuckDB may be briefly locked
             # by a build) must not delay a rollback.

@@ -209,8 +209,13 @@ def cmd_rollback(args) -> int:
     from dagster_project.cli import CLIError
     from resources.registry import alias_history, rollback_target
 
+    from dagster_project.serving import resolve
+
     paths, store, registry = _context()
-    current = _guard(registry.get_alias, MODEL, "production")
+    # Read production from the serving pointer (the mirror of the MLflow alias) so the
+    # switch below happens before MLflow is even imported.
+    serving = resolve(paths)
+    current = serving.version if serving.source == "production" else None
     if current is None:
         raise CLIError("nothing is in production yet: nothing to roll back")
     target = args.to if args.to is not None else rollback_target(
@@ -223,4 +228,11 @@ def cmd_rollback(args) -> int:
     # A previous production version already served: being unevaluated does not block it.
     _check_promotable(paths, store, target, args.force, served_before=args.to is None)
     reason = "rollback" + (f": {args.reason}" if args.reason else f" from {current}")
-    return _move(paths, store, registry, target, reason, args.force)
+    # An emergency: serving switches first (kb serve follows within its poll interval), then
+    # the MLflow alias and alias_history record it. If recording fails, serving switches back.
+    write_pointer(paths, target)
+    try:
+        return _move(paths, store, registry, target, reason, args.force)
+    except BaseException:
+        write_pointer(paths, current)
+        raise
