@@ -139,8 +139,9 @@ def run_config(interval: int, trials: int, root: Path, embedder) -> dict:
                 print(f"  drop {trial + 1}/{trials}: served after {row['served_s']:.1f}s "
                       f"(requested {row['requested_s']:.1f}s, version {number}, "
                       f"run {row['status'].lower()} in {row['run_s']:.0f}s)", flush=True)
-            out = subprocess.run([str(REPO / ".venv/bin/kb"), "search", "--json", "-k", "3",
-                                  f"How many credits is the {token} allowance?"],
+            kb = [sys.executable, "-m", "dagster_project.cli"]  # `kb`, from this checkout
+            out = subprocess.run([*kb, "search", "--json", "-k", "3",
+                                  f"How many credits is the {token} allowance?"], cwd=REPO,
                                  capture_output=True, text=True, env=dict(os.environ), timeout=300)
             confirmed = any(h["doc_id"] == rel for h in json.loads(out.stdout or "[]"))
     finally:

@@ -5,7 +5,9 @@ the KB never overlap (run queue tag limit + writer lock); both processes stop cl
 import json
 import os
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
@@ -18,7 +20,8 @@ from tests.ui_stack import UIStack
 
 pytestmark = pytest.mark.slow
 
-KB = str(REPO / ".venv" / "bin" / "kb")
+# `kb` itself, run from this checkout with the interpreter running the tests.
+KB = [sys.executable, "-m", "dagster_project.cli"]
 FRESHNESS_BUDGET_S = 60
 DONE = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
 
@@ -31,7 +34,7 @@ per quarter. Claims are filed with the travel desk within 14 days of returning.
 
 
 def kb_search(paths, query: str) -> list[dict]:
-    out = subprocess.run([KB, "search", query, "--json", "-k", "3"], cwd=REPO,
+    out = subprocess.run([*KB, "search", query, "--json", "-k", "3"], cwd=REPO,
                          env={**os.environ, "KB_HOME": str(paths.home)},
                          capture_output=True, text=True, timeout=120)
     if out.returncode != 0:
@@ -138,7 +141,7 @@ def test_kb_writers_never_overlap(kb_paths, tmp_path):
             ui_run_id = client.submit_job_execution(
                 "kb_job", repository_location_name=location, repository_name="__repository__",
                 tags={"kb/trigger": "test-ui"})
-            cli = subprocess.run([KB, "build", "--select", "index"], cwd=REPO,
+            cli = subprocess.run([*KB, "build", "--select", "index"], cwd=REPO,
                                  env={**os.environ, "KB_HOME": str(kb_paths.home)},
                                  capture_output=True, text=True, timeout=600)
             assert "run " in cli.stdout, cli.stdout + cli.stderr

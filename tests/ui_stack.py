@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -51,7 +52,9 @@ class UIStack:
         self.kb_home = Path(kb_home)
         self.port = port or free_port()
         self.log_path = Path(log_path)
-        self.env = {**os.environ, "KB_HOME": str(kb_home), "KB_UI_PORT": str(self.port), **env}
+        # ui.sh uses the virtualenv running this process (a worktree or CI may have no ./.venv).
+        self.env = {**os.environ, "KB_HOME": str(kb_home), "KB_UI_PORT": str(self.port),
+                    "VENV": str(Path(sys.executable).parent.parent), **env}
         for var in ("DAGSTER_HOME", "KB_INBOX", "MLFLOW_TRACKING_URI"):
             if var not in env:
                 self.env.pop(var, None)
