@@ -11,15 +11,15 @@ from resources.embedder import Embedder
 from resources.store import KBStore
 
 from . import state
-from .gx_suites import Expect, validate
+from .gx_suites import Expect, SuiteResult, validate
 from .metrics import centroid_reference, cosine, vector_frame
 from .outcome import CheckDef, CheckOutcome, guarded, record
 from .thresholds import QualityThresholds
 
 ASSET = "embeddings"
 DIMENSION = CheckDef(ASSET, "embeddings_dimension", True,
-                     "Every active chunk has a cached vector whose dimension equals the "
-                     "embedding model's.")
+                     "Every active chunk has a cached vector, and every vector new since the "
+                     "published version has the embedding model's dimension.")
 FINITE = CheckDef(ASSET, "embeddings_finite", True, "No NaN or infinite value in new vectors.")
 UNIT = CheckDef(ASSET, "embeddings_unit_norm", True,
                 "New vectors have unit L2 norm within unit_norm_tolerance.")
@@ -30,59 +30,58 @@ CENTROID = CheckDef(ASSET, "embeddings_centroid_drift", False,
 CHECKS = [DIMENSION, FINITE, UNIT, NONZERO, CENTROID]
 
 
-def evaluate(coverage: dict, bad_rows: pd.DataFrame, stats: pd.DataFrame, matrix: np.ndarray,
-             model_dim: int, model_id: str, base_vectors: np.ndarray | None,
+def evaluate(total: int, missing: int, missing_rows: pd.DataFrame, stats: pd.DataFrame,
+             matrix: np.ndarray, model_dim: int, model_id: str, base_vectors: np.ndarray | None,
              q: QualityThresholds, base_label: str) -> list[CheckOutcome]:
-    """`coverage`/`bad_rows`: state.embedding_coverage(); `stats`/`matrix`:
+    """`total`/`missing`/`missing_rows`: state.embedding_coverage(); `stats`/`matrix`:
     metrics.vector_frame() of the new vectors; `base_vectors`: the baseline's vectors."""
     rows = max(1, q.offending_rows)
-    scope = {"model": model_id, "model_dim": model_dim, "active_chunks": coverage["chunks"],
+    scope = {"model": model_id, "model_dim": model_dim, "active_chunks": total,
              "new_vectors": len(stats), "baseline": base_label}
-    out = []
-
-    missing, wrong = coverage["missing"], coverage["wrong_size"]
-    ok = missing == 0 and wrong == 0
-    desc = (f"all {coverage['chunks']} active chunks have a {model_dim}-d vector" if ok else
-            f"{missing} active chunks have no cached vector and {wrong} have a vector that is "
-            f"not {model_dim}-d (model {model_id})")
-    dim_rows = [{"chunk_id": r["chunk_id"], "doc_id": r["doc_id"],
-                 "dim": "missing" if pd.isna(r["dim"]) else int(r["dim"])}
-                for r in bad_rows.head(rows).to_dict("records")]
-    suite = None
-    if len(stats):  # the new vectors through GX too, so the UI shows expected vs observed
-        suite = validate("embeddings_dim", stats, [Expect(
-            "in_set", "dim", {"value_set": [model_dim]}, "vector dimension = model's")],
-            ["chunk_id", "doc_id"], rows)
-        ok = ok and suite.success
-    out.append(CheckOutcome(DIMENSION, ok, desc, dict(scope, missing=missing, wrong_size=wrong),
-                            suite, dim_rows if not ok else []))
-
-    if stats.empty:
-        msg = f"no vector is new since {base_label}: nothing to check"
-        out += [CheckOutcome(c, True, msg, dict(scope)) for c in (FINITE, UNIT, NONZERO, CENTROID)]
-        return out
-
     tol = q.unit_norm_tolerance
-    specs = {
+    parts = {
+        DIMENSION: (Expect("in_set", "dim", {"value_set": [model_dim]}, "vector dimension = "
+                           "model's"), f"are not {model_dim}-d"),
         FINITE: (Expect("between", "nonfinite", {"min_value": 0, "max_value": 0},
                         "no NaN/inf component"), "contain NaN or infinite values"),
         UNIT: (Expect("between", "norm", {"min_value": 1 - tol, "max_value": 1 + tol},
                       "unit L2 norm"), f"have a norm outside 1 ± {tol:g}"),
-        NONZERO: (Expect("between", "max_abs", {"min_value": 1e-12},
-                         "not all zeros"), "are all zeros"),
+        NONZERO: (Expect("between", "max_abs", {"min_value": 1e-12}, "not all zeros"),
+                  "are all zeros"),
     }
-    for check, (expect, what) in specs.items():
-        suite = validate(check.name, stats, [expect], ["chunk_id", "doc_id"], rows)
-        o = suite.outcomes[0]
-        desc = (f"all {len(stats)} new vectors pass ({expect.describe_expected()})" if suite.success
-                else f"{o.unexpected_count} of {len(stats)} new vectors {what}")
-        extra = {}
-        if check is UNIT:
+    # One GX validation of the new vectors' stats for the four checks.
+    suite = validate("embeddings", stats, [e for e, _ in parts.values()], ["chunk_id", "doc_id"],
+                     rows) if len(stats) else None
+    out = []
+    for i, (check, (expect, what)) in enumerate(parts.items()):
+        own = SuiteResult(suite.suite, suite.outcomes[i:i + 1], suite.seconds) if suite else None
+        ok = own.success if own else True
+        if own and not ok:
+            desc = f"{own.outcomes[0].unexpected_count} of {len(stats)} new vectors {what}"
+        elif own:
+            desc = f"all {len(stats)} new vectors pass ({expect.describe_expected()})"
+        else:
+            desc = f"no vector is new since {base_label}: nothing to check"
+        values, extra_rows = dict(scope), []
+        if check is DIMENSION:
+            values["missing"] = missing
+            if missing:
+                ok = False
+                desc = (f"{missing} of {total} active chunks have no cached {model_id} vector"
+                        + ("" if own is None or own.success else "; " + desc))
+                extra_rows = [dict(r, dim="missing") for r in missing_rows.head(rows).to_dict("records")]
+            elif ok and own:
+                desc = f"all {total} active chunks have a vector; {len(stats)} new ones are {model_dim}-d"
+        if check is UNIT and len(stats):
             norms = stats["norm"].dropna()
-            extra = {"norm_min": round(float(norms.min()), 6) if len(norms) else 0.0,
-                     "norm_max": round(float(norms.max()), 6) if len(norms) else 0.0}
-        out.append(CheckOutcome(check, suite.success, desc, dict(scope, **extra), suite))
+            values.update(norm_min=round(float(norms.min()), 6) if len(norms) else 0.0,
+                          norm_max=round(float(norms.max()), 6) if len(norms) else 0.0)
+        out.append(CheckOutcome(check, ok, desc, values, own, extra_rows))
 
+    if stats.empty:
+        out.append(CheckOutcome(CENTROID, True, f"no vector is new since {base_label}: nothing "
+                                "to compare", dict(scope)))
+        return out
     values = dict(scope, min_centroid_cosine=q.min_centroid_cosine)
     if base_vectors is None or len(matrix) == 0:
         why = (f"nothing to compare: {base_label} has no vectors" if base_vectors is None
@@ -110,14 +109,14 @@ def collect(store: KBStore, embedder: Embedder, q: QualityThresholds) -> list[Ch
     model_dim = state.declared_model_dim(embedder.resolved_path) or embedder.dim
     with store.connect() as con:
         base = state.baseline(con)
-        coverage, bad = state.embedding_coverage(con, model_id, model_dim)
+        total, missing, missing_rows = state.embedding_coverage(con, model_id)
         ids, blobs = state.new_vectors(con, base, model_id)
     stats, matrix = vector_frame(ids, blobs)
     base_vectors = None
     if base.exists and base.path and base.embedding_model == model_id:
         base_vectors = state.version_vectors(base.path)
-    return evaluate(coverage, bad, stats, matrix, model_dim, model_id, base_vectors, q,
-                    base.label())
+    return evaluate(total, missing, missing_rows, stats, matrix, model_dim, model_id,
+                    base_vectors, q, base.label())
 
 
 @multi_asset_check(

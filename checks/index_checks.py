@@ -4,16 +4,19 @@ index covers the same rows; a smoke query returns results. A failure blocks ever
 downstream (the release and the production alias), so a damaged version is never promoted."""
 
 
+import json
+
 import faiss
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 from dagster import AssetCheckExecutionContext, AssetCheckSpec, multi_asset_check
 
-from kb_assets.lexical import lexical_tokens
+from kb_assets.lexical import BM25Index, lexical_tokens
 from kb_assets.retrieval import hybrid_search
 from resources.embedder import Embedder
 from resources.store import KBStore, fetch_one
-from resources.vector_index import KBVersion, VersionStore
+from resources.vector_index import INDEX_FILE, INFO_FILE, MANIFEST_FILE, KBVersion, VersionStore
 
 from .gx_suites import Expect, validate
 from .outcome import CheckDef, CheckOutcome, attach_version, guarded, record
@@ -56,8 +59,10 @@ def sample_chunks(v: KBVersion, n: int) -> pd.DataFrame:
 
 def evaluate(v: KBVersion, active_ids: np.ndarray, member_ids: np.ndarray,
              registered_chunks: int | None, model_id: str, cached: dict[str, bytes],
-             q: QualityThresholds) -> list[CheckOutcome]:
-    """`cached`: text_hash -> cached vector bytes of sample_chunks(v, VECTOR_SAMPLE)."""
+             texts: dict[int, str], q: QualityThresholds) -> list[CheckOutcome]:
+    """`cached`: text_hash -> cached vector bytes of sample_chunks(v, VECTOR_SAMPLE);
+    `texts`: chunk_id -> text of the chunks in text_sample(v) (the manifest may be loaded
+    without its text column)."""
     rows = max(1, q.offending_rows)
     manifest_ids = v.manifest["chunk_id"].to_numpy(dtype=np.int64)
     ids = index_ids(v.index)
@@ -87,8 +92,8 @@ def evaluate(v: KBVersion, active_ids: np.ndarray, member_ids: np.ndarray,
     frame = pd.DataFrame({"chunk_id": universe})
     for col, arr in sets.items():
         frame[col] = np.isin(universe, arr)
-    doc_ids = dict(zip(v.manifest["chunk_id"], v.manifest["doc_id"]))
-    frame["doc_id"] = frame["chunk_id"].map(doc_ids)
+    frame["doc_id"] = frame["chunk_id"].map(
+        pd.Series(v.manifest["doc_id"].to_numpy(), index=manifest_ids))
     suite = validate("faiss_ids", frame, [Expect("in_set", c, {"value_set": [True]},
                                                  c.replace("in_", "present in "))
                                           for c in sets], ["chunk_id", "doc_id"], rows)
@@ -104,9 +109,8 @@ def evaluate(v: KBVersion, active_ids: np.ndarray, member_ids: np.ndarray,
                             suite))
 
     out.append(vectors_match(v, ids, cached, scope, rows))
-    out.append(lexical_alignment(v, manifest_ids, scope, rows))
-
-    out.append(smoke_query(v, manifest_ids, ids, q, scope))
+    out.append(lexical_alignment(v, manifest_ids, texts, scope, rows))
+    out.append(smoke_query(v, manifest_ids, ids, texts, q, scope))
     return out
 
 
@@ -138,27 +142,26 @@ def vectors_match(v: KBVersion, ids: np.ndarray, cached: dict[str, bytes], scope
                         "chunks' cached embeddings", values)
 
 
-def lexical_alignment(v: KBVersion, manifest_ids: np.ndarray, scope: dict,
-                      rows: int) -> CheckOutcome:
+def lexical_alignment(v: KBVersion, manifest_ids: np.ndarray, texts: dict[int, str],
+                      scope: dict, rows: int) -> CheckOutcome:
     lex_rows = v.lexical.n_docs
-    csr = v.lexical.weights.tocsr()
-    empty_rows = int((np.diff(csr.indptr) == 0).sum()) if lex_rows else 0
-    values = dict(scope, lexical_rows=lex_rows, lexical_rows_without_terms=empty_rows,
-                  vocabulary=len(v.lexical.vocab))
+    w = v.lexical.weights  # CSC: term-major
+    row_terms = np.bincount(w.indices, minlength=lex_rows) if lex_rows else np.zeros(0, int)
+    values = dict(scope, lexical_rows=lex_rows, vocabulary=len(v.lexical.vocab),
+                  lexical_rows_without_terms=int((row_terms == 0).sum()))
     if lex_rows != len(manifest_ids):
         return CheckOutcome(LEXICAL, False, f"BM25 has {lex_rows} rows for {len(manifest_ids)} "
                             "manifest chunks: the lexical index covers different chunks", values)
-    # Row i of BM25 is manifest row i: its terms must be exactly the terms of that text.
+    # Row i of BM25 is manifest row i: it must hold exactly the terms of that chunk's text.
     sample = sample_chunks(v, LEXICAL_SAMPLE)
     positions = np.searchsorted(manifest_ids, sample["chunk_id"].to_numpy(np.int64))
     misses = []
-    for pos, rec in zip(positions, sample.to_dict("records")):
-        expected = {v.lexical.vocab.get(t, -1) for t in lexical_tokens(str(rec["text"]))}
-        actual = set(csr.indices[csr.indptr[pos]:csr.indptr[pos + 1]].tolist())
-        if expected != actual:
-            misses.append({"chunk_id": int(rec["chunk_id"]), "doc_id": rec["doc_id"],
-                           "terms_expected": len(expected), "terms_in_row": len(actual),
-                           "shared": len(expected & actual)})
+    for pos, cid, doc_id in zip(positions, sample["chunk_id"], sample["doc_id"]):
+        terms = {v.lexical.vocab.get(t, -1) for t in lexical_tokens(texts.get(int(cid), ""))}
+        held = sum(1 for t in terms if t >= 0 and pos in w.indices[w.indptr[t]:w.indptr[t + 1]])
+        if held != len(terms) or row_terms[pos] != len(terms):
+            misses.append({"chunk_id": int(cid), "doc_id": doc_id, "terms_of_text": len(terms),
+                           "terms_in_row": int(row_terms[pos]), "shared": held})
     values.update(rows_sampled=len(sample), rows_misaligned=len(misses))
     desc = (f"BM25 has {lex_rows} rows = manifest chunks; {len(sample) - len(misses)} of "
             f"{len(sample)} sampled rows hold exactly their chunk's terms")
@@ -167,20 +170,24 @@ def lexical_alignment(v: KBVersion, manifest_ids: np.ndarray, scope: dict,
     return CheckOutcome(LEXICAL, not misses, desc, values, rows=misses[:rows])
 
 
-def smoke_query(v: KBVersion, manifest_ids: np.ndarray, ids: np.ndarray,
+def smoke_probe(manifest_ids: np.ndarray, ids: np.ndarray) -> int | None:
+    both = np.intersect1d(manifest_ids, ids)
+    return int(both[len(both) // 2]) if len(both) else None
+
+
+def smoke_query(v: KBVersion, manifest_ids: np.ndarray, ids: np.ndarray, texts: dict[int, str],
                 q: QualityThresholds, scope: dict) -> CheckOutcome:
     """Query with a chunk's own text and stored vector (no model load): the hybrid search
     path over this version's FAISS and BM25 must return results."""
     if len(manifest_ids) == 0 and v.index.ntotal == 0:
         return CheckOutcome(SMOKE, True, f"KB version {v.number} is empty (the inbox held no "
                             "valid documents): no query to run", dict(scope))
-    both = np.intersect1d(manifest_ids, ids)
-    if len(both) == 0:
+    probe = smoke_probe(manifest_ids, ids)
+    if probe is None:
         return CheckOutcome(SMOKE, False, "no chunk is in both the index and the manifest",
                             dict(scope))
-    probe = int(both[len(both) // 2])
     rec = v.manifest.iloc[int(np.searchsorted(manifest_ids, probe))]
-    query = " ".join(str(rec["text"]).split())[:120]
+    query = " ".join(texts.get(probe, "").split())[:120]
     values = dict(scope, probe_chunk_id=probe, probe_doc_id=str(rec["doc_id"]), query=query)
     try:
         qvec = v.index.reconstruct(probe)
@@ -200,6 +207,29 @@ def smoke_query(v: KBVersion, manifest_ids: np.ndarray, ids: np.ndarray,
                               for h in hits[:3]])
 
 
+def load_version(versions: VersionStore, number: int) -> KBVersion:
+    """A version without its manifest's text column (the bulk of its bytes): the checks
+    read the few texts they need from DuckDB, or from the manifest as a fallback."""
+    path = versions.path / str(number)
+    info = json.loads((path / INFO_FILE).read_text(encoding="utf-8"))
+    index = faiss.read_index(str(path / INDEX_FILE))
+    columns = [c for c in pq.read_schema(path / MANIFEST_FILE).names if c != "text"]
+    manifest = pd.read_parquet(path / MANIFEST_FILE, columns=columns).assign(text="")
+    return KBVersion(number, path, info, index, manifest, BM25Index.load(path))
+
+
+def sample_texts(con, v: KBVersion, chunk_ids: list[int]) -> dict[int, str]:
+    """Texts of `chunk_ids`: a chunk id hashes its text, so DuckDB's row is the manifest's."""
+    con.register("text_ids", pd.DataFrame({"chunk_id": chunk_ids}, dtype="int64"))
+    texts = dict(con.execute("SELECT chunk_id, text FROM chunks WHERE chunk_id IN "
+                             "(SELECT chunk_id FROM text_ids)").fetchall())
+    if len(texts) < len(set(chunk_ids)):  # an older version: read its own texts
+        m = pd.read_parquet(v.path / MANIFEST_FILE, columns=["chunk_id", "text"])
+        texts = dict(zip(m["chunk_id"].tolist(), m["text"].tolist()))
+    keep = set(chunk_ids)
+    return {int(k): t for k, t in texts.items() if k in keep}
+
+
 def collect(store: KBStore, versions: VersionStore, embedder: Embedder,
             q: QualityThresholds) -> tuple[int | None, list[CheckOutcome]]:
     number = versions.latest()
@@ -207,10 +237,14 @@ def collect(store: KBStore, versions: VersionStore, embedder: Embedder,
         msg = "no KB version is published yet: nothing to check"
         return None, [CheckOutcome(c, True, msg, {}) for c in CHECKS]
     try:
-        v = versions.load(number)
+        v = load_version(versions, number)
     except Exception as exc:  # noqa: BLE001 - unreadable files are the finding
         msg = f"KB version {number} cannot be loaded: {type(exc).__name__}: {str(exc)[:200]}"
         return number, [CheckOutcome(c, False, msg, {"kb_version": number}) for c in CHECKS]
+    manifest_ids = v.manifest["chunk_id"].to_numpy(dtype=np.int64)
+    probe = smoke_probe(manifest_ids, index_ids(v.index))
+    wanted = sample_chunks(v, LEXICAL_SAMPLE)["chunk_id"].astype("int64").tolist()
+    wanted += [probe] if probe is not None else []
     with store.connect() as con:
         active = con.execute("""SELECT c.chunk_id FROM chunks c JOIN documents d USING (doc_key)
                                 WHERE d.active""").df()["chunk_id"].to_numpy(dtype=np.int64)
@@ -222,8 +256,9 @@ def collect(store: KBStore, versions: VersionStore, embedder: Embedder,
             SELECT e.text_hash, e.vector FROM embedding_cache e
             WHERE e.model_id = ? AND e.text_hash IN (SELECT text_hash FROM sampled_hashes)""",
                                   [embedder.model_id]).fetchall())
+        texts = sample_texts(con, v, wanted)
     return number, evaluate(v, active, members, None if reg is None else int(reg[0]),
-                            embedder.model_id, {k: bytes(b) for k, b in cached.items()}, q)
+                            embedder.model_id, {k: bytes(b) for k, b in cached.items()}, texts, q)
 
 
 @multi_asset_check(

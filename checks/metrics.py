@@ -78,9 +78,9 @@ def same_content_docs(candidate: pd.DataFrame, members: pd.DataFrame) -> set[str
     """doc_keys whose content is the same in the candidate and in the baseline version."""
     if candidate.empty or members.empty:
         return set()
-    a = set(zip(candidate["doc_key"], candidate["doc_content_hash"]))
-    b = set(zip(members["doc_key"], members["doc_content_hash"]))
-    return {k for k, _ in a & b}
+    cols = ["doc_key", "doc_content_hash"]
+    same = candidate[cols].drop_duplicates().merge(members[cols].drop_duplicates(), on=cols)
+    return set(same["doc_key"].tolist())
 
 
 @dataclass(frozen=True)

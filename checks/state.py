@@ -74,20 +74,24 @@ def batch_docs(con, base: Baseline) -> pd.DataFrame:
         WITH published AS (
             SELECT DISTINCT doc_key, doc_content_hash FROM kb_version_members WHERE version = ?),
         active AS (
-            SELECT d.*, (p.doc_key IS NULL) AS in_batch FROM documents d
+            SELECT d.doc_key, d.doc_id, d.content_hash, (p.doc_key IS NULL) AS in_batch
+            FROM documents d
             LEFT JOIN published p ON p.doc_key = d.doc_key AND p.doc_content_hash = d.content_hash
             WHERE d.active),
         ranked AS (
-            SELECT *, row_number() OVER (PARTITION BY content_hash ORDER BY in_batch, doc_key) AS copy_no,
-                   first_value(doc_id) OVER (PARTITION BY content_hash ORDER BY in_batch, doc_key) AS first_id
-            FROM active)
-        SELECT doc_key, doc_id, source_path, line, title, content_hash,
-               CASE WHEN text IS NULL OR length(trim(text)) = 0 THEN NULL
-                    ELSE left(regexp_replace(text, '\\s+', ' ', 'g'), 80) END AS text,
-               coalesce(length(text), 0) AS n_chars,
-               copy_no > 1 AS is_duplicate,
-               CASE WHEN copy_no > 1 THEN first_id END AS duplicate_of
-        FROM ranked WHERE in_batch ORDER BY doc_key""", [_version_param(base)]).df()
+            SELECT doc_key, in_batch,
+                   row_number() OVER w AS copy_no, first_value(doc_id) OVER w AS first_id
+            FROM active
+            WHERE content_hash IN (SELECT content_hash FROM active WHERE in_batch)
+            WINDOW w AS (PARTITION BY content_hash ORDER BY in_batch, doc_key))
+        SELECT d.doc_key, d.doc_id, d.source_path, d.line, d.title, d.content_hash,
+               CASE WHEN d.text IS NULL OR length(trim(d.text)) = 0 THEN NULL
+                    ELSE left(regexp_replace(left(d.text, 400), '\\s+', ' ', 'g'), 80) END AS text,
+               coalesce(length(d.text), 0) AS n_chars,
+               r.copy_no > 1 AS is_duplicate,
+               CASE WHEN r.copy_no > 1 THEN r.first_id END AS duplicate_of
+        FROM ranked r JOIN documents d USING (doc_key)
+        WHERE r.in_batch ORDER BY d.doc_key""", [_version_param(base)]).df()
 
 
 def batch_quarantine(con, base: Baseline) -> pd.DataFrame:
@@ -99,14 +103,19 @@ def batch_quarantine(con, base: Baseline) -> pd.DataFrame:
 
 
 def candidate_chunks(con) -> pd.DataFrame:
-    """Every active chunk with its length and a short preview (not the whole text)."""
+    """Every active chunk with its length; text itself is not loaded (only whether it has a
+    non-blank character), so 100k chunks cost a fraction of a second."""
     return con.execute("""
-        SELECT c.chunk_id, c.doc_key, d.doc_id, c.ordinal, c.n_tokens, c.text_hash,
-               c.doc_content_hash, c.chunker_version,
-               coalesce(length(trim(c.text)), 0) AS text_chars,
-               left(regexp_replace(c.text, '\\s+', ' ', 'g'), 60) AS preview
+        SELECT c.chunk_id, c.doc_key, d.doc_id, c.ordinal, c.n_tokens,
+               c.doc_content_hash,
+               CASE WHEN regexp_matches(c.text, '\\S') THEN length(c.text) ELSE 0 END AS text_chars
         FROM chunks c JOIN documents d USING (doc_key)
         WHERE d.active ORDER BY c.chunk_id""").df()
+
+
+def chunker_versions(con) -> list[str]:
+    return [r[0] for r in con.execute(
+        "SELECT DISTINCT chunker_version FROM chunks ORDER BY 1").fetchall()]
 
 
 def baseline_members(con, base: Baseline) -> pd.DataFrame:
@@ -124,23 +133,19 @@ def new_chunk_texts(con, base: Baseline) -> pd.DataFrame:
         ORDER BY c.chunk_id""", [_version_param(base)]).df()
 
 
-def embedding_coverage(con, model_id: str, dim: int) -> tuple[dict, pd.DataFrame]:
-    """Counts of active chunks without a cached vector or with one of the wrong size,
-    and a few of those chunks."""
+def embedding_coverage(con, model_id: str) -> tuple[int, int, pd.DataFrame]:
+    """(active chunks, active chunks without a cached vector for the model, a few of those).
+    An anti-join on text_hash only: vector sizes are judged on the new vectors."""
     sql = """
         FROM chunks c JOIN documents d USING (doc_key)
-        LEFT JOIN embedding_cache e ON e.text_hash = c.text_hash AND e.model_id = ?
-        WHERE d.active"""
-    r = fetch_one(con, f"""
-        SELECT count(*), count(*) FILTER (WHERE e.vector IS NULL),
-               count(*) FILTER (WHERE e.vector IS NOT NULL AND octet_length(e.vector) <> ?) {sql}""",
-                  [dim * 4, model_id])
-    bad = con.execute(f"""
-        SELECT c.chunk_id, d.doc_id,
-               CASE WHEN e.vector IS NULL THEN NULL ELSE octet_length(e.vector) // 4 END AS dim
-        {sql} AND (e.vector IS NULL OR octet_length(e.vector) <> ?)
-        ORDER BY c.chunk_id LIMIT 20""", [model_id, dim * 4]).df()
-    return {"chunks": int(r[0]), "missing": int(r[1]), "wrong_size": int(r[2])}, bad
+        WHERE d.active AND NOT EXISTS (
+            SELECT 1 FROM embedding_cache e WHERE e.model_id = ? AND e.text_hash = c.text_hash)"""
+    total = fetch_one(con, """SELECT count(*) FROM chunks c JOIN documents d USING (doc_key)
+                              WHERE d.active""")[0]
+    missing = fetch_one(con, f"SELECT count(*) {sql}", [model_id])[0]
+    rows = (con.execute(f"SELECT c.chunk_id, d.doc_id {sql} ORDER BY c.chunk_id LIMIT 20",
+                        [model_id]).df() if missing else pd.DataFrame(columns=["chunk_id", "doc_id"]))
+    return int(total), int(missing), rows
 
 
 def new_vectors(con, base: Baseline, model_id: str) -> tuple[pd.DataFrame, list[bytes]]:
@@ -168,8 +173,9 @@ def version_vectors(path: str | Path) -> np.ndarray | None:
     if index.ntotal == 0:
         return None
     inner = faiss.downcast_index(index.index) if hasattr(index, "id_map") else index
-    xb = faiss.rev_swig_ptr(inner.get_xb(), inner.ntotal * inner.d)
-    return np.array(xb, dtype=np.float32).reshape(inner.ntotal, inner.d)  # copy: index is freed
+    if not hasattr(inner, "codes"):
+        return None  # not a flat index: vectors are not stored as such
+    return faiss.vector_to_array(inner.codes).view(np.float32).reshape(inner.ntotal, inner.d)
 
 
 def declared_model_dim(model_folder: str | Path) -> int | None:

@@ -152,6 +152,14 @@ def test_validate_reports_observed_expected_and_offending_rows():
     assert mean.observed == 26.25 and mean.expect.describe_expected() == "n mean in [0, 10]"
 
 
+def test_validate_handles_narrow_and_nullable_integers():
+    df = pd.DataFrame({"n": np.array([1, 50], dtype=np.int32),
+                       "line": pd.array([3, None], dtype="Int32")})
+    r = validate("unit_ints", df, [Expect("between", "n", {"min_value": 0, "max_value": 10}),
+                                   Expect("between", "line", {"min_value": 1})])
+    assert [o.unexpected_count for o in r.outcomes] == [1, 0]
+
+
 def test_validate_empty_frame_and_missing_column():
     empty = pd.DataFrame({"doc_id": [], "text": []})
     assert validate("unit_empty", empty, [Expect("not_null", "text")], ["doc_id"]).success
@@ -246,8 +254,7 @@ def test_embedding_checks_flag_each_defect_and_warn_on_centroid():
     batch /= np.linalg.norm(batch, axis=1, keepdims=True)
     ids = pd.DataFrame({"chunk_id": range(200), "doc_id": "d"})
     stats, matrix = vector_frame(ids, [v.tobytes() for v in batch])
-    cov = {"chunks": 500, "missing": 0, "wrong_size": 0}
-    out = by_name(embedding_checks.evaluate(cov, pd.DataFrame(columns=["chunk_id", "doc_id", "dim"]),
+    out = by_name(embedding_checks.evaluate(500, 0, pd.DataFrame(columns=["chunk_id", "doc_id"]),
                                             stats, matrix, 8, "m", base, Q, "KB version 1"))
     assert all(out[n].passed for n in ("embeddings_dimension", "embeddings_finite",
                                        "embeddings_unit_norm", "embeddings_nonzero"))
@@ -257,11 +264,31 @@ def test_embedding_checks_flag_each_defect_and_warn_on_centroid():
     broken = [batch[0].tobytes(), np.zeros(8, np.float32).tobytes(), (batch[1] * 2).tobytes(),
               np.full(8, np.inf, np.float32).tobytes(), batch[2][:6].tobytes()]
     stats, matrix = vector_frame(ids.head(5), broken)
-    cov = {"chunks": 5, "missing": 1, "wrong_size": 1}
-    bad_rows = pd.DataFrame({"chunk_id": [9, 4], "doc_id": ["x", "d"], "dim": [None, 6]})
-    out = by_name(embedding_checks.evaluate(cov, bad_rows, stats, matrix, 8, "m", None, Q, "none"))
-    assert not out["embeddings_dimension"].passed
-    assert out["embeddings_dimension"].offending()[0] == {"chunk_id": 9, "doc_id": "x", "dim": "missing"}
+    missing_rows = pd.DataFrame({"chunk_id": [9], "doc_id": ["x"]})
+    out = by_name(embedding_checks.evaluate(6, 1, missing_rows, stats, matrix, 8, "m", None, Q,
+                                            "none"))
+    dim = out["embeddings_dimension"]
+    assert not dim.passed and "1 of 6 active chunks have no cached m vector" in dim.description
+    assert "1 of 5 new vectors are not 8-d" in dim.description
+    assert {"chunk_id": 9, "doc_id": "x", "dim": "missing"} in dim.offending()
+    assert {"dim": 6, "chunk_id": 4, "doc_id": "d", "expectation": "expect_in_set(dim)"} in dim.offending()
     assert not out["embeddings_finite"].passed and not out["embeddings_nonzero"].passed
     assert "4 of 5 new vectors have a norm outside" in out["embeddings_unit_norm"].description
     assert out["embeddings_centroid_drift"].passed  # nothing to compare against
+
+
+def test_a_crashing_check_becomes_a_failed_result_for_each_check():
+    from checks.outcome import guarded
+
+    def boom():
+        raise ZeroDivisionError("odd data")
+
+    out = guarded(raw_docs_checks.CHECKS, boom)
+    assert [o.check.name for o in out] == [c.name for c in raw_docs_checks.CHECKS]
+    assert not any(o.passed for o in out)
+    assert out[0].description == "the check itself crashed: ZeroDivisionError: odd data"
+    result = out[0].to_result()
+    assert result.severity.value == "ERROR" and result.check_name == "raw_docs_required_fields"
+    # A result forgotten by the evaluation is reported as failed, not silently skipped.
+    partial = guarded(raw_docs_checks.CHECKS, lambda: [])
+    assert len(partial) == 5 and all("no result" in o.description for o in partial)
