@@ -14,12 +14,18 @@ from pathlib import Path
 
 from dagster import ConfigurableResource
 
-from .llm import (DEFAULT_OPENAI_MODEL, LLM, _threads, base_model_id, load_base, openai_client,
-                  redact)
+from dagster_project.cli import CLIError
+
+from .llm import (DEFAULT_OPENAI_MODEL, LLM, _threads, autocast, base_model_id, load_base,
+                  openai_client, redact)
 
 
 class FineTuneError(Exception):
     """Training could not produce a model; the message is one line, safe to show."""
+
+
+class SettingError(CLIError, ValueError):
+    """A bad KB_FT_* setting: one line for the `kb` command, a clear load error in Dagster."""
 
 
 @dataclass(frozen=True)
@@ -129,13 +135,13 @@ def answer_loss(model, batch):
     return torch.nn.functional.cross_entropy(logits.float(), labels[keep])
 
 
-def mean_loss(model, rows, pad_id, batch_size: int) -> float | None:
+def mean_loss(model, rows, pad_id, batch_size: int, precision: str = "auto") -> float | None:
     import torch
 
     if not rows:
         return None
     total, n = 0.0, 0
-    with torch.no_grad():
+    with torch.no_grad(), autocast(precision):
         for i in range(0, len(rows), batch_size):
             b = rows[i:i + batch_size]
             total += float(answer_loss(model, _collate(b, pad_id))) * len(b)
@@ -161,6 +167,7 @@ class LocalLoRAFineTuner(FineTuner):
     log_every: int = 5
     seed: int = 0
     num_threads: int = 0
+    precision: str = "auto"        # auto: bf16 autocast where the CPU has native bf16
 
     @property
     def provider(self) -> str:
@@ -191,7 +198,7 @@ class LocalLoRAFineTuner(FineTuner):
                 for m in read_chat_jsonl(job.eval_file)[:self.eval_loss_examples]]
         held = [r for r in held if r is not None]
         pad = tok.pad_token_id
-        eval_before = mean_loss(base, held, pad, self.batch_size)
+        eval_before = mean_loss(base, held, pad, self.batch_size, self.precision)
         if job.parent:
             model = PeftModel.from_pretrained(base, job.parent, is_trainable=True)
         else:
@@ -201,7 +208,7 @@ class LocalLoRAFineTuner(FineTuner):
                 task_type="CAUSAL_LM"))
         if job.parent:  # the parent adapter's own loss is the fair "before"
             model.eval()
-            eval_before = mean_loss(model, held, pad, self.batch_size)
+            eval_before = mean_loss(model, held, pad, self.batch_size, self.precision)
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=self.learning_rate, weight_decay=0.0)
         per_epoch = math.ceil(len(train) / self.batch_size)
@@ -219,7 +226,8 @@ class LocalLoRAFineTuner(FineTuner):
             for batch in length_batches([len(r[0]) for r in train], self.batch_size, rng):
                 if step >= total:
                     break
-                loss = answer_loss(model, _collate([train[i] for i in batch], pad))
+                with autocast(self.precision):
+                    loss = answer_loss(model, _collate([train[i] for i in batch], pad))
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 opt.step()
@@ -238,7 +246,7 @@ class LocalLoRAFineTuner(FineTuner):
                                  f"({el / step:.2f} s/step, ~{el / step * (total - step):.0f} s left)")
         train_s = time.perf_counter() - t_train
         model.eval()
-        eval_after = mean_loss(model, held, pad, self.batch_size)
+        eval_after = mean_loss(model, held, pad, self.batch_size, self.precision)
         out_dir = Path(job.out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(str(out_dir))
@@ -353,7 +361,7 @@ def _env(env, name: str, kind, default):
     try:
         return kind(raw)
     except ValueError:
-        raise ValueError(f"{name} must be {kind.__name__}, got {raw!r}") from None
+        raise SettingError(f"{name} must be {kind.__name__}, got {raw!r}") from None
 
 
 def ft_resources(paths, env=None) -> dict:
@@ -364,7 +372,7 @@ def ft_resources(paths, env=None) -> dict:
     env = os.environ if env is None else env
     provider = env.get("KB_FT_PROVIDER", "local").strip().lower() or "local"
     if provider not in ("local", "openai"):
-        raise ValueError(f"KB_FT_PROVIDER must be 'local' or 'openai', got {provider!r}")
+        raise SettingError(f"KB_FT_PROVIDER must be 'local' or 'openai', got {provider!r}")
     base = env.get("KB_FT_BASE_MODEL", "")
     if provider == "openai":
         tuner = OpenAIFineTuner(base_model_name=base or DEFAULT_OPENAI_MODEL,

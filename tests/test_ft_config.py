@@ -1,0 +1,47 @@
+"""Provider selection and KB_FT_* settings are configuration: one place, clear errors."""
+
+import pytest
+
+from dagster_project.cli import main as kb
+from resources.finetuner import LocalLoRAFineTuner, OpenAIFineTuner, SettingError, ft_resources
+
+
+def test_default_is_local_and_offline(kb_paths):
+    r = ft_resources(kb_paths, env={})
+    assert isinstance(r["finetuner"], LocalLoRAFineTuner) and r["llm"].provider == "local"
+    assert r["finetuner"].max_steps == 30 and r["ft_config"].root == str(kb_paths.home / "ft")
+
+
+def test_openai_is_selected_by_configuration(kb_paths):
+    r = ft_resources(kb_paths, env={"KB_FT_PROVIDER": "OpenAI", "KB_FT_EPOCHS": "3",
+                                    "KB_FT_BASE_MODEL": "gpt-4.1-mini-2025-04-14"})
+    assert isinstance(r["finetuner"], OpenAIFineTuner) and r["llm"].provider == "openai"
+    assert r["finetuner"].base_model() == "gpt-4.1-mini-2025-04-14"
+    assert r["finetuner"].n_epochs == 3 and "base_url" not in r["finetuner"].settings()
+
+
+@pytest.mark.parametrize("env,field,value", [
+    ({"KB_FT_MAX_STEPS": "5"}, "max_steps", 5),
+    ({"KB_FT_LEARNING_RATE": "2e-4"}, "learning_rate", 2e-4),
+    ({"KB_FT_LORA_RANK": "16"}, "lora_rank", 16),
+    ({"KB_FT_BASE_MODEL": "/models/qwen"}, "base_model_path", "/models/qwen"),
+])
+def test_local_knobs(kb_paths, env, field, value):
+    assert getattr(ft_resources(kb_paths, env=env)["finetuner"], field) == value
+
+
+@pytest.mark.parametrize("env,message", [
+    ({"KB_FT_PROVIDER": "azure"}, "KB_FT_PROVIDER must be 'local' or 'openai', got 'azure'"),
+    ({"KB_FT_MAX_STEPS": "many"}, "KB_FT_MAX_STEPS must be int, got 'many'"),
+    ({"KB_FT_GATE_MARGIN": "high"}, "KB_FT_GATE_MARGIN must be float, got 'high'"),
+])
+def test_bad_settings_are_one_line_errors(kb_paths, env, message):
+    with pytest.raises(SettingError, match=message):
+        ft_resources(kb_paths, env=env)
+
+
+def test_bad_setting_in_the_cli_is_exit_2_without_traceback(kb_paths, monkeypatch, capsys):
+    monkeypatch.setenv("KB_FT_EVAL_QUESTIONS", "lots")
+    assert kb(["build", "--select", "kb"]) == 2
+    err = capsys.readouterr().err
+    assert "KB_FT_EVAL_QUESTIONS must be int, got 'lots'" in err and "Traceback" not in err
