@@ -318,14 +318,16 @@ def test_kb_build_cli_names_the_failed_check_exits_nonzero_and_search_is_unchang
     import sys
     from pathlib import Path
 
-    kb = str(Path(sys.executable).parent / "kb")
+    kb = [sys.executable, "-m", "dagster_project.cli"]  # `kb` from this checkout
+    repo = Path(__file__).resolve().parents[1]
     env = {**os.environ, "KB_HOME": str(kb_paths.home)}
     rng = random.Random(6)
     write(kb_paths, "base.jsonl", jsonl(healthy_records(rng, 6, "base")))
     assert run_gates(kb_paths).success
 
     def kb_cmd(*args):
-        return subprocess.run([kb, *args], env=env, capture_output=True, text=True, timeout=600)
+        return subprocess.run([*kb, *args], env=env, cwd=repo, capture_output=True, text=True,
+                              timeout=600)
 
     before = kb_cmd("search", "base policy", "--json")
     assert before.returncode == 0 and json.loads(before.stdout)
