@@ -47,15 +47,16 @@ class QualityThresholds(ConfigurableResource):
     min_chunk_tokens: int = Field(
         1, description="A chunk with no token cannot be retrieved; short tails are normal.")
     max_chunk_tokens: int = Field(
-        0, description="0 means the configured chunk_size: the chunker must never exceed it "
-                       "(the embedder would silently truncate).")
+        0, description="0 means the configured chunk_size: a longer chunk means the chunker "
+                       "is broken.")
     max_chunk_drift: float = Field(
         0.25, description="Mean/median chunk length or chunks per document moving more than "
                           "25% vs the published version means the chunker changed; recall "
                           "follows chunk length.")
     drift_min_docs: int = Field(
         3, description="Drift is measured on documents whose content is unchanged since the "
-                       "published version; with fewer than this, on all documents.")
+                       "published version (new content is not a chunker change); with fewer, "
+                       "it is not judged (the all-documents shift still warns).")
     accept_drift: bool = Field(
         False, description="Set (KB_ACCEPT_DRIFT=1) for one run to accept an intended "
                            "chunking change; the next run compares against the new version.")
@@ -68,7 +69,8 @@ class QualityThresholds(ConfigurableResource):
                           "length; float32 rounding stays well below 1e-3.")
     min_centroid_cosine: float = Field(
         0.80, description="A new batch whose mean vector points elsewhere (other language, "
-                          "other domain, broken text) is worth a look (warning only).")
+                          "other domain, broken text) is worth a look (warning only; small "
+                          "batches are judged against same-size samples of the KB).")
     # --- faiss_index
     smoke_query_k: int = Field(
         5, description="Hits requested by the smoke query against the published version.")

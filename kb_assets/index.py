@@ -84,9 +84,13 @@ def publish_if_changed(store: KBStore, versions: VersionStore, embedder: Embedde
         keys = con.execute(FINGERPRINT_SQL).df()
         latest = fetch_one(
             con, "SELECT version, fingerprint FROM kb_versions ORDER BY version DESC LIMIT 1")
+        # A version whose blocking index checks failed (damaged files) is superseded, not kept.
+        damaged = latest is not None and fetch_one(con, (
+            "SELECT 1 FROM check_results WHERE kb_version = ? AND asset = 'faiss_index' "
+            "AND blocking AND NOT passed LIMIT 1"), [latest[0]]) is not None
     fp = fingerprint(model_id, chunker.version, keys)
     base = {"stale_tmp_removed": removed_tmp, "versions_recovered": recovered}
-    if latest and latest[1] == fp:
+    if latest and latest[1] == fp and not damaged:
         return {**base, "new_version": False, "kb_version": latest[0],
                 "n_chunks": len(keys), "duration_s": round(time.perf_counter() - t0, 3)}
     with store.connect() as con:

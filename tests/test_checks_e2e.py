@@ -255,6 +255,12 @@ def test_incident_damaged_index_blocks_release(kb_paths):
                            "NOT passed AND blocking").fetchall()[0][0] >= 2
     assert search_v(kb_paths, 1, "doc policy") == before
 
+    # The next run supersedes the damaged version with a fresh one and proceeds.
+    r = run_gates(kb_paths)
+    assert r.success and not failed_blocking(r)
+    assert materialized(r)["faiss_index"]["kb_version"] == 3 and "release_probe" in materialized(r)
+    assert search_v(kb_paths, 3, "doc policy") == before
+
 
 def test_incident_index_vectors_do_not_match_chunk_table(kb_paths):
     rng = random.Random(5)
