@@ -12,6 +12,8 @@ import os
 from dagster import ConfigurableResource
 from pydantic import Field
 
+from dagster_project.cli import CLIError
+
 ENV_PREFIX = "KB_QUALITY_"
 ACCEPT_DRIFT_ENV = "KB_ACCEPT_DRIFT"
 _TRUE = {"1", "true", "yes", "on"}
@@ -101,17 +103,22 @@ class QualityThresholds(ConfigurableResource):
         return [(n, f.default, f.description or "") for n, f in cls.model_fields.items()]
 
 
+class ThresholdError(CLIError, ValueError):
+    """A bad KB_QUALITY_* / KB_ACCEPT_DRIFT value: `kb` prints it as one line (exit 2)."""
+
+
 def _parse(name: str, raw: str, kind) -> object:
     var = ACCEPT_DRIFT_ENV if name == "accept_drift" else ENV_PREFIX + name.upper()
     text = raw.strip().lower()
     if kind is bool:
         if text in _TRUE | _FALSE:
             return text in _TRUE
-        raise ValueError(f"{var}={raw!r}: expected 1/0, true/false, yes/no")
+        raise ThresholdError(f"{var}={raw!r}: expected 1/0, true/false, yes/no")
     try:
         value = kind(raw.strip())
     except ValueError:
-        raise ValueError(f"{var}={raw!r}: expected a{'n integer' if kind is int else ' number'}") from None
+        raise ThresholdError(
+            f"{var}={raw!r}: expected a{'n integer' if kind is int else ' number'}") from None
     if value < 0:
-        raise ValueError(f"{var}={raw!r}: must not be negative")
+        raise ThresholdError(f"{var}={raw!r}: must not be negative")
     return value

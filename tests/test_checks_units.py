@@ -292,3 +292,12 @@ def test_a_crashing_check_becomes_a_failed_result_for_each_check():
     # A result forgotten by the evaluation is reported as failed, not silently skipped.
     partial = guarded(raw_docs_checks.CHECKS, lambda: [])
     assert len(partial) == 5 and all("no result" in o.description for o in partial)
+
+
+def test_bad_threshold_env_is_one_line_from_kb_build(kb_paths, monkeypatch, capsys):
+    from dagster_project.cli import main
+
+    monkeypatch.setenv("KB_QUALITY_MAX_CHUNK_DRIFT", "a lot")
+    assert main(["build", "--select", "kb"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "kb build: KB_QUALITY_MAX_CHUNK_DRIFT='a lot': expected a number"
