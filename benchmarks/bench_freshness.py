@@ -182,12 +182,13 @@ def report(results: list[dict], settle_s: str) -> str:
             f"{median([x['load'] for x in rows]):.1f} on {os.cpu_count()} cores"))
     lines += [
         "",
-        "Where the time goes: the sensor ticks on Dagster's 5 s daemon loop, counted from the "
-        "end of the previous tick (a 30 s interval ticks every ~35 s, 5 s every ~10 s); a file "
-        "younger than the settle time is looked at twice, settle-time apart, within the tick; "
-        "the run queue is checked every 2 s; the run then ingests, chunks, embeds and "
-        "publishes before `kb search` can see the version (with a `production` pointer, only "
-        "after the release gate promotes it). The machine is shared: a load average well "
+        "Where the time goes: the sensor ticks every interval on the daemon's 5 s loop; a "
+        "file younger than the settle time is looked at again, within the tick, once it is "
+        f"settle-time old (nothing is requested before a file is {settle_s} s old); the run queue is "
+        "checked every 2 s; the run worker starts, then ingests, checks, chunks, embeds and "
+        "publishes the version; with a `production` pointer, `kb search` sees it only "
+        "once the release chain (MLflow registration, retrieval eval, gate) promotes it ("
+        "published -> served). The machine is shared: a load average well "
         "above the core count stretches every step after the request several-fold.",
     ]
     return "\n".join(lines)
