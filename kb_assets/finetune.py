@@ -232,6 +232,7 @@ def train_and_register(store: KBStore, cfg: FTConfig, tuner: FineTuner, registry
             "model_ref": result.model_ref, "dataset_version": ds["dataset_version"],
             "dataset_sha256": ds["content_sha256"], "kb_version": ds["kb_version"],
             "training_mode": mode, "parent_version": parent["version"] if parent else "",
+            "train_split": train_file.stem,  # which ft_dataset_lines split it trained on
             "ft_fingerprint": fp, **{f"job_{k}": v for k, v in result.details.items()}}
     artifacts = {"assistant": str(card)}
     if result.provider == "local":
