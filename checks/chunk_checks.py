@@ -13,7 +13,7 @@ from resources.config import KBConfig
 from resources.store import KBStore
 
 from . import state
-from .gx_suites import Expect, SuiteResult, validate
+from .gx_suites import Expect, validate
 from .metrics import DriftReport, chunk_drift, pii_frame
 from .outcome import CheckDef, CheckOutcome, guarded, record
 from .thresholds import QualityThresholds
@@ -62,7 +62,7 @@ def evaluate(chunks: pd.DataFrame, members: pd.DataFrame, new_texts: pd.DataFram
             Expect("between", "n_tokens", {"min_value": 1}, "chunk has a token"),
             Expect("between", "n_tokens", {"min_value": q.min_chunk_tokens, "max_value": hi},
                    "tokens per chunk")], ids + ["ordinal"], rows)
-        unique, not_empty, bounds = (_part(suite, 0, 2), _part(suite, 2, 4), _part(suite, 4, 5))
+        unique, not_empty, bounds = (suite.part(0, 2), suite.part(2, 4), suite.part(4, 5))
         out.append(CheckOutcome(UNIQUE, unique.success, _line(
             unique, f"all {len(chunks)} chunk ids are unique", "duplicated"), dict(scope), unique))
         out.append(CheckOutcome(NOT_EMPTY, not_empty.success, _line(
@@ -83,10 +83,6 @@ def evaluate(chunks: pd.DataFrame, members: pd.DataFrame, new_texts: pd.DataFram
                       use_gx=False))
     out.append(_pii(new_texts, q, mask_pii, base_label, rows))
     return out
-
-
-def _part(suite: SuiteResult, start: int, stop: int) -> SuiteResult:
-    return SuiteResult(suite.suite, suite.outcomes[start:stop], suite.seconds)
 
 
 def _line(suite, ok: str, what: str) -> str:

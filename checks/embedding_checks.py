@@ -11,7 +11,7 @@ from resources.embedder import Embedder
 from resources.store import KBStore
 
 from . import state
-from .gx_suites import Expect, SuiteResult, validate
+from .gx_suites import Expect, validate
 from .metrics import centroid_reference, cosine, vector_frame
 from .outcome import CheckDef, CheckOutcome, guarded, record
 from .thresholds import QualityThresholds
@@ -54,7 +54,7 @@ def evaluate(total: int, missing: int, missing_rows: pd.DataFrame, stats: pd.Dat
                      rows) if len(stats) else None
     out = []
     for i, (check, (expect, what)) in enumerate(parts.items()):
-        own = SuiteResult(suite.suite, suite.outcomes[i:i + 1], suite.seconds) if suite else None
+        own = suite.part(i, i + 1) if suite else None
         ok = own.success if own else True
         if own and not ok:
             desc = f"{own.outcomes[0].unexpected_count} of {len(stats)} new vectors {what}"

@@ -32,6 +32,12 @@ CHECKS = [REQUIRED, NON_EMPTY, DUPLICATES, QUARANTINE, LENGTH]
 REQUIRED_FIELDS = ["doc_id", "doc_key", "source_path", "content_hash", "text"]
 
 
+def _where_docs(docs: pd.DataFrame) -> pd.Series:
+    """file:line for JSONL documents, the file alone otherwise."""
+    line = docs["line"].astype("Int64").astype("string")
+    return (docs["source_path"] + (":" + line).fillna("")).astype(object)
+
+
 def _where(row) -> str:
     line = row.get("line")
     return f"{row['source_path']}:{int(line)}" if line is not None and not pd.isna(line) else row["source_path"]
@@ -63,33 +69,39 @@ def evaluate(docs: pd.DataFrame, quarantine: pd.DataFrame, q: QualityThresholds,
         f"{bad[0].unexpected_count} of {n_docs} batch documents lack '{bad[0].expect.column}'",
         dict(scope), suite))
 
-    # Non-empty text over documents + quarantined records that had no text.
-    empty_q = quarantine[quarantine["reason"].map(is_empty_text_reason)] if n_quar else quarantine
+    # Every record of the batch: its documents and its quarantined items. A quarantined
+    # item counts as "without text" when that is why it was quarantined.
     records = pd.concat([
-        pd.DataFrame({"where": docs["source_path"], "doc_id": docs["doc_id"], "text": docs["text"]}),
-        pd.DataFrame({"where": [_where(r) for r in empty_q.to_dict("records")],
-                      "doc_id": None, "text": None}),
+        pd.DataFrame({"where": _where_docs(docs), "reason": None, "text": docs["text"],
+                      "quarantined": False}),
+        pd.DataFrame({"where": [_where(r) for r in quarantine.to_dict("records")],
+                      "reason": quarantine["reason"],
+                      "text": [None if is_empty_text_reason(r) else "(quarantined)"
+                               for r in quarantine["reason"]],
+                      "quarantined": True}),
     ], ignore_index=True)
+    records["quarantined"] = records["quarantined"].astype(bool)
+    suite = validate("raw_docs_records", records, [
+        Expect("not_null", "text", {"mostly": q.min_non_empty_text_ratio}, "record has text"),
+        Expect("in_set", "quarantined", {"value_set": [False], "mostly": 1 - q.max_quarantine_ratio},
+               "record not quarantined")], ["where", "reason"], rows)
+    text_suite, quarantine_suite = suite.part(0, 1), suite.part(1, 2)
+
     n_empty = int(records["text"].isna().sum())
     verdict = ratio_gate(n_empty, n_records, q.min_non_empty_text_ratio, upper=False,
-                                  min_records=q.min_batch_records,
-                                  min_offending=q.min_offending_records)
-    suite = validate("raw_docs_text", records, [Expect(
-        "not_null", "text", {"mostly": q.min_non_empty_text_ratio}, "record has text")],
-        ["where"], rows)
+                         min_records=q.min_batch_records, min_offending=q.min_offending_records)
     share = 1 - ratio(n_empty, n_records)
     out.append(CheckOutcome(
         NON_EMPTY, verdict != "fail", _ratio_line(
             verdict, f"{share:.1%} of {n_records} batch records have text",
             f"min {q.min_non_empty_text_ratio:.0%}", f"{n_empty} without text", q),
         dict(scope, non_empty_ratio=round(share, 4), records_without_text=n_empty,
-             threshold=q.min_non_empty_text_ratio, verdict=verdict), suite))
+             threshold=q.min_non_empty_text_ratio, verdict=verdict), text_suite))
 
     # Duplicate content.
     n_dup = int(docs["is_duplicate"].sum())
     verdict = ratio_gate(n_dup, n_docs, q.max_duplicate_ratio, upper=True,
-                                  min_records=q.min_batch_records,
-                                  min_offending=q.min_offending_records)
+                         min_records=q.min_batch_records, min_offending=q.min_offending_records)
     frame = docs[["doc_id", "duplicate_of", "is_duplicate"]].copy()
     frame["is_duplicate"] = frame["is_duplicate"].astype(bool)
     suite = validate("raw_docs_duplicates", frame, [Expect(
@@ -105,20 +117,17 @@ def evaluate(docs: pd.DataFrame, quarantine: pd.DataFrame, q: QualityThresholds,
 
     # Quarantine share of the batch.
     verdict = ratio_gate(n_quar, n_records, q.max_quarantine_ratio, upper=True,
-                                  min_records=q.min_batch_records,
-                                  min_offending=q.min_offending_records)
-    reasons = quarantine["reason"].str.replace(r"\(.*", "", regex=True).value_counts() if n_quar else None
+                         min_records=q.min_batch_records, min_offending=q.min_offending_records)
+    reasons = (quarantine["reason"].str.replace(r"\(.*", "", regex=True).value_counts()
+               if n_quar else None)
     top = "; top reason: " + str(reasons.index[0]).strip() if reasons is not None else ""
-    q_rows = [{"file": _where(r), "reason": r["reason"]}
-              for r in quarantine.head(rows).to_dict("records")]
     out.append(CheckOutcome(
         QUARANTINE, verdict != "fail", _ratio_line(
             verdict, f"{ratio(n_quar, n_records):.1%} of {n_records} batch records "
             f"were quarantined", f"max {q.max_quarantine_ratio:.0%}", f"{n_quar} quarantined", q)
         + (top if verdict == "fail" else ""),
         dict(scope, quarantine_ratio=round(ratio(n_quar, n_records), 4), quarantined=n_quar,
-             threshold=q.max_quarantine_ratio, verdict=verdict), None,
-        q_rows if verdict != "pass" else []))
+             threshold=q.max_quarantine_ratio, verdict=verdict), quarantine_suite))
 
     # Document length (warning).
     suite = validate("raw_docs_length", docs[["doc_id", "n_chars"]], [Expect(

@@ -105,6 +105,7 @@ def assert_blocked(result, at_asset: str, check_name: str) -> dict:
     return md(checks(result)[check_name])
 
 
+@pytest.mark.slow
 def test_healthy_sample_batch_passes_every_check_then_incremental(kb_paths):
     copy_samples(kb_paths)
     r = run_gates(kb_paths)
@@ -178,6 +179,7 @@ def chunker(paths, size: int) -> KBConfig:
     return KBConfig(inbox=str(paths.inbox), chunk_size=size, chunk_overlap=40)
 
 
+@pytest.mark.slow
 def test_incident_chunker_shrinks_chunks_blocked_until_reverted_or_accepted(kb_paths):
     rng = random.Random(2)
     for i in range(6):
@@ -287,6 +289,7 @@ def test_pii_left_unmasked_is_blocked(kb_paths):
     assert r.success and checks(r)["chunks_pii_free"].passed
 
 
+@pytest.mark.slow
 def test_odd_batches_never_crash(kb_paths):
     # Empty inbox: a valid, explicit state.
     r = run_gates(kb_paths)
