@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -83,9 +84,11 @@ def seed_cache(store, model_id: str, dim: int) -> int:
     return len(hashes)
 
 
-def one_scale(chunks: int) -> dict:
-    """Runs in its own process (see main)."""
-    os.environ["KB_HOME"] = tempfile.mkdtemp(prefix=f"bench-checks-{chunks}-")
+def one_scale(chunks: int, home: str) -> dict:
+    """Runs in its own process (see main), in a temporary KB_HOME."""
+    os.environ["KB_HOME"] = home
+    os.environ.pop("KB_INBOX", None)
+    os.environ.pop("DAGSTER_HOME", None)
     from dagster import AssetSelection, DagsterInstance, Definitions, define_asset_job
 
     from checks.kb_checks import KB_CHECKS
@@ -215,7 +218,11 @@ def main() -> int:
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child process: one scale
     args = ap.parse_args()
     if args.one:
-        print("RESULT " + json.dumps(one_scale(args.one)))
+        home = tempfile.mkdtemp(prefix=f"bench-checks-{args.one}-")
+        try:
+            print("RESULT " + json.dumps(one_scale(args.one, home)))
+        finally:  # only the temporary KB_HOME made here (~1 GB at 100k chunks)
+            shutil.rmtree(home, ignore_errors=True)
         return 0
     t0 = time.perf_counter()
     rows = []
