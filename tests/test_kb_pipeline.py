@@ -21,7 +21,7 @@ def encoded() -> int:
 
 
 def build(paths, **overrides):
-    result = run_job(paths, "kb_job", **overrides)
+    result = run_job(paths, "index_job", **overrides)
     assert result.success, [e.message for e in result.all_events if e.is_failure]
     return materialized(result)
 
