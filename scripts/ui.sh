@@ -6,6 +6,14 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+# A shell cannot trap a signal it inherited as ignored (nohup, background jobs, some test
+# runners ignore SIGINT or SIGTERM): start over with default dispositions, so that the stop
+# below always runs.
+if [[ -z ${KB_UI_SIGNALS_RESET:-} ]] && trap -p TERM INT | grep -q "''"; then
+    export KB_UI_SIGNALS_RESET=1
+    exec env --default-signal=TERM,INT bash "$0" "$@"
+fi
+
 VENV=${VENV:-.venv}
 BIN="$VENV/bin"
 HOST=127.0.0.1

@@ -141,7 +141,7 @@ def test_kb_writers_never_overlap(kb_paths, tmp_path):
             ui_run_id = client.submit_job_execution(
                 "kb_job", repository_location_name=location, repository_name="__repository__",
                 tags={"kb/trigger": "test-ui"})
-            cli = subprocess.run([*KB, "build", "--select", "index"], cwd=REPO,
+            cli = subprocess.run([*KB, "build", "--select", "kb"], cwd=REPO,
                                  env={**os.environ, "KB_HOME": str(kb_paths.home)},
                                  capture_output=True, text=True, timeout=600)
             assert "run " in cli.stdout, cli.stdout + cli.stderr
@@ -163,3 +163,19 @@ def test_kb_writers_never_overlap(kb_paths, tmp_path):
     finally:
         leftovers = stack.stop()
     assert leftovers == [], f"processes survived the stop: {leftovers}"
+
+
+def test_ui_stops_cleanly_even_when_started_with_sigterm_ignored(kb_paths, tmp_path):
+    """nohup, background jobs and some test runners hand SIGINT/SIGTERM down as ignored,
+    which a shell cannot trap; ui.sh restarts itself with default dispositions."""
+    import signal
+
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        stack = UIStack(kb_paths.home, tmp_path / "ui.log", KB_SENSOR="off")
+        stack.start(wait_for_sensor=False)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    leftovers = stack.stop()
+    assert leftovers == [], f"processes survived the stop: {leftovers}"
+    assert "stopped" in stack.log()
