@@ -9,7 +9,7 @@ from dagster import (AssetCheckExecutionContext, AssetCheckResult, AssetCheckSev
                      MetadataValue, asset_check)
 
 from kb_assets.finetune import ft_dataset, latest_dataset
-from kb_assets.ft_data import find_leaks, question_of, validate_line
+from kb_assets.ft_plan import find_leaks, question_of, validate_line
 from kb_assets.ft_release import eval_for_run, ft_eval
 from kb_assets.ingest import now
 from kb_assets.report import md_table

@@ -19,7 +19,8 @@ from resources.llm import LLM, redact
 from resources.registry import Registry, RegistryError, registered_versions
 from resources.store import KBStore, fetch_one
 
-from .ft_data import SourceDoc, build_examples, eligible, plan_dataset, split_sections
+from .ft_data import SourceDoc, build_examples, eligible, split_sections
+from .ft_plan import plan_dataset
 from .index import faiss_index
 from .ingest import now
 from .report import md_table

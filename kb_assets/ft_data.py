@@ -1,14 +1,13 @@
-"""Fine-tuning data from KB documents: sections -> template questions -> chat examples
-grounded in the section text; a held-out split by document group (translations together)
-with a near-duplicate leakage guard; incremental planning with replay. Pure: no I/O."""
+"""Fine-tuning examples from KB documents: sections -> template questions -> chat examples
+grounded in the section text (plus distractor passages), PII-masked; and the query-focused
+passages `kb ask` shows the model in the same shape. Pure: no I/O. Splitting, leakage,
+replay and the incremental plan are in ft_plan.py."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
-from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 
 from .text import CJK_CHAR, TOKEN, cjk_ratio, mask_pii, normalise
@@ -37,6 +36,7 @@ OVERVIEW_ZH = ("{title}是關於什麼的規定？", "請簡介{title}。")
 _HEADING_MD = re.compile(r"^#{1,6}\s+")
 _HEADING_NUM = re.compile(r"^(?:\d+(?:\.\d+)*[.)]?|[一二三四五六七八九十]+、|[(（][一二三四五六七八九十\d]+[)）])\s*")
 _BULLET = re.compile(r"^\s*(?:[-*•·]|\d+[.)])\s+")
+_CJK_ENUM = re.compile(r"^\s*(?:[一二三四五六七八九十]+、|[(（][一二三四五六七八九十\d]+[)）])\s*")
 _MD_MARKUP = re.compile(r"\*\*|__|(?<!\w)\*(?!\s)|`")
 _SENTENCE = re.compile(r"(?<=[.!?。！？;；])\s*")
 _LANG_SUFFIX = re.compile(r"[_-](en|zh|zh-tw|tw|uk)$", re.I)
@@ -56,6 +56,7 @@ class DatasetSettings:
     replay_share: float = 0.2
     min_examples: int = 20
     near_duplicate_threshold: float = 0.8
+    distractors: int = 1            # passages of other documents after the relevant one
     exclude_flags: tuple[str, ...] = ("prompt_injection",)
     seed: str = "kb-ft-v1"
 
@@ -93,6 +94,7 @@ class Example:
     question: str
     messages: tuple[dict, ...] = field(hash=False)
     split: str = "train"
+    passage: str = ""    # the grounding passage (also lent to other examples as a distractor)
 
     def line(self) -> str:
         """One JSONL line in the chat fine-tuning format (what OpenAI and SFT read)."""
@@ -214,11 +216,6 @@ def template_questions(title: str, heading: str | None, n: int, salt: str) -> li
     return [t.format(title=title, heading=h, heading_lc=h[:1].lower() + h[1:]) for t in picked]
 
 
-def context_passage(doc_id: str, body: str, max_tokens: int, rank: int = 1) -> str:
-    """Same shape as retrieval.context_block, so training prompts match `kb ask` prompts."""
-    return f"[{rank}] (source: {doc_id})\n{first_sentences(body, max_tokens)}"
-
-
 def user_prompt(question: str, context: str) -> str:
     return USER_TEMPLATE.format(context=context, question=question)
 
@@ -252,35 +249,55 @@ def build_examples(doc: SourceDoc, s: DatasetSettings, questions_fn=None) -> lis
         qs = questions_fn(title, sec, s.questions_per_section) if questions_fn else None
         qs = qs or template_questions(short_title(title), sec.heading,
                                       s.questions_per_section, salt)
-        context = context_passage(doc.doc_id, sec.body, s.max_context_tokens)
+        passage = first_sentences(sec.body, s.max_context_tokens)
+        context = f"[1] (source: {doc.doc_id})\n{passage}"
         answer = s.answer_template.format(answer=first_sentences(sec.body, s.max_answer_tokens),
                                           title=title, source=doc.doc_id,
                                           heading=sec.heading or title)
         for q in dict.fromkeys(clean_for_export(q) for q in qs):
             msgs = tuple(chat_messages(clean_for_export(s.system_prompt),
                                        user_prompt(q, context), answer))
-            eid = hashlib.sha256(json.dumps([doc.doc_key, msgs], ensure_ascii=False)
-                                 .encode()).hexdigest()[:20]
-            out.append(Example(eid, doc.doc_key, doc.doc_id, doc.content_hash,
-                               split_group(doc.doc_id), salt, q, msgs))
+            out.append(Example(example_key(doc.doc_key, msgs), doc.doc_key, doc.doc_id,
+                               doc.content_hash, split_group(doc.doc_id), salt, q, msgs,
+                               passage=passage))
     return out
 
 
-def eligible(doc: SourceDoc, s: DatasetSettings) -> bool:
-    return not (set(doc.flags) & set(s.exclude_flags))
+def example_key(doc_key: str, messages) -> str:
+    """Content address of an example: the same text from the same document, the same id."""
+    blob = json.dumps([doc_key, list(messages)], ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-# -- split and leakage --------------------------------------------------------------------
-def eval_groups(groups: list[str], s: DatasetSettings) -> set[str]:
-    """Groups held out for evaluation: a stable hash threshold (adding documents does not
-    move existing groups), at least one group whenever there are two or more."""
-    groups = sorted(set(groups))
-    held = {g for g in groups if _unit_hash(s.seed, g) < s.eval_fraction}
-    if not held and len(groups) >= 2 and s.eval_fraction > 0:
-        held = {min(groups, key=lambda g: _unit_hash(s.seed, g))}
-    if len(held) == len(groups):  # never hold out everything
-        held.discard(max(held, key=lambda g: _unit_hash(s.seed, g)))
-    return held
+def with_distractors(xs: list[Example], lenders: list[Example], n: int) -> list[Example]:
+    """Add n passages of other document families after each example's own passage, as
+    `kb ask` shows the model more than one retrieved passage. Chosen by rendezvous hashing
+    within one of 256 buckets: adding a document changes few choices (incremental), and
+    only `lenders` lend text (training examples never carry held-out text)."""
+    if n <= 0:
+        return xs
+    lent: dict[str, tuple[str, str, str]] = {}
+    for x in lenders:
+        lent.setdefault(x.paraphrase_of, (x.doc_id, x.passage, x.group))
+    buckets: dict[int, list[str]] = {}
+    for key in lent:
+        buckets.setdefault(_bucket(key), []).append(key)
+    out = []
+    for x in xs:
+        cands = [k for k in buckets.get(_bucket(x.paraphrase_of), []) if lent[k][2] != x.group]
+        if len(cands) < n:
+            cands = [k for k in lent if lent[k][2] != x.group]
+        picks = sorted(cands, key=lambda k: _unit_hash(x.paraphrase_of, k), reverse=True)[:n]
+        ctx = "\n\n".join([f"[1] (source: {x.doc_id})\n{x.passage}"] + [
+            f"[{i + 2}] (source: {lent[k][0]})\n{lent[k][1]}" for i, k in enumerate(picks)])
+        msgs = (x.messages[0], {"role": "user", "content": user_prompt(x.question, ctx)},
+                x.messages[2])
+        out.append(replace(x, messages=msgs, example_id=example_key(x.doc_key, msgs)))
+    return out
+
+
+def _bucket(key: str) -> int:
+    return int(hashlib.sha256(key.encode()).hexdigest()[:2], 16)
 
 
 def shingles(text: str) -> set[str]:
@@ -288,129 +305,23 @@ def shingles(text: str) -> set[str]:
     return set(toks) | {f"{a} {b}" for a, b in zip(toks, toks[1:])}
 
 
-def find_leaks(eval_questions: list[str], train_questions: list[str],
-               threshold: float) -> list[tuple[int, str, float]]:
-    """(eval index, training question, Jaccard) for each eval question whose uni+bigram
-    set is at least `threshold` similar to some training question (or identical)."""
-    index: dict[str, list[int]] = {}
-    train_sets = [shingles(q) for q in train_questions]
-    for i, sh in enumerate(train_sets):
-        for g in sh:
-            index.setdefault(g, []).append(i)
-    leaks = []
-    for e, q in enumerate(eval_questions):
-        es = shingles(q)
-        overlap = Counter(i for g in es for i in index.get(g, ()))
-        best, best_i = 0.0, -1
-        for i, inter in overlap.items():
-            jac = inter / (len(es) + len(train_sets[i]) - inter)
-            if jac > best:
-                best, best_i = jac, i
-        if best_i >= 0 and (best >= threshold or q.strip() == train_questions[best_i].strip()):
-            leaks.append((e, train_questions[best_i], round(best, 3)))
-    return leaks
+_STOP = set("the a an and or of to in on for is are do does did i you my we our what how can "
+            "who when where which about with be it this that at by from as me need know "
+            "rules rule say says part explain policy".split())
 
 
-def assign_splits(examples: list[Example], s: DatasetSettings) -> tuple[list[Example], list[Example], list]:
-    """(train, eval, dropped leaks). Whole groups go to eval; an eval example that is a
-    near-duplicate of any training question is dropped rather than kept."""
-    held = eval_groups([x.group for x in examples], s)
-    train = [x for x in examples if x.group not in held]
-    ev = [replace(x, split="eval") for x in examples if x.group in held]
-    leaks = find_leaks([x.question for x in ev], [x.question for x in train],
-                       s.near_duplicate_threshold)
-    bad = {i for i, _, _ in leaks}
-    return train, [x for i, x in enumerate(ev) if i not in bad], leaks
+def focus_passage(text: str, question: str, max_tokens: int) -> str:
+    """The part of a retrieved chunk that best matches the question, in the training
+    passages' shape: cleaned, starting at the best-matching sentence, within budget."""
+    lines = [_CJK_ENUM.sub("", _BULLET.sub("", _HEADING_MD.sub("", ln))).strip()
+             for ln in clean_for_export(text).split("\n")]
+    sents = [p.strip() for ln in lines for p in _SENTENCE.split(ln) if p.strip()]
+    if not sents:
+        return ""
+    q = {t for t in shingles(question) if t not in _STOP}
+    best = max(range(len(sents)), key=lambda i: (len(q & shingles(sents[i])), -i))
+    return first_sentences("\n".join(sents[best:]), max_tokens)
 
 
-# -- incremental plan ---------------------------------------------------------------------
-@dataclass
-class DatasetPlan:
-    mode: str                   # "full" (train on the whole pool) or "incremental"
-    reason: str
-    content_sha256: str
-    pool: list[Example]         # every current training example
-    eval: list[Example]
-    train: list[Example]        # what this version's fine-tune trains on
-    fresh: list[Example]
-    replay: list[Example]
-    removed_ids: list[str]
-    removed_docs: list[str]
-    leaks_dropped: list = field(default_factory=list)
-
-
-def content_sha256(pool: list[Example], ev: list[Example], s: DatasetSettings) -> str:
-    h = hashlib.sha256(f"{s.version}\n".encode())
-    for tag, xs in (("train", pool), ("eval", ev)):
-        for eid in sorted(x.example_id for x in xs):
-            h.update(f"{tag}:{eid}\n".encode())
-    return h.hexdigest()
-
-
-def select_replay(old: list[Example], share: float, salt: str) -> list[Example]:
-    """A deterministic `share` of the older examples; the salt (the new content hash)
-    rotates which ones, so successive fine-tunes revisit different old examples."""
-    k = min(len(old), math.ceil(share * len(old))) if share > 0 else 0
-    return sorted(old, key=lambda x: _unit_hash(salt, x.example_id))[:k]
-
-
-def plan_dataset(examples: list[Example], s: DatasetSettings, prev_ids: set[str] | None,
-                 prev_doc_keys: set[str] | None, prev_settings: str | None) -> DatasetPlan:
-    """What the next dataset version holds. Additions and edits are trained incrementally
-    (fresh examples + replay); a removed or newly excluded document forces a full rebuild,
-    since a continued fine-tune would keep what it learned from it."""
-    pool, ev, leaks = assign_splits(examples, s)
-    digest = content_sha256(pool, ev, s)
-    pool_ids = {x.example_id for x in pool}
-    docs_now = {x.doc_key for x in pool}
-    removed_ids = sorted((prev_ids or set()) - pool_ids)
-    removed_docs = sorted((prev_doc_keys or set()) - docs_now)
-    if prev_ids is None:
-        mode, reason = "full", "first dataset version"
-    elif prev_settings != s.version:
-        mode, reason = "full", "dataset settings changed"
-    elif removed_docs:
-        mode, reason = "full", f"{len(removed_docs)} document(s) removed or excluded"
-    else:
-        mode, reason = "incremental", "new or changed documents only"
-    if mode == "full":
-        fresh, replay = list(pool), []
-    else:
-        fresh = [x for x in pool if x.example_id not in prev_ids]
-        replay = select_replay([x for x in pool if x.example_id in prev_ids], s.replay_share, digest)
-    return DatasetPlan(mode, reason, digest, pool, ev, fresh + replay, fresh, replay,
-                       removed_ids, removed_docs, leaks)
-
-
-# -- validation (used by the blocking check before any training) ---------------------------
-ROLES = ("system", "user", "assistant")
-MAX_CHARS = {"system": 2000, "user": 6000, "assistant": 2000}
-
-
-def validate_line(raw: str) -> list[str]:
-    """Problems with one JSONL line ("field: what is wrong"); empty when it is valid."""
-    try:
-        obj = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        return [f"not JSON ({exc.msg} at column {exc.colno})"]
-    if not isinstance(obj, dict) or not isinstance(obj.get("messages"), list):
-        return ["messages: missing or not a list"]
-    msgs = obj["messages"]
-    roles = tuple(m.get("role") if isinstance(m, dict) else None for m in msgs)
-    if roles != ROLES:
-        return [f"messages: roles are {list(roles)}, expected {list(ROLES)}"]
-    problems = []
-    for i, m in enumerate(msgs):
-        c = m.get("content")
-        if not isinstance(c, str) or not c.strip():
-            problems.append(f"messages[{i}].content ({m['role']}): empty or not text")
-        elif len(c) > MAX_CHARS[m["role"]]:
-            problems.append(f"messages[{i}].content ({m['role']}): {len(c)} characters "
-                            f"> {MAX_CHARS[m['role']]}")
-    return problems
-
-
-def question_of(raw: str) -> str:
-    """The question part of a line's user message (for the leakage check on files)."""
-    user = json.loads(raw)["messages"][1]["content"]
-    return user.rsplit("Question:", 1)[-1].strip()
+def eligible(doc: SourceDoc, s: DatasetSettings) -> bool:
+    return not (set(doc.flags) & set(s.exclude_flags))

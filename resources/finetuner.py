@@ -9,6 +9,7 @@ import math
 import os
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -199,13 +200,15 @@ class LocalLoRAFineTuner(FineTuner):
         held = [r for r in held if r is not None]
         pad = tok.pad_token_id
         eval_before = mean_loss(base, held, pad, self.batch_size, self.precision)
-        if job.parent:
-            model = PeftModel.from_pretrained(base, job.parent, is_trainable=True)
-        else:
-            model = get_peft_model(base, LoraConfig(
-                r=self.lora_rank, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
-                target_modules=[m.strip() for m in self.target_modules.split(",") if m.strip()],
-                task_type="CAUSAL_LM"))
+        with warnings.catch_warnings():  # peft probes a deprecated transformers property
+            warnings.simplefilter("ignore", FutureWarning)
+            if job.parent:
+                model = PeftModel.from_pretrained(base, job.parent, is_trainable=True)
+            else:
+                model = get_peft_model(base, LoraConfig(
+                    r=self.lora_rank, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
+                    target_modules=[m.strip() for m in self.target_modules.split(",") if m.strip()],
+                    task_type="CAUSAL_LM"))
         if job.parent:  # the parent adapter's own loss is the fair "before"
             model.eval()
             eval_before = mean_loss(model, held, pad, self.batch_size, self.precision)
@@ -220,7 +223,7 @@ class LocalLoRAFineTuner(FineTuner):
             opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
         rng = random.Random(self.seed)
         curve, step, seen, window = [], 0, 0, []
-        t_train = time.perf_counter()
+        t_train, cpu0 = time.perf_counter(), time.process_time()
         model.train()
         while step < total:
             for batch in length_batches([len(r[0]) for r in train], self.batch_size, rng):
@@ -244,12 +247,14 @@ class LocalLoRAFineTuner(FineTuner):
                         el = time.perf_counter() - t_train
                         log.info(f"step {step}/{total} loss {loss:.4f} "
                                  f"({el / step:.2f} s/step, ~{el / step * (total - step):.0f} s left)")
-        train_s = time.perf_counter() - t_train
+        train_s, train_cpu_s = time.perf_counter() - t_train, time.process_time() - cpu0
         model.eval()
         eval_after = mean_loss(model, held, pad, self.batch_size, self.precision)
         out_dir = Path(job.out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(str(out_dir))
+        with warnings.catch_warnings():  # "no config file next to the GGUF": expected
+            warnings.simplefilter("ignore")
+            model.save_pretrained(str(out_dir))
         metrics = {
             "steps": step, "examples_seen": seen, "train_examples": len(train),
             "examples_skipped_too_long": skipped, "epochs_done": round(seen / len(train), 3),
@@ -258,6 +263,7 @@ class LocalLoRAFineTuner(FineTuner):
             "train_loss_last": curve[-1][1] if curve else None,
             "eval_loss_before": eval_before, "eval_loss_after": eval_after,
             "load_s": round(load_s, 2), "train_s": round(train_s, 2),
+            "train_cpu_s": round(train_cpu_s, 2),  # robust to other jobs on the machine
             "s_per_step": round(train_s / max(1, step), 3),
             "s_per_100_examples": round(train_s / max(1, seen) * 100, 2),
         }

@@ -26,6 +26,7 @@ class FTConfig(ConfigurableResource):
     replay_share: float = 0.2
     min_examples: int = 20
     near_duplicate_threshold: float = 0.8
+    distractors: int = 1                        # other documents' passages in each prompt
     exclude_flags: list[str] = ["prompt_injection"]
     # -- evaluation and gate
     eval_max_questions: int = 24
@@ -43,7 +44,7 @@ class FTConfig(ConfigurableResource):
             eval_fraction=self.eval_fraction, replay_share=self.replay_share,
             min_examples=self.min_examples,
             near_duplicate_threshold=self.near_duplicate_threshold,
-            exclude_flags=tuple(self.exclude_flags))
+            distractors=self.distractors, exclude_flags=tuple(self.exclude_flags))
 
     @property
     def root_path(self) -> Path:

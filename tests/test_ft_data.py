@@ -6,8 +6,9 @@ import json
 import pytest
 
 from kb_assets.ft_data import (DatasetSettings, SourceDoc, build_examples, clean_for_export,
-                               eval_groups, find_leaks, first_sentences, plan_dataset,
-                               select_replay, split_group, split_sections, template_questions,
+                               first_sentences, focus_passage, split_group, split_sections,
+                               template_questions, with_distractors)
+from kb_assets.ft_plan import (eval_groups, find_leaks, plan_dataset, select_replay,
                                validate_line)
 from kb_assets.ft_scoring import fact_coverage, gate, key_facts, pick_eval, summarize
 
@@ -137,6 +138,9 @@ def test_no_eval_question_or_near_duplicate_in_training():
     assert plan.eval
     assert not find_leaks([x.question for x in plan.eval], train_q, S.near_duplicate_threshold)
     assert not {x.group for x in plan.eval} & {x.group for x in plan.pool}
+    held_docs = {x.doc_id for x in plan.eval}
+    for x in plan.pool:  # no held-out text reaches training through distractor passages
+        assert not any(f"(source: {d})" in x.line() for d in held_docs)
 
 
 @pytest.mark.parametrize("ev,train,leaks", [
@@ -177,8 +181,10 @@ def test_incremental_add_trains_new_examples_plus_replay():
     new_ids = {x.example_id for x in v2.pool} - {x.example_id for x in v1.pool}
     assert new_ids and v2.mode == "incremental"
     assert {x.example_id for x in v2.fresh} == new_ids
-    assert len(v2.replay) == -(-len(v1.pool) * 2 // 10)  # ceil(20% of the older examples)
-    assert {x.example_id for x in v2.replay} <= {x.example_id for x in v1.pool}
+    still_valid = {x.example_id for x in v1.pool} & {x.example_id for x in v2.pool}
+    assert len(still_valid) > len(v1.pool) // 2  # distractor choices mostly stay put
+    assert len(v2.replay) == -(-len(still_valid) * 2 // 10)  # ceil(20% of older examples)
+    assert {x.example_id for x in v2.replay} <= still_valid
     assert len(v2.train) == len(v2.fresh) + len(v2.replay)
 
 
@@ -191,13 +197,15 @@ def test_incremental_edit_replaces_the_edited_sections_examples():
     v2 = _plan(edited, v1)
     assert v2.mode == "incremental"
     old = [x for x in v1.pool if x.doc_key == key]
-    stale = {x.example_id for x in old if "within" in x.line()}
-    kept = {x.example_id for x in old} - stale
+    stale = {x.example_id for x in old if "within" in x.passage}
     assert stale and stale <= set(v2.removed_ids)  # examples of the edited text are gone
-    assert not stale & {x.example_id for x in v2.train}
-    assert kept <= {x.example_id for x in v2.pool}  # the untouched section is not re-learned
-    assert {x.doc_key for x in v2.fresh} == {key}
+    assert not any("within" in x.passage for x in v2.pool if x.doc_key == key)
+    # Untouched examples stay (not re-learned) unless they borrowed the edited passage.
+    kept = {x.example_id for x in v1.pool if "within" not in x.line()
+            or ("within" not in x.passage and x.doc_key != key and key not in x.line())}
+    assert kept <= {x.example_id for x in v2.pool}
     assert all("no later than" in x.line() for x in v2.fresh)
+    assert {x.doc_key for x in v2.fresh if "no later than" in x.passage} == {key}
     assert all(x.doc_content_hash.endswith("x") for x in v2.pool if x.doc_key == key)
 
 
@@ -299,3 +307,28 @@ def test_short_title(title, short):
     from kb_assets.ft_data import short_title
 
     assert short_title(title) == short
+
+
+def test_distractors_come_from_other_families_and_follow_the_relevant_passage():
+    ex = [x for d in corpus(6) for x in build_examples(d, S)]
+    out = with_distractors(ex, ex, 1)
+    for x, y in zip(ex, out):
+        user = y.messages[1]["content"]
+        assert user.index(f"[1] (source: {x.doc_id})") < user.index("[2] (source: ")
+        lender = user.split("[2] (source: ")[1].split(")")[0]
+        assert lender != x.doc_id and y.messages[2] == x.messages[2]
+        assert y.example_id != x.example_id
+    assert with_distractors(ex, ex, 1) == out  # deterministic
+    assert with_distractors(ex, ex, 0) == ex
+
+
+@pytest.mark.parametrize("question,expect", [
+    ("Can I carry unused leave into next year?", "You may carry up to five days"),
+    ("How do I book leave?", "Book leave in PeopleHub"),
+    ("特休可以遞延嗎？", "未休畢之特休得遞延"),
+])
+def test_focus_passage_starts_at_the_best_matching_sentence(question, expect):
+    chunk = ("# Annual Leave\n## 3. Booking\nBook leave in **PeopleHub** early. Managers reply in "
+             "3 days.\n## 4. Carrying over\nYou may carry up to five days of unused leave into the "
+             "next year. They expire on 31 March.\n四、未休畢之特休得遞延至次年度。")
+    assert focus_passage(chunk, question, 30).startswith(expect)

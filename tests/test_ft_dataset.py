@@ -4,7 +4,7 @@ the files, the blocking check stopping training on bad files, too-small datasets
 
 import json
 
-from kb_assets.ft_data import validate_line
+from kb_assets.ft_plan import validate_line
 from resources.finetuner import LocalLoRAFineTuner
 from resources.ft_config import FTConfig
 from resources.registry import registered_versions

@@ -7,7 +7,8 @@ import json
 
 from dagster import AssetSelection, DagsterInstance, Definitions, define_asset_job
 
-from kb_assets.ft_data import DatasetSettings, eval_groups, split_group
+from kb_assets.ft_data import DatasetSettings, split_group
+from kb_assets.ft_plan import eval_groups
 from tests.kbtest import write
 
 KB_CORE = ["raw_docs", "cleaned_chunks", "embeddings", "faiss_index"]

@@ -16,7 +16,8 @@ ASSISTANT = "kb-assistant"
 def register(sub) -> None:
     p = sub.add_parser("ask", help="answer a question from the production KB with the assistant")
     p.add_argument("question")
-    p.add_argument("-k", type=int, default=3, help="passages given to the model (default 3)")
+    p.add_argument("-k", type=int, default=2,
+                   help="passages given to the model (default 2, as in its training prompts)")
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="answer length cap in tokens (default: the LLM setting, 96)")
     p.add_argument("--json", action="store_true", help="print a JSON object")
@@ -63,7 +64,9 @@ def resolve_assistant(paths: Paths, llm, resources: dict):
 def cmd_ask(args) -> int:
     from dagster_project.cli import CLIError
     from dagster_project.commands.search import open_searcher
-    from kb_assets.ft_data import chat_messages, user_prompt
+    from dataclasses import replace
+
+    from kb_assets.ft_data import chat_messages, focus_passage, user_prompt
     from kb_assets.retrieval import context_block
     from resources import default_resources
     from resources.llm import LLMError
@@ -89,7 +92,10 @@ def cmd_ask(args) -> int:
         raise CLIError(str(exc)) from None
     llm = resources["llm"]
     ref, system, note = resolve_assistant(paths, llm, resources)
-    messages = chat_messages(system, user_prompt(question, context_block(hits)))
+    # Each passage in the training prompts' shape: cleaned, from the best-matching sentence.
+    budget = resources["ft_config"].max_context_tokens
+    shown = [replace(h, text=focus_passage(h.text, question, budget) or h.text) for h in hits]
+    messages = chat_messages(system, user_prompt(question, context_block(shown)))
     try:
         answer = llm.chat([messages], ref, args.max_new_tokens)[0].strip()
     except LLMError as exc:
