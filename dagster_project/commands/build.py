@@ -12,7 +12,7 @@ from pathlib import Path
 from dagster_project.settings import Paths
 
 SAMPLE_INBOX = Path(__file__).resolve().parents[2] / "sample_data" / "inbox"
-SELECTIONS = {"kb": "kb_job", "all": "all_job"}
+SELECTIONS = {"kb": "kb_job", "index": "index_job", "all": "all_job"}
 
 
 def register(sub) -> None:
@@ -22,7 +22,8 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_init)
     p = sub.add_parser("build", help="materialize the asset graph once, in-process")
     p.add_argument("--select", choices=sorted(SELECTIONS), default="all",
-                   help="kb: the knowledge-base half only; all: everything (default)")
+                   help="kb: the knowledge-base half (ingest, index, release); index: up to "
+                        "the published version; all: everything, fine-tuning too (default)")
     p.set_defaults(func=cmd_build)
 
 
