@@ -85,7 +85,9 @@ def summarize(result) -> tuple[list[str], bool]:
         keep = [f"{k}={md[k]}" for k in (
             "documents_active", "documents_added", "documents_changed", "documents_removed",
             "quarantined_items", "chunks_total", "docs_rechunked", "chunks_embedded",
-            "chunks_reused_from_cache", "kb_version", "new_version", "duration_s") if k in md]
+            "chunks_reused_from_cache", "kb_version", "new_version",
+            "dataset_version", "assistant_version", "steps", "train_loss_last", "ft_score_mean",
+            "base_score_mean", "production_version", "duration_s") if k in md]
         lines.append(f"  materialized {mat.asset_key.to_user_string():<18} " + " ".join(keep))
     for ev in result.get_asset_check_evaluations():
         status = "passed" if ev.passed else f"FAILED ({ev.severity.value})"
