@@ -102,21 +102,12 @@ def cmd_promote(args) -> int:
 
 
 def cmd_rollback(args) -> int:
-    from dagster_project.cli import CLIError
-    from dagster_project.commands.registry import _context, _guard
-    from resources.registry import alias_history, rollback_target
+    from dagster_project.commands.registry import (_context, _guard, rollback_choice,
+                                                   rollback_reason)
 
     _, store, registry = _context()
     current = _guard(registry.get_alias, MODEL, "production")
-    if current is None:
-        raise CLIError("no kb-assistant version is in production: nothing to roll back")
-    target = args.to if args.to is not None else rollback_target(
-        alias_history(store, MODEL, "production"), current)
-    if target is None:
-        raise CLIError(f"kb-assistant production ({current}) has no earlier production version "
-                       "(use --to VERSION)")
-    if target == current:
-        raise CLIError(f"kb-assistant version {target} is already production")
+    target = rollback_choice(store, MODEL, current, args.to, "kb-assistant version",
+                             "no kb-assistant version")
     _check(store, target, args.force, served_before=args.to is None)
-    reason = "rollback" + (f": {args.reason}" if args.reason else f" from {current}")
-    return _move(store, registry, target, reason, args.force)
+    return _move(store, registry, target, rollback_reason(args.reason, current), args.force)

@@ -203,12 +203,32 @@ def cmd_promote(args) -> int:
     return _move(paths, store, registry, args.version, args.reason or "manual promote", args.force)
 
 
-def cmd_rollback(args) -> int:
-    if (rc := _assistant(args)) is not None:
-        return rc
+def rollback_choice(store, model: str, current: int | None, to: int | None, label: str,
+                    none_yet: str) -> int:
+    """The version a rollback of `model` goes to (`--to` or the previous production one);
+    one-line errors for nothing in production, no earlier version, or already there."""
     from dagster_project.cli import CLIError
     from resources.registry import alias_history, rollback_target
 
+    if current is None:
+        raise CLIError(f"{none_yet} is in production yet: nothing to roll back")
+    target = to if to is not None else rollback_target(
+        alias_history(store, model, "production"), current)
+    if target is None:
+        raise CLIError(f"{model} production ({current}) has no earlier production version to "
+                       "roll back to (use --to VERSION)")
+    if target == current:
+        raise CLIError(f"{label} {target} is already production")
+    return target
+
+
+def rollback_reason(reason: str | None, current: int) -> str:
+    return "rollback" + (f": {reason}" if reason else f" from {current}")
+
+
+def cmd_rollback(args) -> int:
+    if (rc := _assistant(args)) is not None:
+        return rc
     from dagster_project.serving import resolve
 
     paths, store, registry = _context()
@@ -216,18 +236,10 @@ def cmd_rollback(args) -> int:
     # switch below happens before MLflow is even imported.
     serving = resolve(paths)
     current = serving.version if serving.source == "production" else None
-    if current is None:
-        raise CLIError("nothing is in production yet: nothing to roll back")
-    target = args.to if args.to is not None else rollback_target(
-        alias_history(store, MODEL, "production"), current)
-    if target is None:
-        raise CLIError(f"production ({current}) has no earlier production version to roll back "
-                       "to (use --to VERSION)")
-    if target == current:
-        raise CLIError(f"KB version {target} is already production")
+    target = rollback_choice(store, MODEL, current, args.to, "KB version", "nothing")
     # A previous production version already served: being unevaluated does not block it.
     _check_promotable(paths, store, target, args.force, served_before=args.to is None)
-    reason = "rollback" + (f": {args.reason}" if args.reason else f" from {current}")
+    reason = rollback_reason(args.reason, current)
     # An emergency: serving switches first (kb serve follows within its poll interval), then
     # the MLflow alias and alias_history record it. If recording fails, serving switches back.
     write_pointer(paths, target)
