@@ -74,7 +74,11 @@ class Paths:
         for d in (self.home, self.inbox, self.versions, self.dagster_home, self.mlflow_artifacts):
             d.mkdir(parents=True, exist_ok=True)
         cfg = self.dagster_home / "dagster.yaml"
-        if not cfg.exists():
+        # Our own file is kept current; a file someone wrote themselves (e.g. Postgres
+        # storage for scale-out, without our header) is left alone.
+        current = cfg.read_text(encoding="utf-8") if cfg.exists() else None
+        if current is None or (current != DAGSTER_YAML
+                               and current.startswith("# Written by the kb platform.")):
             cfg.write_text(DAGSTER_YAML, encoding="utf-8")
         os.environ["DAGSTER_HOME"] = str(self.dagster_home)
         return self
