@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from dagster_project.cli import main as kb
-from resources.finetuner import LocalLoRAFineTuner, encode_example, length_batches
+from resources.finetuner import LocalLoRAFineTuner, TrainJob, encode_example, length_batches
 from resources.ft_config import FTConfig
 from resources.llm import LLM, PACKAGED_GGUF, packaged_model_folder
 from resources.registry import alias_history, registered_versions
@@ -117,3 +117,34 @@ def test_local_fine_tune_trains_registers_promotes_and_answers(kb_paths, capsys)
     assert "travel/travel_policy.md" in sources
     assert json.loads(kb_paths.home.joinpath("ft", "models", "1", "assistant.json")
                       .read_text())["provider"] == "local"
+
+
+@pytest.mark.slow
+def test_any_local_hf_model_folder_can_be_the_base(tmp_path):
+    """A plain Hugging Face folder (config.json + safetensors + tokenizer) replaces the
+    packaged GGUF by setting; here made from the packaged model itself (no downloads)."""
+    from safetensors.torch import load_file
+
+    from resources.llm import load_base
+
+    tok, model = load_base("")
+    folder = tmp_path / "hf-base"
+    model.hf_quantizer = None  # the weights are already dequantised to fp32: a plain model
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    rows = [json.dumps({"messages": MSGS})] * 4
+    (tmp_path / "train.jsonl").write_text("\n".join(rows) + "\n")
+    tuner = LocalLoRAFineTuner(base_model_path=str(folder), max_steps=2, batch_size=2,
+                               eval_loss_examples=2)
+    res = tuner.train(TrainJob(str(tmp_path / "train.jsonl"), str(tmp_path / "train.jsonl"),
+                               str(tmp_path / "adapter")))
+    assert res.base_model == str(folder.resolve()) and res.metrics["steps"] == 2
+    assert res.metrics["eval_loss_after"] < res.metrics["eval_loss_before"]
+    weights = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
+    assert any(float(v.abs().sum()) > 0 for k, v in weights.items() if "lora_B" in k)
+    missing = LocalLoRAFineTuner(base_model_path=str(tmp_path / "nope"))
+    with pytest.raises(Exception, match="has no config.json"):
+        missing.train(TrainJob(str(tmp_path / "train.jsonl"), str(tmp_path / "train.jsonl"),
+                               str(tmp_path / "a2")))

@@ -82,7 +82,7 @@ def test_openai_fine_tune_registers_the_model_id_and_answers(openai_env, caplog,
     assert kb(["ask", "How far ahead must trains and flights be booked?"]) == 0
     out = capsys.readouterr().out
     assert "kb-assistant version 1 (production)" in out
-    assert "(Source: travel/travel_policy.md)" in out and "Sources:" in out
+    assert "(Source: travel/travel_policy.md)" in " ".join(out.split()) and "Sources:" in out
     assert any(q["path"] == "/v1/chat/completions" for q in server.requests)
     assert_key_nowhere(paths, key, out, caplog.text)
 
