@@ -167,7 +167,7 @@ class LocalLoRAFineTuner(FineTuner):
     eval_loss_examples: int = 16
     log_every: int = 5
     seed: int = 0
-    num_threads: int = 0
+    num_threads: int = 0           # 0: all cores (best alone; on a busy box 1 can be faster)
     precision: str = "auto"        # auto: bf16 autocast where the CPU has native bf16
 
     @property
@@ -392,7 +392,8 @@ def ft_resources(paths, env=None) -> dict:
             batch_size=_env(env, "KB_FT_BATCH_SIZE", int, 4),
             learning_rate=_env(env, "KB_FT_LEARNING_RATE", float, 1e-3),
             lora_rank=_env(env, "KB_FT_LORA_RANK", int, 8),
-            max_seq_len=_env(env, "KB_FT_MAX_SEQ_LEN", int, 256))
+            max_seq_len=_env(env, "KB_FT_MAX_SEQ_LEN", int, 256),
+            num_threads=_env(env, "KB_FT_THREADS", int, 0))
         llm = LLM(provider="local", base_model_path=base)
     cfg = FTConfig(root=str(paths.home / "ft"),
                    eval_max_questions=_env(env, "KB_FT_EVAL_QUESTIONS", int, 24),
