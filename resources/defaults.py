@@ -7,7 +7,7 @@ from dagster_project.settings import Paths
 
 from .config import KBConfig
 from .embedder import Embedder
-from .finetuner import ft_resources
+from .ft_config import ft_resources
 from .registry import registry_resources
 from .store import KBStore
 from .vector_index import VersionStore

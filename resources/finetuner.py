@@ -1,12 +1,11 @@
 """Fine-tuners: one interface, two providers. `LocalLoRAFineTuner` trains a LoRA adapter
 (peft) on the local base model with loss on assistant tokens only; `OpenAIFineTuner` runs an
-OpenAI fine-tuning job. Which one runs is configuration (`ft_resources`), not code paths."""
+OpenAI fine-tuning job. Which one runs is configuration (`ft_config.ft_resources`)."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
 import warnings
@@ -15,18 +14,12 @@ from pathlib import Path
 
 from dagster import ConfigurableResource
 
-from dagster_project.cli import CLIError
-
-from .llm import (DEFAULT_OPENAI_MODEL, LLM, _threads, autocast, base_model_id, load_base,
+from .llm import (DEFAULT_OPENAI_MODEL, _threads, autocast, base_model_id, load_base,
                   openai_client, redact)
 
 
 class FineTuneError(Exception):
     """Training could not produce a model; the message is one line, safe to show."""
-
-
-class SettingError(CLIError, ValueError):
-    """A bad KB_FT_* setting: one line for the `kb` command, a clear load error in Dagster."""
 
 
 @dataclass(frozen=True)
@@ -357,48 +350,3 @@ class OpenAIFineTuner(FineTuner):
                 log.info(f"OpenAI fine-tuning job {ftj.id}: {ftj.status}")
                 last = ftj.status
         return ftj
-
-
-# -- configuration --------------------------------------------------------------------------
-def _env(env, name: str, kind, default):
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return kind(raw)
-    except ValueError:
-        raise SettingError(f"{name} must be {kind.__name__}, got {raw!r}") from None
-
-
-def ft_resources(paths, env=None) -> dict:
-    """`finetuner`, `llm` and `ft_config` for this environment. KB_FT_PROVIDER=openai (with
-    OPENAI_API_KEY) selects OpenAI; KB_FT_* variables tune the defaults (see README)."""
-    from .ft_config import FTConfig
-
-    env = os.environ if env is None else env
-    provider = env.get("KB_FT_PROVIDER", "local").strip().lower() or "local"
-    if provider not in ("local", "openai"):
-        raise SettingError(f"KB_FT_PROVIDER must be 'local' or 'openai', got {provider!r}")
-    base = env.get("KB_FT_BASE_MODEL", "")
-    if provider == "openai":
-        tuner = OpenAIFineTuner(base_model_name=base or DEFAULT_OPENAI_MODEL,
-                                n_epochs=_env(env, "KB_FT_EPOCHS", int, 0))
-        llm = LLM(provider="openai", openai_model=env.get("KB_OPENAI_CHAT_MODEL") or base
-                  or DEFAULT_OPENAI_MODEL)
-    else:
-        tuner = LocalLoRAFineTuner(
-            base_model_path=base, epochs=_env(env, "KB_FT_EPOCHS", int, 1),
-            max_steps=_env(env, "KB_FT_MAX_STEPS", int, 30),
-            batch_size=_env(env, "KB_FT_BATCH_SIZE", int, 4),
-            learning_rate=_env(env, "KB_FT_LEARNING_RATE", float, 1e-3),
-            lora_rank=_env(env, "KB_FT_LORA_RANK", int, 8),
-            max_seq_len=_env(env, "KB_FT_MAX_SEQ_LEN", int, 256),
-            num_threads=_env(env, "KB_FT_THREADS", int, 0))
-        llm = LLM(provider="local", base_model_path=base)
-    cfg = FTConfig(root=str(paths.home / "ft"),
-                   eval_max_questions=_env(env, "KB_FT_EVAL_QUESTIONS", int, 24),
-                   eval_max_new_tokens=_env(env, "KB_FT_EVAL_MAX_NEW_TOKENS", int, 64),
-                   gate_margin=_env(env, "KB_FT_GATE_MARGIN", float, 0.02),
-                   min_examples=_env(env, "KB_FT_MIN_EXAMPLES", int, 20),
-                   replay_share=_env(env, "KB_FT_REPLAY_SHARE", float, 0.2))
-    return {"finetuner": tuner, "llm": llm, "ft_config": cfg}

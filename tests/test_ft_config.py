@@ -3,7 +3,8 @@
 import pytest
 
 from dagster_project.cli import main as kb
-from resources.finetuner import LocalLoRAFineTuner, OpenAIFineTuner, SettingError, ft_resources
+from resources.finetuner import LocalLoRAFineTuner, OpenAIFineTuner
+from resources.ft_config import SettingError, ft_resources
 
 
 def test_default_is_local_and_offline(kb_paths):
