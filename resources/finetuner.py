@@ -71,9 +71,10 @@ class FineTuner(ConfigurableResource):
 
 # -- local LoRA -----------------------------------------------------------------------------
 def encode_example(tok, messages: list[dict], max_len: int):
-    """(input_ids, labels) for one chat example; labels are -100 on the prompt (system +
-    user + assistant header) so only the answer is learned. None if the prompt alone does
-    not fit; a long answer is cut at max_len."""
+    """(input_ids, labels, truncated) for one chat example; labels are -100 on the prompt
+    (system + user + assistant header) so only the answer is learned. None if the prompt
+    alone does not fit; a long answer is cut at max_len (and counted: a cut answer loses
+    its citation and end token)."""
     prompt = tok.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
     full = tok.apply_chat_template(messages, tokenize=False)
     if not full.startswith(prompt):
@@ -85,7 +86,7 @@ def encode_example(tok, messages: list[dict], max_len: int):
         return None
     ids = (p_ids + a_ids)[:max_len]
     labels = ([-100] * len(p_ids) + a_ids)[:max_len]
-    return ids, labels
+    return ids, labels, len(p_ids) + len(a_ids) > max_len
 
 
 def length_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
@@ -108,7 +109,7 @@ def _collate(rows, pad_id):
     ids = torch.full((len(rows), n), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), n), -100, dtype=torch.long)
     mask = torch.zeros((len(rows), n), dtype=torch.long)
-    for i, (x, y) in enumerate(rows):
+    for i, (x, y, *_) in enumerate(rows):
         ids[i, :len(x)] = torch.tensor(x)
         labels[i, :len(y)] = torch.tensor(y)
         mask[i, :len(x)] = 1
@@ -155,7 +156,7 @@ class LocalLoRAFineTuner(FineTuner):
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     target_modules: str = "q_proj,v_proj"
-    max_seq_len: int = 256
+    max_seq_len: int = 384         # the sample data's longest example is ~360 tokens
     warmup_ratio: float = 0.1
     eval_loss_examples: int = 16
     log_every: int = 5
@@ -185,6 +186,10 @@ class LocalLoRAFineTuner(FineTuner):
         train = [encode_example(tok, m, self.max_seq_len) for m in read_chat_jsonl(job.train_file)]
         skipped = sum(r is None for r in train)
         train = [r for r in train if r is not None]
+        truncated = sum(r[2] for r in train)
+        if (skipped or truncated) and log:
+            log.warning(f"{skipped} examples skipped and {truncated} cut at max_seq_len="
+                        f"{self.max_seq_len} tokens: raise it (KB_FT_MAX_SEQ_LEN)")
         if not train:
             raise FineTuneError(f"no training example of {job.train_file} fits in "
                                 f"max_seq_len={self.max_seq_len} tokens")
@@ -250,7 +255,8 @@ class LocalLoRAFineTuner(FineTuner):
             model.save_pretrained(str(out_dir))
         metrics = {
             "steps": step, "examples_seen": seen, "train_examples": len(train),
-            "examples_skipped_too_long": skipped, "epochs_done": round(seen / len(train), 3),
+            "examples_skipped_too_long": skipped, "examples_cut_at_max_len": truncated,
+            "epochs_done": round(seen / len(train), 3),
             "mean_tokens": round(sum(len(r[0]) for r in train) / len(train), 1),
             "train_loss_first": curve[0][1] if curve else None,
             "train_loss_last": curve[-1][1] if curve else None,

@@ -98,7 +98,7 @@ def ft_resources(paths, env=None) -> dict:
             batch_size=_env(env, "KB_FT_BATCH_SIZE", int, 4),
             learning_rate=_env(env, "KB_FT_LEARNING_RATE", float, 1e-3),
             lora_rank=_env(env, "KB_FT_LORA_RANK", int, 8),
-            max_seq_len=_env(env, "KB_FT_MAX_SEQ_LEN", int, 256),
+            max_seq_len=_env(env, "KB_FT_MAX_SEQ_LEN", int, 384),
             num_threads=_env(env, "KB_FT_THREADS", int, 0))
         llm = LLM(provider="local", base_model_path=base)
     cfg = FTConfig(root=str(paths.home / "ft"),

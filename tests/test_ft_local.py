@@ -31,7 +31,8 @@ def tokenizer():
 
 
 def test_only_answer_tokens_carry_loss(tokenizer):
-    ids, labels = encode_example(tokenizer, MSGS, 256)
+    ids, labels, cut = encode_example(tokenizer, MSGS, 256)
+    assert not cut
     assert len(ids) == len(labels)
     n_prompt = labels.index(next(x for x in labels if x != -100))
     assert all(x == -100 for x in labels[:n_prompt])
@@ -41,10 +42,13 @@ def test_only_answer_tokens_carry_loss(tokenizer):
     assert "Question: How many?" in prompt and prompt.endswith("assistant\n")
 
 
-@pytest.mark.parametrize("max_len,expect", [(8, None), (256, "full")])
-def test_too_long_prompts_are_skipped(tokenizer, max_len, expect):
+@pytest.mark.parametrize("max_len,expect", [(8, "skipped"), (55, "cut"), (256, "whole")])
+def test_too_long_examples_are_skipped_or_cut(tokenizer, max_len, expect):
     out = encode_example(tokenizer, MSGS, max_len)
-    assert (out is None) if expect is None else len(out[0]) < max_len
+    if expect == "skipped":
+        assert out is None
+    else:
+        assert out[2] == (expect == "cut") and len(out[0]) <= max_len
 
 
 def test_length_batches_cover_every_example_once():
