@@ -107,7 +107,7 @@ def _parse_jsonl(rel: str, text: str, result: ParseResult) -> None:
         raw_id = obj.get("id", obj.get("_id"))
         if raw_id is not None and (isinstance(raw_id, bool) or not isinstance(raw_id, (str, int))
                                    or not str(raw_id).strip()):
-            bad(f"field 'id' (or '_id') must be a non-empty string or integer, got {raw_id!r}")
+            bad(f"field 'id' must be a non-empty string or integer, got {raw_id!r}")
             continue
         title = obj.get("title", "")
         if not isinstance(title, str):
