@@ -160,6 +160,8 @@ def _parse_file(rel: str, data: bytes, budget_s: float | None, deadline: Deadlin
     deadline.check("decode")
     if suffix == ".jsonl":
         _parse_jsonl(rel, text, result, budget_s)
+        if not result.docs and not result.problems:  # found by fuzzing: was silently nothing
+            result.problems.append(Problem(rel, None, "file is empty or whitespace only"))
         return result
     title = ""
     if suffix in (".html", ".htm"):
