@@ -44,11 +44,13 @@ DRIFT_METRICS = ("mean_tokens", "median_tokens", "chunks_per_doc")
 def evaluate(chunks: pd.DataFrame, members: pd.DataFrame, new_texts: pd.DataFrame,
              q: QualityThresholds, chunk_size: int, mask_pii: bool,
              base_label: str, chunker_versions: list[str] | None = None,
-             tokenizer=None, base_tokenizer: str | None = None) -> list[CheckOutcome]:
+             tokenizer=None, base_tokenizer: str | None = None,
+             unit: str | None = None) -> list[CheckOutcome]:
     """`chunks`: state.candidate_chunks(); `members`: state.baseline_members();
     `new_texts`: state.new_chunk_texts(); `tokenizer`: the embedder's (token_units), whose
     count of each new chunk's text must fit the model; `base_tokenizer`: the token unit of
-    the baseline version's chunker (token counts in another unit are not compared)."""
+    the baseline version's chunker, `unit` the current one's (token counts in two different
+    units are not compared)."""
     rows = max(1, q.offending_rows)
     ids = ["chunk_id", "doc_id"]
     scope = {"active_chunks": len(chunks), "baseline": base_label}
@@ -89,7 +91,7 @@ def evaluate(chunks: pd.DataFrame, members: pd.DataFrame, new_texts: pd.DataFram
                  new_chunks_recounted=len(new_texts) if tokenizer is not None else 0,
                  max_recounted_tokens=int(frame["model_tokens"].max())), bounds))
 
-    now_unit = getattr(tokenizer, "name", None)
+    now_unit = unit or getattr(tokenizer, "name", None)
     unit_change = (base_tokenizer, now_unit) if (
         base_tokenizer and now_unit and base_tokenizer != now_unit) else None
     drift = _drift(DRIFT, chunk_drift(chunks, members, max(1, q.drift_min_docs)), chunks,
@@ -218,8 +220,9 @@ def collect(store: KBStore, q: QualityThresholds, cfg: KBConfig,
         new_texts = state.new_chunk_texts(con, base)
         versions = state.chunker_versions(con)
     base_unit = (base.chunker or {}).get("tokenizer") if base.exists else None
+    unit = cfg.chunker(cfg.chunk_tokenizer(embedder)).tokenizer
     return evaluate(chunks, members, new_texts, q, cfg.chunk_size, cfg.mask_pii, base.label(),
-                    versions, embedder.tokenizer(), base_unit)
+                    versions, embedder.tokenizer(), base_unit, unit)
 
 
 @multi_asset_check(

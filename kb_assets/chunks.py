@@ -133,7 +133,7 @@ def rechunk(store: KBStore, cfg: ChunkerConfig, run_id: str, tokenizer=UNICODE,
 def cleaned_chunks(context: AssetExecutionContext, store: KBStore, kb_config: KBConfig,
                    embedder: Embedder) -> MaterializeResult:
     t0 = time.perf_counter()
-    tokenizer = embedder.tokenizer()
+    tokenizer = kb_config.chunk_tokenizer(embedder)
     cfg = kb_config.chunker(tokenizer)
     r = rechunk(store, cfg, context.run_id, tokenizer, kb_config.doc_time_budget_s)
     lengths = r.pop("lengths")

@@ -19,6 +19,17 @@ class KBConfig(ConfigurableResource):
     chunk_overlap: int = 40
     mask_pii: bool = True
     doc_time_budget_s: float = 60.0  # per document and step; 0: none (KB_DOC_TIME_BUDGET_S)
+    # "model": chunks counted in the embedder's own tokens (no truncation); "unicode": the
+    # pre-issue-16 unit (words / CJK characters), only to reproduce an old KB's chunks.
+    token_unit: str = "model"
+
+    def chunk_tokenizer(self, embedder):
+        """What the chunker counts with this setting (kb_assets.token_units)."""
+        from kb_assets.chunking import UNICODE
+
+        if self.token_unit not in ("model", "unicode"):
+            raise ValueError(f"token_unit must be 'model' or 'unicode', got {self.token_unit!r}")
+        return embedder.tokenizer() if self.token_unit == "model" else UNICODE
 
     def chunker(self, tokenizer=None) -> ChunkerConfig:
         """The chunker settings for `tokenizer` (token_units; the Unicode unit if None). A
