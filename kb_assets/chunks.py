@@ -15,7 +15,7 @@ from resources.config import KBConfig
 from resources.embedder import Embedder
 from resources.store import KBStore, fetch_one
 
-from .budget import BudgetExceeded, Deadline
+from .budget import BudgetExceeded, Deadline, budget_for
 from .chunking import UNICODE, ChunkerConfig, chunk_id, chunk_text
 from .ingest import now, raw_docs
 from .parsing import Problem
@@ -72,7 +72,8 @@ def rechunk(store: KBStore, cfg: ChunkerConfig, run_id: str, tokenizer=UNICODE,
         rows, states, problems, pii_by_doc, shas = [], [], [], {}, {}
         for doc_key, title, text, chash, path, line, file_sha in stale:
             try:
-                doc = chunk_document(doc_key, title, text, cfg, tokenizer, Deadline(budget_s))
+                doc = chunk_document(doc_key, title, text, cfg, tokenizer,
+                                     Deadline(budget_for(len(text or ""), budget_s)))
             except BudgetExceeded as exc:
                 # Recorded as done (0 chunks) for this content and chunker, so later runs do
                 # not stall on it again; editing the file resolves the quarantine entry.

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
-from .budget import BudgetExceeded, Deadline
+from .budget import BudgetExceeded, Deadline, budget_for
 from .html_extract import HTMLTooDeep, html_to_text
 from .injection import injection_flags
 from .text import CJK_CHAR, content_hash, normalise
@@ -75,7 +75,8 @@ def _parse_jsonl(rel: str, text: str, result: ParseResult, budget_s: float | Non
         if not raw.strip():
             continue
         try:  # each line is its own document, with its own budget
-            _parse_jsonl_line(rel, lineno, raw, seen_ids, result, Deadline(budget_s))
+            _parse_jsonl_line(rel, lineno, raw, seen_ids, result,
+                              Deadline(budget_for(len(raw), budget_s)))
         except BudgetExceeded as exc:
             result.problems.append(Problem(rel, lineno, str(exc)))
 
@@ -134,10 +135,11 @@ def _parse_jsonl_line(rel: str, lineno: int, raw: str, seen_ids: dict[str, int],
 def parse_file(rel: str, data: bytes, budget_s: float | None = None,
                deadline: Deadline | None = None) -> ParseResult:
     """Parse one file; `rel` is its inbox-relative path with forward slashes. A document that
-    takes longer than `budget_s` seconds (per JSONL line) becomes a Problem."""
+    takes longer than `budget_s` seconds per MB (per JSONL line) becomes a Problem."""
     result = ParseResult()
     try:
-        _parse_file(rel, data, budget_s, deadline or Deadline(budget_s), result)
+        _parse_file(rel, data, budget_s, deadline or Deadline(budget_for(len(data), budget_s)),
+                    result)
     except BudgetExceeded as exc:
         result.docs.clear()
         result.problems.append(Problem(rel, None, str(exc)))

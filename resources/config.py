@@ -18,7 +18,7 @@ class KBConfig(ConfigurableResource):
     chunk_size: int = 200          # in the embedder's tokens (see Embedder.tokenizer)
     chunk_overlap: int = 40
     mask_pii: bool = True
-    doc_time_budget_s: float = 60.0  # per document and step; 0: none (KB_DOC_TIME_BUDGET_S)
+    doc_time_budget_s: float = 30.0  # per document and step, per started MB; 0: none
     # "model": chunks counted in the embedder's own tokens (no truncation); "unicode": the
     # pre-issue-16 unit (words / CJK characters), only to reproduce an old KB's chunks.
     token_unit: str = "model"
