@@ -91,6 +91,12 @@ def _parse_jsonl_line(rel: str, lineno: int, raw: str, seen_ids: dict[str, int],
     except json.JSONDecodeError as exc:
         bad(f"malformed JSON: {exc.msg} (column {exc.colno})")
         return
+    except ValueError as exc:  # found by fuzzing: a 4,301-digit number crashed the batch
+        bad(f"malformed JSON: {exc}")
+        return
+    except RecursionError:  # [[[[...]]]] thousands deep
+        bad("malformed JSON: nested too deeply")
+        return
     if not isinstance(obj, dict):
         bad(f"expected a JSON object, got {type(obj).__name__}")
         return

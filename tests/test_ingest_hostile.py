@@ -81,6 +81,17 @@ def test_time_budget_quarantines_instead_of_stalling():
     assert "per-document time budget of 5 s" in problem.reason and "quarantined" in problem.reason
 
 
+@pytest.mark.parametrize("line, reason", [
+    ('{"id": "x", "text": "t", "n": ' + "1" * 5000 + "}", "Exceeds the limit (4300 digits)"),
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+])
+def test_json_lines_that_crashed_the_parser_are_quarantined(line, reason):
+    # Found by the fuzz tests: json.loads raised ValueError / RecursionError past parse_file.
+    result = parse_file("x.jsonl", f'{{"id": "a", "text": "ok"}}\n{line}\n'.encode())
+    assert [d.doc_id for d in result.docs] == ["a"]
+    assert result.problems[0].line == 2 and reason in result.problems[0].reason
+
+
 def test_jsonl_budget_is_per_line():
     data = b'{"id": "a", "text": "fine"}\n{"id": "b", "text": "also fine"}\n'
     assert [d.doc_id for d in parse_file("x.jsonl", data, budget_s=30).docs] == ["a", "b"]
