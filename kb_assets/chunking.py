@@ -4,8 +4,8 @@ What a token is comes from the tokenizer passed in (`token_units`): the embedder
 tokenizer in the pipeline, so a chunk never holds more word pieces than the model reads, or
 the Unicode unit (one CJK character or one run of letters/digits) by default. Both count a
 CJK character as a token, so Chinese, which has no spaces, is cut the same way as English.
-Chunks end at a sentence boundary when one lies in the last third of the window, and
-consecutive chunks share `overlap` tokens. Token spans are consumed lazily with a sliding
+Chunks end before a heading (`#` line) when one lies in the last half of the window, else at a
+sentence boundary in the last third, and consecutive chunks share `overlap` tokens. Token spans are consumed lazily with a sliding
 buffer, so a 20 MB document is never copied into a token list."""
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def chunk_text(text: str, cfg: ChunkerConfig, tokenizer=UNICODE,
     if tokenizer.name != cfg.tokenizer:
         raise ValueError(f"chunker configured for tokenizer {cfg.tokenizer!r}, "
                          f"given {tokenizer.name!r}")
-    # Each buffered token: (start, end, sentence_boundary_after_it)
+    # Each buffered token: (start, end, boundary level after it: 0, 1 sentence, 2 heading)
     buf: list[tuple[int, int, bool]] = []
     ordinal = 0
     tokens = tokenizer.spans(text, check)
@@ -76,25 +76,29 @@ def chunk_text(text: str, cfg: ChunkerConfig, tokenizer=UNICODE,
     # With word pieces, punctuation is its own token: look at the token's last character too.
     back = 1 if tokenizer.punctuation_is_token else 0
 
-    def is_boundary(start: int, end: int, next_start: int) -> bool:
-        return SENTENCE_END.search(text, max(start, end - back), next_start) is not None
+    def boundary(start: int, end: int, next_start: int) -> int:
+        """2: a heading line starts next (HTML headings arrive as `#` lines); 1: sentence end."""
+        if SENTENCE_END.search(text, max(start, end - back), next_start) is None:
+            return 0
+        return 2 if "\n#" in text[end:next_start + 1] else 1
 
     while pending is not None or buf:
         while pending is not None and len(buf) < cfg.size:
             nxt = next(tokens, None)
-            boundary = True if nxt is None else is_boundary(*pending, nxt[0])
-            buf.append((pending[0], pending[1], boundary))
+            level = 2 if nxt is None else boundary(*pending, nxt[0])
+            buf.append((pending[0], pending[1], level))
             pending = nxt
         if not buf:
             break
         if check:
             check("chunk")
         cut = len(buf)
-        if pending is not None:  # more text follows: prefer a sentence end near the window end
-            for i in range(len(buf) - 1, len(buf) * 2 // 3 - 1, -1):
-                if buf[i][2]:
-                    cut = i + 1
-                    break
+        if pending is not None:  # more text follows: end before a heading in the last half,
+            # else at a sentence end in the last third of the window
+            cut = next((i + 1 for i in range(len(buf) - 1, len(buf) // 2 - 1, -1)
+                        if buf[i][2] == 2), 0) or next(
+                (i + 1 for i in range(len(buf) - 1, len(buf) * 2 // 3 - 1, -1) if buf[i][2]),
+                len(buf))
         start, end = buf[0][0], buf[cut - 1][1]
         if not tokenizer.punctuation_is_token:
             # Keep sentence punctuation that directly follows the last token (it is no unit).

@@ -120,3 +120,13 @@ def test_bounds_check_recounts_with_the_model_and_catches_a_unit_mismatch(tok):
     chunks, new = chunk_rows(pieces, tok.count(pieces))
     assert bounds(evaluate(chunks, empty, new, QualityThresholds(), 200, True, "none",
                            tokenizer=tok)).passed
+
+
+def test_chunks_end_before_headings(tok):
+    _, text = __import__("kb_assets.html_extract", fromlist=["x"]).html_to_text(
+        "".join(f"<h2>Section {i}</h2><p>" + "Staff may claim travel costs. " * (5 + i % 4)
+                + "</p>" for i in range(12)))
+    cfg = ChunkerConfig(size=60, overlap=0, tokenizer=tok.name)
+    chunks = list(chunk_text(text, cfg, tok))
+    starts = [c.text.startswith("## Section") for c in chunks]
+    assert sum(starts) >= len(chunks) * 0.7  # most chunks open with their section's heading
