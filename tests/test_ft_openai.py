@@ -248,3 +248,36 @@ def test_changed_dataset_never_resumes_another_datasets_job(fake_openai, tmp_pat
         tuner.train(chat_files(tmp_path, 12), CrashAfterCreate())
     result = tuner.train(chat_files(tmp_path, 13))
     assert result.details["resumed"] is False and creates(fake_openai) == 2
+
+
+@pytest.mark.slow
+def test_sigkill_while_polling_then_rerun_resumes_the_job(fake_openai, tmp_path):
+    """The real thing: a process polling the job is SIGKILLed; the re-run resumes it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from resources.finetuner import OpenAIFineTuner
+
+    fake_openai.steps_to_finish = 10**9  # keeps running until the test lets it finish
+    job = chat_files(tmp_path)
+    code = ("from resources.finetuner import OpenAIFineTuner, TrainJob\n"
+            "OpenAIFineTuner(poll_initial_s=0.05, poll_max_s=0.1).train(TrainJob("
+            f"{job.train_file!r}, {job.eval_file!r}, {job.out_dir!r}, state_dir={job.state_dir!r}))")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                            start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not any(j["_polls"] >= 2 for j in fake_openai.jobs.values()):
+        assert proc.poll() is None and time.monotonic() < deadline, "the job was never polled"
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    [job_id] = fake_openai.jobs
+    fake_openai.steps_to_finish = fake_openai.jobs[job_id]["_polls"] + 2
+    result = OpenAIFineTuner(poll_initial_s=0.01, poll_max_s=0.05).train(job)
+    assert result.details == {**result.details, "job_id": job_id, "resumed": True}
+    assert creates(fake_openai) == 1 and len(fake_openai.files) == 2
