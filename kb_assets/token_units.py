@@ -24,7 +24,8 @@ UNICODE_TOKENIZER = "unicode-word-cjk-char-v1"
 SEGMENT_CHARS = 16_384    # characters per encoded segment
 SEGMENTS_PER_BATCH = 32   # segments per encode_batch call (the Rust side parallelises)
 # WordPiece reads a whitespace-free "word" longer than this as one [UNK]; a span that long is
-# counted as one unit per this many characters, so a 5 MB base64 run cannot become one chunk.
+# counted as one unit per 101-201 characters, so a 5 MB base64 run cannot become one chunk
+# (pieces of <= 100 characters would be read as many word pieces: found by the fuzz tests).
 MAX_WORD_CHARS = 100
 _WS_BACK = re.compile(r"\s", re.UNICODE)
 
@@ -112,9 +113,12 @@ class ModelTokens:
                 for a, b in enc.offsets:
                     if b - a <= MAX_WORD_CHARS:
                         yield s0 + a, s0 + b
-                    else:  # one [UNK] for the model; counted per MAX_WORD_CHARS here
-                        for x in range(a, b, MAX_WORD_CHARS):
-                            yield s0 + x, s0 + min(b, x + MAX_WORD_CHARS)
+                    else:  # one [UNK] for the model: counted as pieces of 101-201 chars, so
+                        # any piece a chunk boundary leaves alone is still one [UNK]
+                        step = MAX_WORD_CHARS + 1
+                        cuts = list(range(a, b - step + 1, step)) + [b]
+                        for x, y in zip(cuts, cuts[1:]):
+                            yield s0 + x, s0 + y
 
     def count(self, texts: list[str]) -> list[int]:
         """Tokens the model reads for each text, without [CLS]/[SEP]."""

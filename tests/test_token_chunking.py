@@ -78,8 +78,16 @@ def test_a_run_without_spaces_is_split_not_swallowed(tok):
     text = "x" * 100_000
     chunks = list(chunk_text(text, ChunkerConfig(size=50, overlap=0, tokenizer=tok.name), tok))
     assert "".join(c.text for c in chunks) == text  # nothing lost
-    assert max(len(c.text) for c in chunks) <= 50 * MAX_WORD_CHARS
+    assert max(len(c.text) for c in chunks) <= 50 * (2 * MAX_WORD_CHARS + 1)
     assert max(tok.count([c.text for c in chunks])) <= 50
+
+
+def test_a_chunk_cut_inside_a_long_word_is_still_read_as_counted(tok):
+    # Found by the fuzz tests: a 100-character piece of a longer word is word-pieced, not [UNK].
+    text = "0:0:0::" + "A" * 1000 + " tail"
+    chunks = list(chunk_text(text, ChunkerConfig(size=8, overlap=0, tokenizer=tok.name), tok))
+    assert max(tok.count([c.text for c in chunks])) <= 8
+    assert "".join(c.text for c in chunks).replace(" ", "") == text.replace(" ", "")
 
 
 def test_the_tokenizer_is_part_of_the_chunker_version(tok):
