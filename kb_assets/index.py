@@ -86,7 +86,7 @@ def calibrate_new_version(manifest: pd.DataFrame, index, lexical: BM25Index, inf
     (kb_assets/relevance.py): unrelated questions vs the KB's own synthetic questions."""
     version = KBVersion(0, None, info, index, manifest, lexical)
     positives = [q.question for q in synthetic_questions(version)]
-    return calibrate_version(version, embedder.encode, positives).as_dict()
+    return calibrate_version(version, embedder.encode_questions, positives).as_dict()
 
 
 def publish_if_changed(store: KBStore, versions: VersionStore, embedder: Embedder,
