@@ -93,7 +93,7 @@ def publish_if_changed(store: KBStore, versions: VersionStore, embedder: Embedde
                        kb_config: KBConfig, run_id: str, log=None) -> dict:
     t0 = time.perf_counter()
     removed_tmp = versions.clean_stale_tmp()
-    chunker = kb_config.chunker()
+    chunker = kb_config.chunker(kb_config.chunk_tokenizer(embedder))
     model_id = embedder.model_id
     with store.transaction() as con:
         recovered = recover_unregistered(con, versions)

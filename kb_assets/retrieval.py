@@ -85,6 +85,7 @@ class Hit:
     chunk_id: int
     dense_score: float | None
     lexical_score: float | None
+    untrusted: bool = False  # looks like prompt injection (kb_assets.untrusted)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -166,5 +167,10 @@ def hybrid_search(version, query: str, query_vec: np.ndarray, k: int = 5,
 
 
 def context_block(hits: list[Hit]) -> str:
-    """The retrieved passages formatted for an LLM prompt, each with its source."""
-    return "\n\n".join(f"[{h.rank}] (source: {h.doc_id})\n{h.text}" for h in hits)
+    """The retrieved passages formatted for an LLM prompt, each with its source; an
+    untrusted passage is marked as such in its header."""
+    from .untrusted import UNTRUSTED_NOTE
+
+    return "\n\n".join(
+        f"[{h.rank}] (source: {h.doc_id})" + (f" [{UNTRUSTED_NOTE}]" if h.untrusted else "")
+        + f"\n{h.text}" for h in hits)

@@ -60,6 +60,13 @@ class Embedder(ConfigurableResource):
         get_dim = getattr(m, "get_embedding_dimension", None) or m.get_sentence_embedding_dimension
         return int(get_dim())
 
+    def tokenizer(self):
+        """The model's own tokenizer (kb_assets.token_units.ModelTokens), loaded from the
+        model folder without loading the weights: what the chunker counts."""
+        from kb_assets.token_units import model_tokens
+
+        return model_tokens(self.resolved_path)
+
     def encode(self, texts: list[str]) -> np.ndarray:
         if texts:
             ENCODED_TEXTS[self.model_id] = ENCODED_TEXTS.get(self.model_id, 0) + len(texts)

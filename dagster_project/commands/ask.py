@@ -76,13 +76,23 @@ def cmd_ask(args) -> int:
         raise CLIError("the question is empty")
     if args.k < 1:
         raise CLIError("-k must be at least 1")
+    from kb_assets.untrusted import ask_policy, for_prompt
+
+    try:
+        policy = ask_policy()
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
     paths = Paths.from_env()
     searcher, source = open_searcher(paths)
-    hits = searcher.search(question, k=args.k)
+    found = searcher.search(question, k=args.k)
+    hits = for_prompt(found, policy)  # untrusted passages: marked (default) or left out
     kb = searcher.version.number
     if not hits:
         msg = (f"Nothing in the knowledge base (version {kb}, {source}) is relevant to this "
-               "question, so there is no grounded answer. Try other words or add documents.")
+               "question, so there is no grounded answer. Try other words or add documents."
+               if not found else
+               f"Only untrusted passages (possible prompt injection) matched in KB version {kb}, "
+               "and KB_ASK_UNTRUSTED=omit leaves them out: no grounded answer.")
         print(json.dumps({"answer": None, "reason": msg, "kb_version": kb, "sources": []},
                          ensure_ascii=False) if args.json else msg)
         return 0
@@ -100,8 +110,8 @@ def cmd_ask(args) -> int:
         answer = llm.chat([messages], ref, args.max_new_tokens)[0].strip()
     except LLMError as exc:
         raise CLIError(str(exc)) from None
-    sources = [{"rank": h.rank, "doc_id": h.doc_id, "source": h.source, "score": h.score}
-               for h in hits]
+    sources = [{"rank": h.rank, "doc_id": h.doc_id, "source": h.source, "score": h.score,
+                "untrusted": h.untrusted} for h in hits]
     if args.json:
         print(json.dumps({"answer": answer, "model": note, "kb_version": kb, "sources": sources},
                          ensure_ascii=False, indent=2))
@@ -110,5 +120,8 @@ def cmd_ask(args) -> int:
     print(textwrap.fill(answer or "(the model returned an empty answer)", 100))
     print("\nSources:")
     for s in sources:
-        print(f"  [{s['rank']}] {s['doc_id']}  ({s['source']}, score {s['score']:.4f})")
+        print(f"  [{s['rank']}] {s['doc_id']}  ({s['source']}, score {s['score']:.4f})"
+              + ("  UNTRUSTED (marked in the prompt)" if s["untrusted"] else ""))
+    if len(hits) < len(found):
+        print(f"  ({len(found) - len(hits)} untrusted passage(s) left out: KB_ASK_UNTRUSTED=omit)")
     return 0
