@@ -111,14 +111,14 @@ def test_healthy_sample_batch_passes_every_check_then_incremental(kb_paths):
     r = run_gates(kb_paths)
     assert r.success
     evs = checks(r)
-    assert len(evs) == 21 and all(e.passed for e in evs.values()), {
+    assert len(evs) == 22 and all(e.passed for e in evs.values()), {
         n: e.description for n, e in evs.items() if not e.passed}
     assert materialized(r)["release_probe"]["ran"] is True
     # Recorded for audits, attached to the version the run published.
     with duckdb.connect(str(kb_paths.db), read_only=True) as con:
         rows = con.execute("SELECT asset, check_name, passed, kb_version, metadata "
                            "FROM check_results WHERE run_id = ?", [r.run_id]).fetchall()
-    assert len(rows) == 21 and {row[3] for row in rows} == {1} and all(row[2] for row in rows)
+    assert len(rows) == 22 and {row[3] for row in rows} == {1} and all(row[2] for row in rows)
     meta = json.loads(next(row[4] for row in rows if row[1] == "raw_docs_required_fields"))
     assert meta["expectations"][0]["success"] is True
 
