@@ -57,7 +57,10 @@ def sentences(text: str) -> list[str]:
 
 # Question and function characters of Chinese questions ("請問…有幾天？").
 _STOP_ZH = set("請問什麼嗎呢的是有幾如何要我你們可以在了哪誰怎樣多少會能否該需")
-_STOPS = _STOP | _STOP_ZH
+_STOP_EN = set("through there their any some all much many very also into onto out up down "
+               "if then than so not no yes get got has have had was were will would should "
+               "could may might must shall its his her they them he she us".split())
+_STOPS = _STOP | _STOP_ZH | _STOP_EN
 
 
 def content_terms(text: str) -> set[str]:
@@ -105,11 +108,17 @@ def best_sentences(query: str, passage: str, max_tokens: int, embed_fn=None,
     cand = [i for i, s in enumerate(sents) if not s.endswith(_QUESTION_END)]
     if not cand:
         return [], 0.0
-    texts = [sents[i] for i in cand]
-    scores = sentence_scores(query, texts, embed_fn)
+    all_scores = sentence_scores(query, sents, embed_fn)
     if hint:
-        hs = sentence_scores(hint, texts, embed_fn)
-        scores = [0.4 * a + 0.6 * b for a, b in zip(scores, hs)]
+        hs = sentence_scores(hint, sents, embed_fn)
+        all_scores = [0.4 * a + 0.6 * b for a, b in zip(all_scores, hs)]
+    # An FAQ passage: when the passage's own question matches best, its answer is what
+    # follows it (the sentence after the question inherits the question's match).
+    for i, s in enumerate(sents[:-1]):
+        if s.endswith(_QUESTION_END) and not sents[i + 1].endswith(_QUESTION_END):
+            all_scores[i + 1] = max(all_scores[i + 1], all_scores[i])
+    texts = [sents[i] for i in cand]
+    scores = [all_scores[i] for i in cand]
     best = max(range(len(cand)), key=lambda j: (scores[j], -j))
     picked = [texts[best]]
     if best + 1 < len(cand) and cand[best + 1] == cand[best] + 1 \

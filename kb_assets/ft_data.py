@@ -53,7 +53,7 @@ class DatasetSettings:
     max_sections_per_doc: int = 8
     min_section_chars: int = 30
     max_context_tokens: int = 64    # approximate model tokens (n_tokens)
-    max_answer_tokens: int = 32
+    max_answer_tokens: int = 48
     eval_fraction: float = 0.2
     replay_share: float = 0.2
     min_examples: int = 20

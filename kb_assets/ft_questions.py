@@ -211,6 +211,11 @@ def build_question_examples(docs: list[SourceDoc], questions: list[EvalQuestion]
     n_ref_t = n_ref_e = misses = 0
     ref_every = s.refusal_share / max(1e-9, 1 - s.refusal_share)  # refusals per answerable
     train_ids = {q.qid for q in train_q}
+    # Held out: exactly a share of the questions (at least one) also get a context without
+    # their answer, so even a small KB measures refusals. Training: a stable hash threshold.
+    k_eval = max(1, round(len(eval_q) * ref_every)) if eval_q else 0
+    eval_refuse = {q.qid for q in sorted(eval_q, key=lambda q: _unit_hash(s.seed, "refuse",
+                                                                           q.qid))[:k_eval]}
     for q, hits in zip(allq, hits_all):
         is_train = q.qid in train_ids
         question = clean_for_export(q.question)
@@ -219,7 +224,8 @@ def build_question_examples(docs: list[SourceDoc], questions: list[EvalQuestion]
         rel = set(q.relevant)
         qgroups = {group[d] for d in rel}
         ctx = _dedupe_docs([shown(question, h.doc_id, h.chunk_id, h.text) for h in hits])[:n_ctx]
-        refuse_too = _unit_hash(s.seed, "refuse", q.qid) < ref_every
+        refuse_too = (_unit_hash(s.seed, "refuse", q.qid) < ref_every if is_train
+                      else q.qid in eval_refuse)
         if is_train:
             # The relevant document's passage that holds the answer, where retrieval put
             # that document (first when retrieval missed it): the target is always in context.

@@ -32,7 +32,7 @@ class FTConfig(ConfigurableResource):
     questions_per_section: int = 2
     max_sections_per_doc: int = 8
     max_context_tokens: int = 64                # ~model tokens (word 1, CJK char 2)
-    max_answer_tokens: int = 32
+    max_answer_tokens: int = 48
     eval_fraction: float = 0.2
     replay_share: float = 0.2
     min_examples: int = 20
@@ -45,7 +45,7 @@ class FTConfig(ConfigurableResource):
     exclude_flags: list[str] = ["prompt_injection"]
     # -- evaluation and gate
     eval_max_questions: int = 24
-    eval_max_new_tokens: int = 64
+    eval_max_new_tokens: int = 96
     eval_threshold: float = 0.75                # (kept for old results; not in the gate)
     gate_margin: float = 0.02                   # fine-tune must beat base AND extractive by this
     extractive_min_score: float = 0.3           # extractive answer refuses below this match
@@ -110,7 +110,7 @@ def ft_resources(paths, env=None) -> dict:
         llm = LLM(provider="local", base_model_path=base)
     cfg = FTConfig(root=str(paths.home / "ft"),
                    eval_max_questions=_env(env, "KB_FT_EVAL_QUESTIONS", int, 24),
-                   eval_max_new_tokens=_env(env, "KB_FT_EVAL_MAX_NEW_TOKENS", int, 64),
+                   eval_max_new_tokens=_env(env, "KB_FT_EVAL_MAX_NEW_TOKENS", int, 96),
                    gate_margin=_env(env, "KB_FT_GATE_MARGIN", float, 0.02),
                    min_examples=_env(env, "KB_FT_MIN_EXAMPLES", int, 20),
                    replay_share=_env(env, "KB_FT_REPLAY_SHARE", float, 0.2),
