@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 run: setup
 	$(KB) init --samples
-	$(KB) build --select kb
+	$(KB) build
 	$(KB) search "How many days of annual leave do I get per year?" -k 3
 	$(KB) search "請問特休假一年有幾天？" -k 3
 

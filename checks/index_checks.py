@@ -246,8 +246,9 @@ def collect(store: KBStore, versions: VersionStore, embedder: Embedder,
     wanted = sample_chunks(v, LEXICAL_SAMPLE)["chunk_id"].astype("int64").tolist()
     wanted += [probe] if probe is not None else []
     with store.connect() as con:
-        active = con.execute("""SELECT c.chunk_id FROM chunks c JOIN documents d USING (doc_key)
-                                WHERE d.active""").df()["chunk_id"].to_numpy(dtype=np.int64)
+        active = con.execute("""SELECT c.chunk_id FROM chunks c
+                                JOIN indexed_documents d USING (doc_key)""").df()[
+            "chunk_id"].to_numpy(dtype=np.int64)
         members = con.execute("SELECT chunk_id FROM kb_version_members WHERE version = ?",
                               [number]).df()["chunk_id"].to_numpy(dtype=np.int64)
         reg = fetch_one(con, "SELECT n_chunks FROM kb_versions WHERE version = ?", [number])

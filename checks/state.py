@@ -201,3 +201,19 @@ def declared_model_dim(model_folder: str | Path) -> int | None:
         except (OSError, ValueError, KeyError):
             return None
     return dim
+
+
+def lost_documents(con, base: Baseline) -> tuple[int, pd.DataFrame]:
+    """(documents the baseline published, those of them no longer active by source file)."""
+    if not base.exists:
+        return 0, pd.DataFrame({"source_path": [], "lost": []})
+    published = fetch_one(con, "SELECT count(DISTINCT doc_key) FROM kb_version_members "
+                               "WHERE version = ?", [base.version])[0]
+    lost = con.execute("""
+        WITH pub AS (SELECT DISTINCT doc_key, doc_id FROM kb_version_members WHERE version = ?)
+        SELECT coalesce(d.source_path, '(unknown)') AS source_path, count(*) AS lost,
+               any_value(p.doc_id) AS example_doc
+        FROM pub p LEFT JOIN documents d USING (doc_key)
+        WHERE d.doc_key IS NULL OR NOT d.active
+        GROUP BY 1 ORDER BY 2 DESC, 1""", [base.version]).df()
+    return int(published or 0), lost

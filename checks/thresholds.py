@@ -16,6 +16,8 @@ from dagster_project.cli import CLIError
 
 ENV_PREFIX = "KB_QUALITY_"
 ACCEPT_DRIFT_ENV = "KB_ACCEPT_DRIFT"
+ACCEPT_SHRINK_ENV = "KB_ACCEPT_SHRINK"
+_SHORT_ENV = {"accept_drift": ACCEPT_DRIFT_ENV, "accept_shrink": ACCEPT_SHRINK_ENV}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -28,17 +30,24 @@ class QualityThresholds(ConfigurableResource):
         20, description="Ratios of smaller batches are reported, not enforced: one bad file "
                         "among five is noise, not a broken export.")
     min_offending_records: int = Field(
-        2, description="A ratio gate fails only when at least this many records offend, so "
-                       "one stray copy or bad line never blocks a build.")
+        5, description="A ratio gate blocks only when at least this many records offend: a "
+                       "few bad files are quarantined and never keep good documents out.")
     min_non_empty_text_ratio: float = Field(
-        0.90, description="More than 1 record in 10 without text means the export lost a "
-                          "column, not that some documents are short.")
+        0.5, description="Most of a batch without text means the export lost a column (a "
+                         "broken feed), not that some documents are short or bad.")
     max_duplicate_ratio: float = Field(
-        0.02, description="Duplicate content wastes top-k slots; 3% copies means a re-export "
-                          "or a copy loop, not a couple of shared notices.")
+        0.02, description="Copies are indexed once and listed (warning only): real FAQ, "
+                          "policy and wiki collections always hold some.")
     max_quarantine_ratio: float = Field(
-        0.10, description="Quarantine protects the KB from a few bad files; more than 10% "
-                          "of a batch rejected means the source itself is broken.")
+        0.5, description="Quarantine absorbs bad files; most of a batch unreadable means the "
+                         "source itself is broken.")
+    max_shrink_ratio: float = Field(
+        0.5, description="Losing more than half of the published KB's documents in one run "
+                         "looks like a truncated export, not an edit: blocked unless accepted "
+                         "(KB_ACCEPT_SHRINK=1).")
+    accept_shrink: bool = Field(
+        False, description="Set (KB_ACCEPT_SHRINK=1) for one run to accept an intended large "
+                           "removal.")
     min_doc_chars: int = Field(
         20, description="A document shorter than a sentence is usually a stub or a parsing "
                         "leftover (warning only).")
@@ -91,8 +100,8 @@ class QualityThresholds(ConfigurableResource):
         values: dict = {}
         for name, info in cls.model_fields.items():
             raw = env.get(ENV_PREFIX + name.upper())
-            if name == "accept_drift" and raw is None:
-                raw = env.get(ACCEPT_DRIFT_ENV)
+            if name in _SHORT_ENV and raw is None:
+                raw = env.get(_SHORT_ENV[name])
             if raw is not None:
                 values[name] = _parse(name, raw, info.annotation)
         return cls(**values)
@@ -108,7 +117,7 @@ class ThresholdError(CLIError, ValueError):
 
 
 def _parse(name: str, raw: str, kind) -> object:
-    var = ACCEPT_DRIFT_ENV if name == "accept_drift" else ENV_PREFIX + name.upper()
+    var = _SHORT_ENV.get(name, ENV_PREFIX + name.upper())
     text = raw.strip().lower()
     if kind is bool:
         if text in _TRUE | _FALSE:

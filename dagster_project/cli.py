@@ -10,7 +10,8 @@ from dagster_project.settings import apply_offline_env
 COMMAND_MODULES = [
     "dagster_project.commands.build",
     "dagster_project.commands.search",
-    "dagster_project.commands.registry", "dagster_project.commands.eval", "dagster_project.commands.serve",
+    "dagster_project.commands.registry", "dagster_project.commands.eval",
+    "dagster_project.commands.golden", "dagster_project.commands.serve",
     "dagster_project.commands.audit",
     "dagster_project.commands.ask",
 ]

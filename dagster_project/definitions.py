@@ -22,6 +22,11 @@ index_job = define_asset_job(
     "index_job", selection=AssetSelection.groups("ingest", "index"),
     description="Ingest, chunk, embed and publish a KB version (no release or evaluation).",
     tags={"kb/writer": "true"})
+# Fine-tuning only, on the KB as it is (`kb finetune`, the nightly schedule).
+ft_job = define_asset_job(
+    "ft_job", selection=AssetSelection.groups("fine_tune"),
+    description="Build the fine-tuning dataset, fine-tune, evaluate and release the assistant.",
+    tags={"kb/writer": "true"})
 # Everything, fine-tuning included.
 all_job = define_asset_job(
     "all_job", selection=AssetSelection.all(),
@@ -34,7 +39,7 @@ def build_definitions(paths: Paths | None = None, **resource_overrides) -> Defin
     return Definitions(
         assets=KB_ASSETS,
         asset_checks=ALL_CHECKS,
-        jobs=[kb_job, index_job, all_job],
+        jobs=[kb_job, index_job, ft_job, all_job],
         sensors=ALL_SENSORS,
         schedules=ALL_SCHEDULES,
         resources=default_resources(paths, **resource_overrides),

@@ -12,22 +12,29 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 from resources.config import KBConfig, code_version
 from resources.embedder import Embedder
 from resources.store import KBStore, fetch_one
-from resources.vector_index import SOURCES_FILE, VersionStore, build_faiss_index
+from resources.vector_index import SOURCES_FILE, KBVersion, VersionStore, build_faiss_index
 
 from .embed import embeddings, load_vectors
 from .faults import fault_point
 from .ingest import now
+from .eval_set import synthetic_questions
 from .lexical import LEXICAL_VERSION, BM25Index
+from .relevance import calibrate_version
 from .report import md_table
 
+# Duplicate documents are indexed once (see the indexed_documents view).
 FINGERPRINT_SQL = """
-    SELECT c.chunk_id, c.text_hash FROM chunks c JOIN documents d USING (doc_key)
-    WHERE d.active ORDER BY c.chunk_id"""
+    SELECT c.chunk_id, c.text_hash FROM chunks c JOIN indexed_documents d USING (doc_key)
+    ORDER BY c.chunk_id"""
 MEMBER_SQL = """
     SELECT c.chunk_id, c.doc_key, d.doc_id, d.source_path, d.title, c.ordinal, c.text,
            c.n_tokens, c.text_hash, c.doc_content_hash
-    FROM chunks c JOIN documents d USING (doc_key)
-    WHERE d.active ORDER BY c.chunk_id"""
+    FROM chunks c JOIN indexed_documents d USING (doc_key)
+    ORDER BY c.chunk_id"""
+# Copies of an indexed document: copy doc_id -> the doc_id whose chunks stand for it.
+DUPLICATES_SQL = """
+    SELECT d.doc_id, i.doc_id FROM documents d JOIN indexed_documents i USING (content_hash)
+    WHERE d.active AND d.doc_key <> i.doc_key ORDER BY d.doc_id"""
 
 
 def fingerprint(model_id: str, chunker_version: str, members: pd.DataFrame) -> str:
@@ -72,6 +79,15 @@ def recover_unregistered(con, versions: VersionStore) -> list[int]:
     return recovered
 
 
+def calibrate_new_version(manifest: pd.DataFrame, index, lexical: BM25Index, info: dict,
+                          embedder: Embedder) -> dict:
+    """The version's zero-hit thresholds, calibrated on its own data before it is published
+    (kb_assets/relevance.py): unrelated questions vs the KB's own synthetic questions."""
+    version = KBVersion(0, None, info, index, manifest, lexical)
+    positives = [q.question for q in synthetic_questions(version)]
+    return calibrate_version(version, embedder.encode, positives).as_dict()
+
+
 def publish_if_changed(store: KBStore, versions: VersionStore, embedder: Embedder,
                        kb_config: KBConfig, run_id: str, log=None) -> dict:
     t0 = time.perf_counter()
@@ -99,6 +115,7 @@ def publish_if_changed(store: KBStore, versions: VersionStore, embedder: Embedde
             SELECT path, sha256, n_docs FROM source_files
             WHERE path IN (SELECT DISTINCT source_path FROM documents WHERE active)
             ORDER BY path""").df().to_dict("records")
+        duplicates = dict(con.execute(DUPLICATES_SQL).fetchall())
     fp = fingerprint(model_id, chunker.version, members)
 
     dim = embedder.dim
@@ -116,9 +133,13 @@ def publish_if_changed(store: KBStore, versions: VersionStore, embedder: Embedde
         "lexical": LEXICAL_VERSION, "code_version": code_version(),
         "source_manifest_sha256": hashlib.sha256(source_manifest).hexdigest(),
         "previous_version": latest[0] if latest else None,
+        "duplicates": duplicates,
     }
     manifest = members[["chunk_id", "doc_key", "doc_id", "source_path", "title", "ordinal",
                         "text", "n_tokens", "text_hash", "doc_content_hash"]]
+    t2 = time.perf_counter()
+    info["relevance"] = calibrate_new_version(manifest, index, lexical, info, embedder)
+    calibration_s = time.perf_counter() - t2
     path = versions.publish(number, index, manifest, lexical, info, sources)
     info = versions.info(number)
     fault_point("publish:after_rename")
@@ -129,6 +150,7 @@ def publish_if_changed(store: KBStore, versions: VersionStore, embedder: Embedde
     return {**base, "new_version": True, "kb_version": number, "path": str(path),
             "n_chunks": len(members), "n_docs": info["n_docs"],
             "index_sha256": info["index_sha256"], "build_s": round(build_s, 3),
+            "calibration_s": round(calibration_s, 3),
             "duration_s": round(time.perf_counter() - t0, 3), "info": info}
 
 

@@ -103,7 +103,8 @@ def _parse_jsonl(rel: str, text: str, result: ParseResult) -> None:
         if not normalise(body):
             bad("field 'text' is empty or whitespace only")
             continue
-        raw_id = obj.get("id")
+        # `_id` is the BEIR corpus convention: such a corpus.jsonl dropped as-is keeps its ids.
+        raw_id = obj.get("id", obj.get("_id"))
         if raw_id is not None and (isinstance(raw_id, bool) or not isinstance(raw_id, (str, int))
                                    or not str(raw_id).strip()):
             bad(f"field 'id' must be a non-empty string or integer, got {raw_id!r}")

@@ -12,9 +12,12 @@ from resources.registry import Registry, RegistryError, ReleaseConfig, alias_his
 from resources.store import KBStore, fetch_one
 from resources.vector_index import VersionStore
 
-from .golden import EvalReport, GoldenError, GoldenSet, evaluate, load_golden
+from .eval_set import (CURATED, EvalSet, curated_location, load_curated, load_synthetic,
+                       refresh_synthetic)
+from .golden import GoldenError
 from .index import faiss_index
-from .metrics import GateResult, GateThresholds, comparison_rows, gate
+from .release_eval import ReleaseEvaluation, SyntheticFloors, evaluate_release
+from .metrics import GateResult, GateThresholds, comparison_rows
 from .report import md_table
 from .retrieval import RetrievalConfig
 from .searcher import Searcher
@@ -41,33 +44,51 @@ def thresholds(cfg: ReleaseConfig) -> GateThresholds:
                           cfg.max_regression, cfg.max_latency_regression)
 
 
-def evaluate_against(versions: VersionStore, embedder: Embedder, golden: GoldenSet, k: int,
-                     candidate: int, production: int | None, t: GateThresholds,
-                     latency_sample: int = 50
-                     ) -> tuple[EvalReport, EvalReport | None, list[GateResult]]:
-    """Score `candidate` and (if another version) `production` on the same questions, then
-    apply the gate. Both use the same query vectors: one embedding pass."""
-    cand = evaluate(open_version(versions, embedder, candidate), golden, k,
-                    latency_sample=latency_sample)
-    prod = None
-    if production is not None and production != candidate and production in versions.numbers():
-        prod = evaluate(open_version(versions, embedder, production), golden, k,
-                        query_vectors=cand.query_vectors, latency_sample=latency_sample)
-    return cand, prod, gate(cand.metrics, prod.metrics if prod else None, t)
+def floors(cfg: ReleaseConfig) -> SyntheticFloors:
+    return SyntheticFloors(cfg.min_synthetic_recall_at_3, cfg.max_synthetic_zero_hit_rate)
 
 
-def save_eval(store: KBStore, version: int, run_id: str, trigger: str, golden: GoldenSet, k: int,
-              cand: EvalReport, prod: EvalReport | None, results: list[GateResult]) -> bool:
-    passed = all(r.passed for r in results)
-    details = {"trigger": trigger, "golden_path": str(golden.path), "golden_sha256": golden.sha256,
-               "golden_format": golden.format, "k": k,
-               "production_version": prod.version if prod else None,
-               "production_metrics": prod.metrics if prod else None,
-               "gate": [r.__dict__ for r in results], "per_query": cand.per_query}
+def curated_set(cfg: ReleaseConfig, override: str | None = None) -> EvalSet | None:
+    """The user's curated golden set (--golden, KB_GOLDEN, `$KB_HOME/golden/`), or None."""
+    from pathlib import Path
+
+    location = curated_location(override or cfg.golden_path or None,
+                                Path(cfg.kb_home) if cfg.kb_home else None)
+    if location is None:
+        return None
+    if not location.exists():
+        raise GoldenError(f"golden set {location} does not exist")
+    return load_curated(location)
+
+
+def evaluate_release_of(versions: VersionStore, embedder: Embedder, store: KBStore,
+                        cfg: ReleaseConfig, k: int, candidate: int, production: int | None,
+                        golden_override: str | None = None) -> ReleaseEvaluation:
+    cand = open_version(versions, embedder, candidate)
+    prod = (open_version(versions, embedder, production)
+            if production is not None and production != candidate
+            and production in versions.numbers() else None)
+    return evaluate_release(cand, prod, curated_set(cfg, golden_override), load_synthetic(store),
+                            k, thresholds(cfg), floors(cfg), cfg.latency_sample)
+
+
+def save_eval(store: KBStore, version: int, run_id: str, trigger: str, ev: ReleaseEvaluation,
+              k: int) -> bool:
+    passed = ev.passed
+    details = {"trigger": trigger, "golden_path": ev.eval_set.source,
+               "golden_sha256": ev.eval_set.sha256, "golden_format": ev.eval_set.fmt, "k": k,
+               "eval_set": ev.details(),
+               "production_version": ev.production.version if ev.production else None,
+               "production_metrics": ev.production.metrics if ev.production else None,
+               "candidate_shared_metrics": (ev.candidate_shared.metrics
+                                            if ev.candidate_shared else None),
+               "gate": [r.__dict__ for r in ev.gate],
+               "per_query": ev.candidate.per_query if ev.candidate else []}
+    metrics = dict(ev.candidate.metrics) if ev.candidate else {}
     with store.transaction() as con:
         con.execute("INSERT INTO eval_results VALUES (?, ?, ?, ?, ?, ?, ?)",
                     [MODEL, version, run_id, datetime.now(timezone.utc).replace(tzinfo=None),
-                     json.dumps(cand.metrics), passed, json.dumps(details, default=str)])
+                     json.dumps(metrics), passed, json.dumps(details, default=str)])
     return passed
 
 
@@ -180,9 +201,47 @@ def registry_rows(store: KBStore) -> list[dict]:
     return registered_versions(store, MODEL)
 
 
-@asset(deps=[kb_release], group_name="release", kinds={"mlflow", "duckdb"},
-       description="Scores the candidate KB version on the golden questions (recall@k, MRR, "
-                   "nDCG, zero-hit rate, latency) next to production.")
+@asset(deps=[faiss_index], group_name="release", kinds={"duckdb", "python"},
+       description="The KB's own evaluation questions (known-item questions made from its "
+                   "documents, labelled synthetic), refreshed incrementally; a curated golden "
+                   "set takes precedence when there is one.")
+def eval_set(context: AssetExecutionContext, store: KBStore, versions: VersionStore,
+             release_config: ReleaseConfig) -> MaterializeResult:
+    latest = versions.latest()
+    if latest is None:
+        return MaterializeResult(metadata={"questions": 0, "summary": MetadataValue.md(
+            "No KB version exists yet: no questions to make.")})
+    r = refresh_synthetic(store, versions.load(latest), context.run_id,
+                          release_config.synthetic_questions)
+    syn = load_synthetic(store)
+    try:
+        curated = curated_set(release_config)
+    except GoldenError as exc:
+        raise Failure(description=str(exc)) from None
+    used = curated if curated is not None else syn
+    return MaterializeResult(metadata={
+        "kb_version": latest, "set_used_by_gate": used.kind,
+        "synthetic_questions": r["questions"], "synthetic_added": r["added"],
+        "synthetic_kept": r["kept"], "synthetic_retired": r["retired"],
+        "synthetic_sha256": syn.sha256,
+        "curated_questions": len(curated.questions) if curated else 0,
+        "curated_source": curated.source if curated else "none",
+        "dagster/row_count": len(syn.questions),
+        "summary": MetadataValue.md(
+            (f"The gate uses the **curated** golden set `{curated.source}` "
+             f"({len(curated.questions)} questions)." if curated else
+             "No curated golden set (`KB_GOLDEN` or `$KB_HOME/golden/`): the gate uses the "
+             f"**synthetic** set made from the KB ({len(syn.questions)} questions).")
+            + f" Synthetic set: {r['added']} new, {r['kept']} kept, {r['retired']} retired."),
+        "sample": MetadataValue.md(md_table(
+            [(q.qid, q.question, ",".join(q.relevant), (q.answer or "")[:80])
+             for q in syn.questions[:10]], ["qid", "question", "document", "made from"])),
+    })
+
+
+@asset(deps=[kb_release, eval_set], group_name="release", kinds={"mlflow", "duckdb"},
+       description="Scores the candidate KB version on its evaluation set (curated golden set, "
+                   "else synthetic) next to production: recall@k, MRR, nDCG, zero-hit, latency.")
 def retrieval_eval(context: AssetExecutionContext, store: KBStore, versions: VersionStore,
                    registry: Registry, embedder: Embedder,
                    release_config: ReleaseConfig) -> MaterializeResult:
@@ -191,34 +250,44 @@ def retrieval_eval(context: AssetExecutionContext, store: KBStore, versions: Ver
         return MaterializeResult(metadata={"evaluated": False, "summary": MetadataValue.md(
             "No new candidate: the latest registered KB version was already evaluated.")})
     try:
-        golden = load_golden(release_config.golden_path or None)
         production = registry.get_alias(MODEL, "production")
-        cand, prod, results = evaluate_against(versions, embedder, golden, release_config.eval_k,
-                                               candidate, production, thresholds(release_config),
-                                               release_config.latency_sample)
+        ev = evaluate_release_of(versions, embedder, store, release_config,
+                                 release_config.eval_k, candidate, production)
     except (GoldenError, FileNotFoundError, RegistryError) as exc:
         raise Failure(description=str(exc)) from None
-    passed = save_eval(store, candidate, context.run_id, "dagster", golden,
-                       release_config.eval_k, cand, prod, results)
+    passed = save_eval(store, candidate, context.run_id, "dagster", ev, release_config.eval_k)
     registry.set_status(store, MODEL, candidate, "passed" if passed else "rejected")
+    metrics = dict(ev.candidate.metrics) if ev.candidate else {}
     try:
         registry.log_metrics(store, MODEL, candidate,
-                             {k: v for k, v in cand.metrics.items() if k != "n_queries"})
+                             {k: v for k, v in metrics.items() if k != "n_queries"})
+        registry.log_eval_dataset(store, MODEL, candidate, ev.eval_set.frame(),
+                                  f"kb-eval-{ev.kind}", ev.eval_set.sha256, ev.eval_set.source)
     except RegistryError as exc:
-        context.log.warning(f"metrics not logged to MLflow: {exc}")
+        context.log.warning(f"evaluation not fully logged to MLflow: {exc}")
+    prod = ev.production
     prod_label = f"production v{prod.version}" if prod else "production (none)"
-    misses = [q for q in cand.per_query if q["first_relevant_rank"] == 0 or
+    per_query = ev.candidate.per_query if ev.candidate else []
+    misses = [q for q in per_query if q["first_relevant_rank"] == 0 or
               q["first_relevant_rank"] > 3]
+    d = ev.details()
     return MaterializeResult(metadata={
         "kb_version": candidate, "evaluated": True, "gate_passed": passed,
+        "eval_set_kind": ev.kind, "eval_questions": d["n_questions"],
+        "not_applicable": d["not_applicable"], "golden_coverage": d["coverage"],
         "production_version": prod.version if prod else None,
-        **{k: float(v) for k, v in cand.metrics.items()},
-        "golden": MetadataValue.path(str(golden.path)), "golden_sha256": golden.sha256,
-        "metrics": MetadataValue.md(md_table(comparison_rows(cand.metrics, prod.metrics if prod
-                                                             else None),
-                                             ["metric", f"candidate v{candidate}", prod_label,
-                                              "delta", "verdict"])),
-        "gate": MetadataValue.md(gate_table(results)),
+        **{k: float(v) for k, v in metrics.items()},
+        "golden": ev.eval_set.source, "golden_sha256": ev.eval_set.sha256,
+        "eval_set": MetadataValue.md(
+            f"Scored on the **{ev.kind}** set `{ev.eval_set.source}`: {d['n_questions']} "
+            f"questions apply to this version, {d['not_applicable']} do not (their documents are "
+            f"not in it; not counted as misses); they cover {d['coverage']:.0%} of its "
+            f"documents." + (f"\n\n{ev.fallback_reason}." if ev.fallback_reason else "")),
+        "metrics": MetadataValue.md(md_table(comparison_rows(
+            ev.candidate_shared.metrics if ev.candidate_shared else metrics,
+            prod.metrics if prod else None),
+            ["metric", f"candidate v{candidate}", prod_label, "delta", "verdict"])),
+        "gate": MetadataValue.md(gate_table(ev.gate)),
         "misses_at_3": MetadataValue.md(md_table(
             [(q["qid"], q["question"], q["expected"], q["top_doc"], q["first_relevant_rank"])
              for q in misses], ["qid", "question", "expected", "top hit", "rank"], limit=20)),
@@ -245,9 +314,10 @@ def kb_promotion(context: AssetExecutionContext, store: KBStore, registry: Regis
             summary = f"KB version {current} is already production."
         else:
             m = ev["metrics"]
+            kind = ev["details"].get("eval_set", {}).get("kind", "curated")
             move = registry.move_alias(
                 store, MODEL, "production", ev["version"], actor=f"dagster:{context.run_id}",
-                reason=f"gate passed (recall@3={m['recall_at_3']:.3f}, "
+                reason=f"gate passed on the {kind} set (recall@3={m['recall_at_3']:.3f}, "
                        f"zero-hit={m['zero_hit_rate']:.3f}, p95={m['latency_p95_ms']:.0f} ms)",
                 run_id=context.run_id)
             promoted, current = True, move.to_version
@@ -263,4 +333,4 @@ def kb_promotion(context: AssetExecutionContext, store: KBStore, registry: Regis
     })
 
 
-RELEASE_ASSETS = [kb_release, retrieval_eval, kb_promotion]
+RELEASE_ASSETS = [kb_release, eval_set, retrieval_eval, kb_promotion]

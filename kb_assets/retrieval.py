@@ -10,12 +10,28 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .fusion import dense_weight, rrf_fuse
+from .relevance import CJK_QUERY_THRESHOLD, Calibration, readable_dense_top
 from .text import cjk_ratio
+
+
+def version_calibration(version) -> Calibration | None:
+    """The relevance calibration stored with the version (None for older versions)."""
+    cached = getattr(version, "_calibration", False)
+    if cached is False:
+        raw = (version.info or {}).get("relevance")
+        cached = Calibration.from_dict(raw) if raw else None
+        try:
+            version._calibration = cached
+        except AttributeError:
+            pass
+    return cached
 
 
 @dataclass(frozen=True)
 class RetrievalConfig:
     candidates: int = 50
+    # The next three: the zero-hit rule of versions published before per-version relevance
+    # calibration (kb_assets/relevance.py); newer versions carry their own thresholds.
     # Cosine below which a dense neighbour is not evidence of relevance (MiniLM, English).
     min_dense_score: float = 0.30
     # Share of the query's IDF mass the corpus vocabulary must cover for lexical evidence.
@@ -65,11 +81,23 @@ def hybrid_search(version, query: str, query_vec: np.ndarray, k: int = 5,
     lex_rows, lex_scores = (version.lexical.search(query, cfg.candidates)
                             if mode != "dense" else (np.empty(0, np.int64), np.empty(0)))
     cjk = cjk_ratio(query)
-    dense_ok = (cjk < cfg.cjk_query_threshold and len(dense_scores) > 0
-                and float(dense_scores[0]) >= cfg.min_dense_score)
-    lexical_ok = (len(lex_rows) > 0
-                  and float(lex_scores[0]) >= cfg.min_lexical_score * math.log1p(version.lexical.n_docs)
-                  and version.lexical.coverage(query) >= cfg.min_lexical_coverage)
+    calibration = version_calibration(version)
+    if calibration is not None:  # thresholds calibrated on this version's own data
+        t = calibration.for_query(cjk >= CJK_QUERY_THRESHOLD)
+        dense_floor = t.dense
+        dense_ok = (not math.isinf(t.dense) and len(dense_scores) > 0
+                    and readable_dense_top(version, version.chunk_ids[dense_rows],
+                                           dense_scores) > t.dense)
+        lexical_ok = (len(lex_rows) > 0 and float(lex_scores[0])
+                      / math.log1p(max(1, version.lexical.n_docs)) > t.lexical)
+    else:  # a version published before calibration existed: the old constants
+        dense_floor = cfg.min_dense_score
+        dense_ok = (cjk < cfg.cjk_query_threshold and len(dense_scores) > 0
+                    and float(dense_scores[0]) >= cfg.min_dense_score)
+        lexical_ok = (len(lex_rows) > 0
+                      and float(lex_scores[0]) >= cfg.min_lexical_score
+                      * math.log1p(version.lexical.n_docs)
+                      and version.lexical.coverage(query) >= cfg.min_lexical_coverage)
     if mode == "dense":
         lexical_ok = False
     if mode == "lexical":
@@ -81,7 +109,7 @@ def hybrid_search(version, query: str, query_vec: np.ndarray, k: int = 5,
     rankings, weights = [], []
     if mode != "lexical":
         # Without lexical support, only dense neighbours above the floor are evidence.
-        rows = dense_rows if lexical_ok else dense_rows[dense_scores >= cfg.min_dense_score]
+        rows = dense_rows if lexical_ok else dense_rows[dense_scores > dense_floor]
         rankings.append(rows.tolist())
         weights.append(dense_weight(cjk) if mode == "hybrid" else 1.0)
     if lexical_ok:

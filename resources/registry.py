@@ -223,6 +223,23 @@ class Registry(ConfigurableResource):
         for k, v in metrics.items():
             self._call("log metrics", client.log_metric, row["run_id"], k, float(v))
 
+    def log_eval_dataset(self, store: KBStore, model_name: str, version_key: int,
+                         frame, name: str, digest: str, source: str) -> None:
+        """Log the evaluation set as an MLflow dataset input of the version's run, so the
+        MLflow UI shows which questions (and which revision of them) scored it."""
+        row = _mirror_row(store, model_name, version_key)
+        if row is None:
+            raise RegistryError(f"{model_name} version {version_key} is not registered")
+        import mlflow.data
+        from mlflow.entities import DatasetInput, InputTag
+
+        def log():
+            ds = mlflow.data.from_pandas(frame, source=source, name=name, digest=digest[:36])
+            entity = ds._to_mlflow_entity()
+            self.client().log_inputs(row["run_id"], datasets=[DatasetInput(
+                entity, tags=[InputTag("mlflow.data.context", "eval")])])
+        self._call("log evaluation dataset", log)
+
     def set_status(self, store: KBStore, model_name: str, version_key: int, status: str) -> None:
         if status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, not {status!r}")
@@ -380,7 +397,7 @@ def registry_resources(paths) -> dict:
     return {"registry": Registry(tracking_uri=paths.mlflow_uri,
                                  artifact_root=str(paths.mlflow_artifacts),
                                  kb_home=str(paths.home)),
-            "release_config": ReleaseConfig.from_env()}
+            "release_config": ReleaseConfig.from_env(kb_home=str(paths.home))}
 
 
 def rollback_target(history: list[dict], current: int | None) -> int | None:

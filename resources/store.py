@@ -63,6 +63,19 @@ CREATE TABLE IF NOT EXISTS ft_datasets (
 CREATE TABLE IF NOT EXISTS ft_dataset_lines (
     dataset_version INTEGER, split TEXT, line_no INTEGER, example_id TEXT, doc_key TEXT,
     doc_id TEXT, doc_content_hash TEXT);
+-- What a KB version indexes: active documents, each distinct content once. A copy (same
+-- content hash) stays an active, resolvable document; the copy with the smallest doc_key
+-- carries the chunks, and the version records which ids it stands for.
+CREATE VIEW IF NOT EXISTS indexed_documents AS
+    SELECT doc_key, doc_id, source_path, line, title, content_hash FROM documents
+    WHERE active AND doc_key IN (
+        SELECT min(doc_key) FROM documents WHERE active GROUP BY content_hash);
+-- The KB's evaluation questions when the user has no golden set: made from its own
+-- documents (kb_assets/eval_set.py), one row per question, kept while its document is.
+CREATE TABLE IF NOT EXISTS eval_questions (
+    qid TEXT PRIMARY KEY, doc_key TEXT, doc_id TEXT, content_hash TEXT, question TEXT,
+    answer TEXT, source_chunk_id BIGINT, generator TEXT, created_at TIMESTAMP,
+    created_run_id TEXT, active BOOLEAN, retired_at TIMESTAMP);
 CREATE TABLE IF NOT EXISTS alias_history (
     model_name TEXT, alias TEXT, from_version INTEGER, to_version INTEGER, actor TEXT,
     reason TEXT, event_at TIMESTAMP, forced BOOLEAN DEFAULT FALSE, run_id TEXT);

@@ -15,7 +15,7 @@ from resources import KBConfig
 from resources.registry import ReleaseConfig, alias_history
 from resources.store import KBStore
 from tests.fake_openai_server import FakeOpenAI
-from tests.kbtest import copy_samples, materialized, run_job, write
+from tests.kbtest import GOLDEN, copy_samples, materialized, run_job, write
 from tests.test_ft_helpers import FT_CHAIN, run_assets, step_failures
 
 BAD_DOC = "bad/refund_policy.md"
@@ -48,7 +48,8 @@ def test_incident_postmortem(kb_paths, capsys, monkeypatch):
     # -- v1: the good corpus, evaluated and promoted ---------------------------------------
     copy_samples(kb_paths)
     # Latency is not under test here (and a shared 2-core machine is slow): relax only it.
-    r1 = run_job(kb_paths, "kb_job", release_config=ReleaseConfig(max_p95_latency_ms=60_000))
+    r1 = run_job(kb_paths, "kb_job", release_config=ReleaseConfig(golden_path=str(GOLDEN),
+                                                                 max_p95_latency_ms=60_000))
     assert r1.success
     first = alias_history(store, "kb", "production")
     assert [(m["to_version"], m["run_id"]) for m in first] == [(1, r1.run_id)]  # auto-promoted
@@ -64,7 +65,8 @@ def test_incident_postmortem(kb_paths, capsys, monkeypatch):
     monkeypatch.setenv("KB_ACCEPT_DRIFT", "1")
     r2 = run_job(kb_paths, "kb_job",
                  kb_config=KBConfig(inbox=str(kb_paths.inbox), chunk_size=60, chunk_overlap=10),
-                 release_config=ReleaseConfig(min_recall_at_3=1.01))  # the gate rejects v2
+                 release_config=ReleaseConfig(golden_path=str(GOLDEN),
+                                              min_recall_at_3=1.01))  # the gate rejects v2
     monkeypatch.delenv("KB_ACCEPT_DRIFT")
     assert not r2.success  # the blocking gate check failed: production stayed v1
     with store.connect(read_only=True) as con:

@@ -188,22 +188,58 @@ def by_name(outcomes) -> dict:
 def test_raw_docs_empty_inbox_and_nothing_new_are_explicit():
     none = quarantine_frame(0)
     out = by_name(raw_docs_checks.evaluate(docs_frame(0), none, Q, "KB version 3", 0))
-    assert all(o.passed for o in out.values()) and len(out) == 5
+    assert all(o.passed for o in out.values()) and len(out) == 6
     assert "no valid documents" in out["raw_docs_quarantine_ratio"].description
     out = by_name(raw_docs_checks.evaluate(docs_frame(0), none, Q, "KB version 3", 40))
     assert "no new or changed documents since KB version 3" in out["raw_docs_required_fields"].description
 
 
-def test_raw_docs_incident_batch_fails_with_causes():
-    out = by_name(raw_docs_checks.evaluate(docs_frame(85, dup=3), quarantine_frame(15), Q,
-                                           "KB version 1", 90))
+def test_raw_docs_broken_feed_blocks_with_causes_and_how_to_proceed():
+    # Most of the batch lost its text: a broken export, not a few bad files.
+    out = by_name(raw_docs_checks.evaluate(docs_frame(40, dup=6), quarantine_frame(60), Q,
+                                           "KB version 1", 45))
     assert not out["raw_docs_quarantine_ratio"].passed
-    assert "15.0% of 100 batch records were quarantined" in out["raw_docs_quarantine_ratio"].description
-    assert "top reason: field 'text' is empty" in out["raw_docs_quarantine_ratio"].description
-    assert not out["raw_docs_non_empty_text"].passed and not out["raw_docs_duplicate_content"].passed
-    assert out["raw_docs_duplicate_content"].offending()[0]["duplicate_of"] == "50"
+    desc = out["raw_docs_quarantine_ratio"].description
+    assert "60.0% of 100 batch records were quarantined" in desc
+    assert "top reason: field 'text' is empty" in desc and "KB_QUALITY_MAX_QUARANTINE_RATIO" in desc
+    assert not out["raw_docs_non_empty_text"].passed
+    assert "f.jsonl:200" in out["raw_docs_non_empty_text"].description  # names the records
+    # Copies are indexed once and listed: a warning, never a block.
+    dup = out["raw_docs_duplicate_content"]
+    assert not dup.passed and not dup.check.blocking
+    assert dup.offending()[0]["duplicate_of"] == "50" and "indexed once" in dup.description
     assert out["raw_docs_required_fields"].passed and out["raw_docs_length_bounds"].passed
     assert not out["raw_docs_length_bounds"].check.blocking
+
+
+def test_raw_docs_a_few_bad_files_never_keep_good_documents_out():
+    # 18 good documents and 4 bad files (18%): quarantined, the batch goes through.
+    out = by_name(raw_docs_checks.evaluate(docs_frame(18), quarantine_frame(4), Q, "x", 18))
+    blocking = [o for o in out.values() if o.check.blocking]
+    assert all(o.passed for o in blocking), [o.description for o in blocking if not o.passed]
+    # 30 good documents and 4 bad lines in a bigger batch: still through.
+    out = by_name(raw_docs_checks.evaluate(docs_frame(30), quarantine_frame(4), Q, "x", 30))
+    assert out["raw_docs_quarantine_ratio"].passed and out["raw_docs_non_empty_text"].passed
+
+
+def test_raw_docs_truncated_feed_blocks_unless_accepted():
+    lost = pd.DataFrame({"source_path": ["faq.jsonl", "old.md"], "lost": [90, 1],
+                         "example_doc": ["faq017", "old.md"]})
+    out = by_name(raw_docs_checks.evaluate(docs_frame(0), quarantine_frame(0), Q,
+                                           "KB version 4", 9, published=100, lost=lost))
+    shrink = out["raw_docs_kb_shrink"]
+    assert not shrink.passed and shrink.check.blocking
+    assert "91 of the 100 documents of KB version 4 are gone" in shrink.description
+    assert "faq.jsonl (-90)" in shrink.description and "KB_ACCEPT_SHRINK=1" in shrink.description
+    accepted = Q.model_copy(update={"accept_shrink": True})
+    out = by_name(raw_docs_checks.evaluate(docs_frame(0), quarantine_frame(0), accepted,
+                                           "KB version 4", 9, published=100, lost=lost))
+    assert out["raw_docs_kb_shrink"].passed and "accepted" in out["raw_docs_kb_shrink"].description
+    # An ordinary edit (a few documents removed) passes.
+    few = pd.DataFrame({"source_path": ["old.md"], "lost": [3], "example_doc": ["old.md"]})
+    out = by_name(raw_docs_checks.evaluate(docs_frame(0), quarantine_frame(0), Q,
+                                           "KB version 4", 97, published=100, lost=few))
+    assert out["raw_docs_kb_shrink"].passed
 
 
 def test_raw_docs_single_document_and_missing_field():
@@ -291,7 +327,7 @@ def test_a_crashing_check_becomes_a_failed_result_for_each_check():
     assert result.severity.value == "ERROR" and result.check_name == "raw_docs_required_fields"
     # A result forgotten by the evaluation is reported as failed, not silently skipped.
     partial = guarded(raw_docs_checks.CHECKS, lambda: [])
-    assert len(partial) == 5 and all("no result" in o.description for o in partial)
+    assert len(partial) == 6 and all("no result" in o.description for o in partial)
 
 
 def test_bad_threshold_env_is_one_line_from_kb_build(kb_paths, monkeypatch, capsys):

@@ -11,7 +11,8 @@ GRAPH = {  # asset -> (group, upstream assets)
     "embeddings": ("index", {"cleaned_chunks"}),
     "faiss_index": ("index", {"embeddings"}),
     "kb_release": ("release", {"faiss_index"}),
-    "retrieval_eval": ("release", {"kb_release"}),
+    "eval_set": ("release", {"faiss_index"}),
+    "retrieval_eval": ("release", {"kb_release", "eval_set"}),
     "kb_promotion": ("release", {"retrieval_eval"}),
     "ft_dataset": ("fine_tune", {"faiss_index"}),
     "fine_tuned_model": ("fine_tune", {"ft_dataset"}),
@@ -61,7 +62,7 @@ def test_correctness_checks_block(graph):
 
 def test_jobs_sensor_and_schedule(graph):
     defs, _ = graph
-    assert {j.name for j in defs.resolve_all_job_defs()} >= {"kb_job", "index_job", "all_job"}
+    assert {j.name for j in defs.resolve_all_job_defs()} >= {"kb_job", "index_job", "ft_job", "all_job"}
     kb_job = defs.resolve_job_def("kb_job")
     assert kb_job.tags.get("kb/writer") == "true"
     assert {s.name for s in defs.sensors} == {"inbox_sensor"}

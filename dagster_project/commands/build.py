@@ -11,20 +11,26 @@ from pathlib import Path
 
 from dagster_project.settings import Paths
 
-SAMPLE_INBOX = Path(__file__).resolve().parents[2] / "sample_data" / "inbox"
+SAMPLE_DATA = Path(__file__).resolve().parents[2] / "sample_data"
+SAMPLE_INBOX = SAMPLE_DATA / "inbox"
+SAMPLE_GOLDEN = SAMPLE_DATA / "golden.jsonl"
 SELECTIONS = {"kb": "kb_job", "index": "index_job", "all": "all_job"}
 
 
 def register(sub) -> None:
     p = sub.add_parser("init", help="create KB_HOME (and copy the sample documents)")
     p.add_argument("--samples", action="store_true",
-                   help="copy the bundled sample documents into an empty inbox")
+                   help="copy the bundled sample documents into an empty inbox (and their "
+                        "golden questions into $KB_HOME/golden/)")
     p.set_defaults(func=cmd_init)
-    p = sub.add_parser("build", help="materialize the asset graph once, in-process")
-    p.add_argument("--select", choices=sorted(SELECTIONS), default="all",
-                   help="kb: the knowledge-base half (ingest, index, release); index: up to "
-                        "the published version; all: everything, fine-tuning too (default)")
+    p = sub.add_parser("build", help="refresh and release the KB once, in-process")
+    p.add_argument("--select", choices=sorted(SELECTIONS), default="kb",
+                   help="kb: ingest, index, evaluate, release (default); index: up to the "
+                        "published version; all: kb plus fine-tuning")
     p.set_defaults(func=cmd_build)
+    p = sub.add_parser("finetune", help="build the fine-tuning dataset, fine-tune, evaluate "
+                                        "and release the assistant (the KB is not rebuilt)")
+    p.set_defaults(func=cmd_finetune)
 
 
 def cmd_init(args) -> int:
@@ -36,6 +42,11 @@ def cmd_init(args) -> int:
             shutil.copytree(SAMPLE_INBOX, paths.inbox, dirs_exist_ok=True)
             n = sum(1 for p in paths.inbox.rglob("*") if p.is_file())
             print(f"copied {n} sample files into {paths.inbox}")
+            golden = paths.home / "golden" / "golden.jsonl"
+            if not golden.exists():
+                golden.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(SAMPLE_GOLDEN, golden)
+                print(f"copied the samples' golden questions into {golden}")
     print(f"KB_HOME={paths.home}\nKB_INBOX={paths.inbox}\nDAGSTER_HOME={paths.dagster_home}")
     return 0
 
@@ -113,12 +124,17 @@ def summarize(result) -> tuple[list[str], bool]:
     return lines, ok
 
 
-def cmd_build(args) -> int:
+def cmd_finetune(args) -> int:
+    args.select = "finetune"
+    return cmd_build(args, job="ft_job")
+
+
+def cmd_build(args, job: str | None = None) -> int:
     paths = Paths.from_env().ensure()
     t0 = time.perf_counter()
-    result = run_job(paths, SELECTIONS[args.select])
+    result = run_job(paths, job or SELECTIONS[args.select])
     lines, ok = summarize(result)
-    print(f"kb build ({args.select}) run {result.run_id}: "
+    print(f"kb {'build (' + args.select + ')' if job is None else args.select} run {result.run_id}: "
           f"{'succeeded' if ok else 'FAILED'} in {time.perf_counter() - t0:.1f}s")
     print("\n".join(lines))
     if not ok:

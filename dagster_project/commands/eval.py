@@ -11,10 +11,10 @@ from dagster_project.settings import Paths
 
 
 def register(sub) -> None:
-    p = sub.add_parser("eval", help="score a KB version on a golden question set")
+    p = sub.add_parser("eval", help="score a KB version on its evaluation set")
     p.add_argument("--golden", default=None,
-                   help="project jsonl or BEIR folder (default: $KB_GOLDEN or "
-                        "sample_data/golden.jsonl)")
+                   help="a curated golden set: project jsonl or BEIR folder (default: "
+                        "$KB_GOLDEN, else $KB_HOME/golden/, else the KB's synthetic set)")
     p.add_argument("--k", type=int, default=10, help="passages retrieved per question (default 10)")
     p.add_argument("--version", type=int, default=None, help="KB version (default: production)")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -23,8 +23,8 @@ def register(sub) -> None:
 
 def cmd_eval(args) -> int:
     from dagster_project.cli import CLIError
-    from kb_assets.golden import GoldenError, load_golden
-    from kb_assets.release import (evaluate_against, gate_table, save_eval, thresholds)
+    from kb_assets.golden import GoldenError
+    from kb_assets.release import evaluate_release_of, gate_table, save_eval
     from kb_assets.metrics import comparison_rows
     from kb_assets.report import md_table
     from resources.embedder import Embedder
@@ -35,7 +35,7 @@ def cmd_eval(args) -> int:
     if args.k < 3:
         raise CLIError("--k must be at least 3 (recall@3 is a gate metric)")
     paths = Paths.from_env().ensure()
-    cfg = ReleaseConfig.from_env()
+    cfg = ReleaseConfig.from_env(kb_home=str(paths.home))
     serving = resolve(paths)
     versions = VersionStore(root=str(paths.versions))
     number = args.version if args.version is not None else serving.version
@@ -44,27 +44,40 @@ def cmd_eval(args) -> int:
     if number not in versions.numbers():
         raise CLIError(f"KB version {number} does not exist (versions: {versions.numbers()})")
     baseline = serving.version if serving.source == "production" else None
+    store = KBStore(db_path=str(paths.db))
     try:
-        golden = load_golden(args.golden or cfg.golden_path or None)
-        cand, prod, results = evaluate_against(versions, Embedder(), golden, args.k, number,
-                                               baseline, thresholds(cfg), cfg.latency_sample)
+        ev = evaluate_release_of(versions, Embedder(), store, cfg, args.k, number, baseline,
+                                 golden_override=args.golden)
     except (GoldenError, FileNotFoundError) as exc:
         raise CLIError(str(exc)) from None
-    passed = save_eval(KBStore(db_path=str(paths.db)), number, f"cli:{default_actor()}", "cli",
-                       golden, args.k, cand, prod, results)
+    passed = save_eval(store, number, f"cli:{default_actor()}", "cli", ev, args.k)
+    cand, prod, results = ev.candidate, ev.production, ev.gate
+    d = ev.details()
     label = "requested" if args.version is not None else serving.source
     if args.json:
-        print(json.dumps({"version": number, "source": label, "golden": str(golden.path),
-                          "n_queries": len(golden.queries), "k": args.k, "metrics": cand.metrics,
+        print(json.dumps({"version": number, "source": label, "eval_set": d,
+                          "golden": ev.eval_set.source, "kind": ev.kind,
+                          "n_queries": d["n_questions"], "k": args.k,
+                          "metrics": cand.metrics if cand else None,
                           "production_version": prod.version if prod else None,
                           "production_metrics": prod.metrics if prod else None,
                           "gate": [r.__dict__ for r in results], "passed": passed,
-                          "per_query": cand.per_query}, ensure_ascii=False, indent=2))
+                          "per_query": cand.per_query if cand else []},
+                         ensure_ascii=False, indent=2))
         return 0 if passed else 1
-    print(f"KB version {number} ({label}) on {golden.path} "
-          f"({len(golden.queries)} questions, {golden.format}, k={args.k})\n")
+    print(f"KB version {number} ({label}) on the {ev.kind} set {ev.eval_set.source} "
+          f"({d['n_questions']} questions apply, {d['not_applicable']} not applicable, "
+          f"covering {d['coverage']:.0%} of its documents; {ev.eval_set.fmt}, k={args.k})")
+    if ev.fallback_reason:
+        print(ev.fallback_reason)
+    print()
+    if cand is None:
+        print("Gate: FAILED")
+        print(gate_table(results))
+        return 1
     if prod:
-        print(md_table(comparison_rows(cand.metrics, prod.metrics),
+        shared = ev.candidate_shared.metrics if ev.candidate_shared else cand.metrics
+        print(md_table(comparison_rows(shared, prod.metrics),
                        ["metric", f"v{number}", f"production v{prod.version}", "delta", "verdict"],
                        limit=100))
     else:
