@@ -25,6 +25,7 @@ from .ft_data import SourceDoc, eligible, split_group, split_sections
 from .ft_plan import plan_questions
 from .ft_questions import build_question_examples, kb_questions
 from .index import faiss_index
+from .release import eval_set
 from .ingest import now
 from .report import md_table
 
@@ -81,11 +82,15 @@ def build_dataset(store: KBStore, cfg: FTConfig, run_id: str, questions_fn=None,
             "AND split IN ('train', 'full')", [prev["dataset_version"]]).fetchall() if prev else []
     docs = [SourceDoc(k, i, t or "", x or "", h, tuple(f or ())) for k, i, t, x, h, f in rows]
     excluded = [d.doc_id for d in docs if not eligible(d, s)]
-    kind, questions = kb_questions(store, docs, cfg.golden_path or None, s, questions_fn)
     if searcher is None:
         raise Failure("no searcher over the KB version was given")
     if searcher.version.number != kb:
         raise Failure(f"the searcher serves KB version {searcher.version.number}, not {kb}")
+    try:
+        kind, questions = kb_questions(store, docs, cfg.golden_path or None, s, questions_fn,
+                                       searcher.version)
+    except ValueError as exc:
+        raise Failure(description=str(exc)) from None
     built = build_question_examples(docs, questions, kind, searcher, s,
                                     embed_fn=searcher.embedder.encode)
     plan = plan_questions(
@@ -161,7 +166,7 @@ def build_dataset(store: KBStore, cfg: FTConfig, run_id: str, questions_fn=None,
 
 
 @asset(
-    deps=[faiss_index],
+    deps=[faiss_index, eval_set],
     group_name="fine_tune",
     kinds={"duckdb", "python"},
     description="Chat-format fine-tuning examples from the KB's evaluation questions (train-side "

@@ -12,9 +12,7 @@ training-side text."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from .ft_answer import answer_facts, best_sentences, cite, refusal_text, sentence_scores
 from .ft_data import (DatasetSettings, Example, SourceDoc, _unit_hash, build_examples,
@@ -22,77 +20,45 @@ from .ft_data import (DatasetSettings, Example, SourceDoc, _unit_hash, build_exa
                       split_group, split_sections, user_prompt)
 from .ft_plan import eval_groups
 
-try:  # the lead's evaluation-set module (KB's curated or synthetic questions)
-    from .eval_set import EvalQuestion, load_eval_questions  # type: ignore
-except ImportError:  # pragma: no cover - until it lands: the same contract, built here
-    load_eval_questions = None
-
-    @dataclass(frozen=True)
-    class EvalQuestion:  # type: ignore[no-redef]
-        qid: str
-        question: str
-        relevant: dict[str, float]
-        kind: str
-        answer: str | None
-        source_chunk_id: int | None
+from .eval_set import EvalQuestion, load_eval_questions, synthetic_questions
+from .golden import GoldenError
 
 
 # -- the questions ------------------------------------------------------------------------
-def fallback_questions(docs: list[SourceDoc], golden_path: str | None, s: DatasetSettings,
-                       questions_fn=None) -> tuple[str, list[EvalQuestion]]:
-    """Without eval_set.py: the golden set (KB_GOLDEN, or the bundled sample set when its
-    documents are this KB's), else template questions per section with the section's first
-    sentences as their answer (synthetic)."""
-    from .golden import GoldenError, load_golden
-
-    ids = {d.doc_id for d in docs}
-    try:
-        gs = load_golden(golden_path or None)
-    except (GoldenError, OSError):
-        gs = None
-    if gs is not None:
-        qs = [q for q in gs.queries if all(d in ids for d in q.relevant)]
-        if qs and (golden_path or len(qs) >= 0.5 * len(gs.queries)):
-            answers = _golden_answers(gs.path)
-            return "curated", [EvalQuestion(q.qid, q.question, dict(q.relevant), "curated",
-                                            answers.get(q.qid), None) for q in qs]
+def section_questions(docs: list[SourceDoc], s: DatasetSettings,
+                      questions_fn=None) -> list[EvalQuestion]:
+    """Platform-made questions per document section (templates, or `questions_fn`), answered
+    by the section's first sentences: more than the one known-item question per document
+    of the synthetic evaluation set, which alone is too few examples for a small KB."""
     out = []
     for d in docs:
         for x in build_examples(d, s, questions_fn):
             body = x.messages[2]["content"]
-            out.append(EvalQuestion(f"syn-{x.paraphrase_of}-{len(out)}", x.question,
+            out.append(EvalQuestion(f"sec-{x.paraphrase_of}-{len(out)}", x.question,
                                     {d.doc_id: 1.0}, "synthetic",
                                     body.rsplit(" (Source:", 1)[0], None))
-    return "synthetic", out
-
-
-def _golden_answers(path: Path) -> dict[str, str]:
-    import json
-
-    if path.is_dir():
-        return {}
-    out = {}
-    for line in path.read_text("utf-8").splitlines():
-        if line.strip():
-            row = json.loads(line)
-            if isinstance(row.get("answer"), str):
-                out[str(row["qid"])] = row["answer"]
     return out
 
 
 def kb_questions(store, docs: list[SourceDoc], golden_path: str | None, s: DatasetSettings,
-                 questions_fn=None) -> tuple[str, list[EvalQuestion]]:
-    """(kind, questions) of this KB whose relevant documents are all in it."""
-    kind, qs = None, []
-    if load_eval_questions is not None:
-        try:
-            kind, qs = load_eval_questions(store, golden_path or None)
-        except Exception:  # no eval_set materialized yet: fall back below
-            kind, qs = None, []
-    if not qs:
-        kind, qs = fallback_questions([d for d in docs if eligible(d, s)], golden_path, s,
-                                      questions_fn)
-    ids = {d.doc_id for d in docs}
+                 questions_fn=None, version=None) -> tuple[str, list[EvalQuestion]]:
+    """(kind, questions) of this KB whose relevant documents are all in it: the curated
+    golden set when there is one (eval_set.load_eval_questions); else the synthetic set (as
+    stored by the eval_set asset, or made now from `version` when it has not run) plus
+    section questions."""
+    try:
+        kind, qs = load_eval_questions(store, golden_path or None)
+    except GoldenError as exc:
+        raise ValueError(f"the curated golden set cannot be read: {exc}") from None
+    except Exception:  # noqa: BLE001 - e.g. no eval_questions table yet: made below
+        kind, qs = "synthetic", []
+    usable = [d for d in docs if eligible(d, s)]
+    if kind != "curated":
+        if not qs and version is not None:
+            qs = [EvalQuestion(q.qid, q.question, {q.doc_id: 1.0}, "synthetic", q.answer,
+                               q.source_chunk_id) for q in synthetic_questions(version)]
+        kind, qs = "synthetic", list(qs) + section_questions(usable, s, questions_fn)
+    ids = {d.doc_id for d in usable}
     return kind, [q for q in qs if q.relevant and all(d in ids for d in q.relevant)]
 
 
@@ -292,9 +258,5 @@ def _dedupe_docs(ps: list[dict]) -> list[dict]:
     return out
 
 
-def golden_path_from_env(cfg_path: str = "") -> str | None:
-    return cfg_path or os.environ.get("KB_GOLDEN") or None
-
-
-__all__ = ["EvalQuestion", "kb_questions", "build_question_examples", "fallback_questions",
+__all__ = ["EvalQuestion", "kb_questions", "build_question_examples", "section_questions",
            "split_sections"]
