@@ -97,6 +97,7 @@ def build_question_examples(docs: list[SourceDoc], questions: list[EvalQuestion]
                             searcher, s: DatasetSettings, embed_fn=None) -> Built:
     """Training examples (answerable + refusals) and held-out evaluation examples whose
     `meta` holds what ft_eval needs (context passages, reference, key facts)."""
+    embed_fn = cached_embedder(embed_fn) if embed_fn is not None else None
     usable = [d for d in docs if eligible(d, s)]
     by_id = {d.doc_id: d for d in usable}
     group = {d.doc_id: split_group(d.doc_id) for d in usable}
@@ -246,6 +247,24 @@ def build_question_examples(docs: list[SourceDoc], questions: list[EvalQuestion]
             ev.append(example(q, question, c, target, "eval", tag, meta))
     return Built(kind, train, ev, len(questions), len(train_q), len(eval_q), mixed, n_ref_t,
                  n_ref_e, misses)
+
+
+def cached_embedder(embed_fn, max_items: int = 200_000):
+    """texts -> vectors, encoding each distinct text once (questions, passages and their
+    sentences are scored several times while examples are built)."""
+    import numpy as np
+
+    cache: dict[str, np.ndarray] = {}
+
+    def fn(texts: list[str]):
+        missing = list(dict.fromkeys(x for x in texts if x not in cache))
+        if missing:
+            if len(cache) + len(missing) > max_items:
+                cache.clear()
+            for x, v in zip(missing, embed_fn(missing)):
+                cache[x] = v
+        return np.stack([cache[x] for x in texts])
+    return fn
 
 
 def _dedupe_docs(ps: list[dict]) -> list[dict]:
