@@ -124,10 +124,10 @@ def section(r: dict, args) -> str:
         f"Questions: the dataset's own queries as the curated set ({ds['questions_total']} "
         f"for these documents); training side {ds['questions_train']} questions -> "
         f"{ds['n_pool']} examples ({ds['refusal_examples']} refusals); held out "
-        f"{ds['questions_held_out']} questions -> {ds['n_eval']} items, {ev['n_questions']} "
-        f"scored ({ev['n_unanswerable']} without the answer in their context: "
-        f"{ds['refusal_items_eval']} paired with other documents' passages, "
-        f"{ds['retrieval_misses_eval']} retrieval misses).", "",
+        f"{ds['questions_held_out']} questions -> {ds['n_eval']} items "
+        f"({ds['refusal_items_eval']} paired with other documents' passages, "
+        f"{ds['retrieval_misses_eval']} retrieval misses: both unanswerable from their "
+        f"context); {ev['n_questions']} scored, {ev['n_unanswerable']} of them unanswerable.", "",
         f"Training: {ft.get('steps')} steps x {args.batch_size}, {ft.get('train_s')} s, "
         f"**{ft.get('s_per_100_examples')} s per 100 examples** "
         f"({round(ft['train_cpu_s'] / ft['examples_seen'] * 100, 1) if ft.get('examples_seen') else '?'} "

@@ -51,8 +51,24 @@ def load_eval_items(cfg: FTConfig, dataset_version: int, n: int) -> list[dict]:
                       "rebuild the dataset with this version of the platform")
     with open(path, encoding="utf-8") as f:
         items = [json.loads(line) for line in f if line.strip()]
-    keyed = [((it["relevant"] or ["?"])[0], it) for it in items]
-    return [items[i] for i in pick_eval(keyed, n)]
+    return stratified_pick(items, n)
+
+
+def stratified_pick(items: list[dict], n: int) -> list[dict]:
+    """Up to n items keeping the file's share of unanswerable items (at least one when there
+    is one), each part round-robin across documents: a plain round-robin would take every
+    document's first (answerable) item and hardly measure refusals."""
+    una = [it for it in items if not it["answerable"]]
+    ans = [it for it in items if it["answerable"]]
+    k_una = min(len(una), max(1 if una else 0, round(n * len(una) / max(1, len(items)))))
+    k_ans = min(len(ans), n - k_una)
+    k_una = min(len(una), n - k_ans)
+
+    def pick(xs, k):
+        keyed = [((it["relevant"] or ["?"])[0], it) for it in xs]
+        return [xs[i] for i in pick_eval(keyed, k)]
+    chosen = {id(it) for it in pick(ans, k_ans) + pick(una, k_una)}
+    return [it for it in items if id(it) in chosen]
 
 
 def extractive_answers(items: list[dict], embedder: Embedder, cfg: FTConfig) -> list[str]:

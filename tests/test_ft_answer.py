@@ -203,3 +203,18 @@ def test_gate_rejects_a_fine_tune_that_does_not_beat_the_extractive_answer(kb_pa
     assert obj["kb_version"] == 1 and "14 days" in obj["answer"] and not obj["refused"]
     assert [c["doc_id"] for c in obj["citations"]] == ["travel/travel_policy.md"]
     assert {c["doc_id"] for c in obj["citations"]} <= {s["doc_id"] for s in obj["sources"]}
+
+
+def test_scored_items_keep_the_share_of_unanswerable_ones():
+    from kb_assets.ft_release import stratified_pick
+
+    items = []
+    for d in range(30):  # each document: an answerable item first, every other one unanswerable
+        items.append({"relevant": [f"d{d}"], "answerable": True})
+        if d % 2 == 0:
+            items.append({"relevant": [f"d{d}"], "answerable": False})
+    picked = stratified_pick(items, 20)
+    assert len(picked) == 20
+    una = sum(not it["answerable"] for it in picked)
+    assert una == round(20 * 15 / 45)  # the file's share, not the 0 a plain round-robin gives
+    assert len({it["relevant"][0] for it in picked if it["answerable"]}) == 20 - una
