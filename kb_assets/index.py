@@ -4,6 +4,7 @@ published atomically, with its members recorded in DuckDB. Nothing changed -> no
 
 import hashlib
 import json
+import math
 import time
 
 import pandas as pd
@@ -19,7 +20,7 @@ from .faults import fault_point
 from .ingest import now
 from .eval_set import synthetic_questions
 from .lexical import LEXICAL_VERSION, BM25Index
-from .relevance import calibrate_version
+from .relevance import Calibration, calibrate_version
 from .report import md_table
 
 # Duplicate documents are indexed once (see the indexed_documents view).
@@ -85,7 +86,7 @@ def calibrate_new_version(manifest: pd.DataFrame, index, lexical: BM25Index, inf
     (kb_assets/relevance.py): unrelated questions vs the KB's own synthetic questions."""
     version = KBVersion(0, None, info, index, manifest, lexical)
     positives = [q.question for q in synthetic_questions(version)]
-    return calibrate_version(version, embedder.encode, positives).as_dict()
+    return calibrate_version(version, embedder.encode_questions, positives).as_dict()
 
 
 def publish_if_changed(store: KBStore, versions: VersionStore, embedder: Embedder,
@@ -183,8 +184,25 @@ def faiss_index(context: AssetExecutionContext, store: KBStore, versions: Versio
             "index_sha256": r["index_sha256"], "build_s": r["build_s"],
             "embedding_model": info["embedding_model"], "chunker_version": info["chunker"]["version"],
             "version_info": MetadataValue.md(md_table(
-                [(k, v) for k, v in info.items() if k != "chunker"], ["field", "value"])),
+                [(k, v) for k, v in info.items() if k not in ("chunker", "relevance", "duplicates")],
+                ["field", "value"])),
+            "duplicates_indexed_once": len(info.get("duplicates") or {}),
+            "calibration_s": r["calibration_s"],
         })
+        cal = info.get("relevance")
+        if cal:
+            c = Calibration.from_dict(cal)
+            metadata.update({
+                "relevance_threshold_dense": None if math.isinf(c.latin.dense) else round(c.latin.dense, 4),
+                "relevance_threshold_lexical_latin": round(c.latin.lexical, 4),
+                "relevance_threshold_lexical_cjk": round(c.cjk.lexical, 4),
+                "relevance_calibration": MetadataValue.md(
+                    "Zero-hit thresholds calibrated on this version: unrelated questions "
+                    f"(target refusal {c.target_refusal:.0%}) vs the KB's own synthetic "
+                    "questions.\n\n" + md_table(c.summary_rows(), [
+                        "queries", "dense >", "lexical >", "null quantile",
+                        "unrelated refused", "own questions refused"])),
+            })
     if r["versions_recovered"]:
         metadata["versions_recovered"] = str(r["versions_recovered"])
     return MaterializeResult(metadata=metadata)

@@ -148,7 +148,10 @@ def _tags(info: dict, run_id: str) -> dict:
             "manifest_sha256": info.get("manifest_sha256"), "lexical": info.get("lexical"),
             "source_manifest_sha256": info.get("source_manifest_sha256"),
             "code_version": info.get("code_version"), "built_by_run_id": info.get("run_id"),
-            "registered_by_run_id": run_id}
+            "registered_by_run_id": run_id,
+            "relevance_calibration": json.dumps(info.get("relevance"), sort_keys=True)
+            if info.get("relevance") else None,
+            "duplicates_indexed_once": len(info.get("duplicates") or {})}
 
 
 # -- assets -----------------------------------------------------------------------------------
@@ -190,7 +193,8 @@ def kb_release(context: AssetExecutionContext, store: KBStore, versions: Version
         "model_uri": f"models:/{MODEL}/{mv}",
         "summary": MetadataValue.md(f"Registered **KB version {n}** as MLflow `kb` version "
                                     f"{mv}; alias `staging` moved {move.from_version} -> {n}."),
-        "tags": MetadataValue.md(md_table(sorted((k, v) for k, v in tags.items() if k != "chunker"),
+        "tags": MetadataValue.md(md_table(sorted((k, v) for k, v in tags.items()
+                                                 if k not in ("chunker", "relevance_calibration")),
                                           ["tag", "value"], limit=40)),
     })
 

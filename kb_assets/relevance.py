@@ -25,6 +25,7 @@ NULL_QUESTIONS_FILE = Path(__file__).with_name("data") / "unrelated_questions.tx
 CJK_QUERY_THRESHOLD = 0.5  # a query at least this CJK is judged on lexical evidence alone
 # The quantile ladder searched, from permissive to strict.
 _LADDER = np.round(np.arange(0.50, 0.991, 0.01), 2)
+_MIN_SHARING = 5  # fewer word-sharing null questions than this: too few for a quantile
 
 
 def null_questions(path: Path = NULL_QUESTIONS_FILE) -> list[str]:
@@ -134,12 +135,24 @@ def _calibrate_class(null: list[Evidence], positives: list[Evidence], use_dense:
     dense = np.array([e.dense for e in null]) if use_dense else None
     lexical = np.array([e.lexical for e in null])
 
+    # Unrelated questions that merely share a word with the KB are the hard part of the null
+    # sample (most share none, so a quantile over all of them would accept any shared word):
+    # the target applies to them too.
+    sharing = [e for e in null if e.lexical > 0]
+
+    def enough(t: tuple[float, float]) -> bool:
+        return (_refusal(t, null) >= target
+                and (len(sharing) < _MIN_SHARING or _refusal(t, sharing) >= target))
+
     def at(q: float) -> tuple[float, float]:
         d = float(np.quantile(dense, q)) if use_dense else math.inf
-        return d, float(np.quantile(lexical, q))
+        lx = float(np.quantile(lexical, q))
+        if len(sharing) >= _MIN_SHARING:
+            lx = max(lx, float(np.quantile([e.lexical for e in sharing], q)))
+        return d, lx
 
     ladder = [float(q) for q in _LADDER]
-    chosen = next((q for q in ladder if _refusal(at(q), null) >= target), ladder[-1])
+    chosen = next((q for q in ladder if enough(at(q))), ladder[-1])
     # Step back towards half the null sample while the KB's own questions would be refused.
     while positives and _refusal(at(chosen), positives) > max_loss and chosen > ladder[0]:
         chosen = round(chosen - 0.01, 2)

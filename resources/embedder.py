@@ -61,9 +61,14 @@ class Embedder(ConfigurableResource):
         return int(get_dim())
 
     def encode(self, texts: list[str]) -> np.ndarray:
+        if texts:
+            ENCODED_TEXTS[self.model_id] = ENCODED_TEXTS.get(self.model_id, 0) + len(texts)
+        return self.encode_questions(texts)
+
+    def encode_questions(self, texts: list[str]) -> np.ndarray:
+        """Encode without counting: questions (evaluation, calibration), not KB passages."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        ENCODED_TEXTS[self.model_id] = ENCODED_TEXTS.get(self.model_id, 0) + len(texts)
         vecs = self.model().encode(texts, batch_size=self.batch_size, convert_to_numpy=True,
                                    normalize_embeddings=True, show_progress_bar=False)
         return np.ascontiguousarray(vecs, dtype=np.float32)
