@@ -19,6 +19,7 @@ BENCHES = {  # name -> (script, extra args for --quick)
     "load": ("bench_serve_load.py", ["--seconds", "20"]),
     "finetune": ("bench_finetune.py", ["--quick"]),
     "freshness": ("bench_freshness.py", ["--intervals", "5", "--trials", "1"]),
+    "new_user": ("bench_new_user.py", ["--quick"]),
 }
 
 

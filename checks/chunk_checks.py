@@ -6,10 +6,13 @@ reads immutable version directories: a blocked run publishes nothing and the pre
 version keeps serving."""
 
 
+from dataclasses import replace
+
 import pandas as pd
 from dagster import AssetCheckExecutionContext, AssetCheckSpec, multi_asset_check
 
 from resources.config import KBConfig
+from resources.embedder import Embedder
 from resources.store import KBStore
 
 from . import state
@@ -24,7 +27,8 @@ UNIQUE = CheckDef(ASSET, "chunks_unique_ids", True,
 NOT_EMPTY = CheckDef(ASSET, "chunks_not_empty", True, "No chunk is empty or token-less.")
 BOUNDS = CheckDef(ASSET, "chunks_token_bounds", True,
                   "Every chunk has between min_chunk_tokens and the chunk size (or "
-                  "max_chunk_tokens) tokens.")
+                  "max_chunk_tokens) tokens, and every new chunk, re-tokenized by the "
+                  "embedder's own tokenizer, fits in what the model reads (no truncation).")
 DRIFT = CheckDef(ASSET, "chunking_drift", True,
                  "Mean/median chunk length and chunks per document move at most max_chunk_drift "
                  "vs the published version (on documents whose content is unchanged).")
@@ -39,9 +43,14 @@ DRIFT_METRICS = ("mean_tokens", "median_tokens", "chunks_per_doc")
 
 def evaluate(chunks: pd.DataFrame, members: pd.DataFrame, new_texts: pd.DataFrame,
              q: QualityThresholds, chunk_size: int, mask_pii: bool,
-             base_label: str, chunker_versions: list[str] | None = None) -> list[CheckOutcome]:
+             base_label: str, chunker_versions: list[str] | None = None,
+             tokenizer=None, base_tokenizer: str | None = None,
+             unit: str | None = None) -> list[CheckOutcome]:
     """`chunks`: state.candidate_chunks(); `members`: state.baseline_members();
-    `new_texts`: state.new_chunk_texts()."""
+    `new_texts`: state.new_chunk_texts(); `tokenizer`: the embedder's (token_units), whose
+    count of each new chunk's text must fit the model; `base_tokenizer`: the token unit of
+    the baseline version's chunker, `unit` the current one's (token counts in two different
+    units are not compared)."""
     rows = max(1, q.offending_rows)
     ids = ["chunk_id", "doc_id"]
     scope = {"active_chunks": len(chunks), "baseline": base_label}
@@ -51,8 +60,10 @@ def evaluate(chunks: pd.DataFrame, members: pd.DataFrame, new_texts: pd.DataFram
         out += [CheckOutcome(c, True, msg, dict(scope)) for c in (UNIQUE, NOT_EMPTY, BOUNDS)]
     else:
         hi = q.chunk_token_max(chunk_size)
+        limit = getattr(tokenizer, "max_tokens", None)
         frame = chunks[["chunk_id", "doc_id", "ordinal", "n_tokens", "text_chars"]].assign(
-            repeated_position=chunks.duplicated(["doc_key", "ordinal"], keep=False))
+            repeated_position=chunks.duplicated(["doc_key", "ordinal"], keep=False),
+            model_tokens=model_token_counts(chunks, new_texts, tokenizer))
         # One GX validation for the three checks (each validation hashes the whole frame).
         suite = validate("chunks", frame, [
             Expect("unique", "chunk_id", label="chunk id unique"),
@@ -61,8 +72,10 @@ def evaluate(chunks: pd.DataFrame, members: pd.DataFrame, new_texts: pd.DataFram
             Expect("between", "text_chars", {"min_value": 1}, "chunk has text"),
             Expect("between", "n_tokens", {"min_value": 1}, "chunk has a token"),
             Expect("between", "n_tokens", {"min_value": q.min_chunk_tokens, "max_value": hi},
-                   "tokens per chunk")], ids + ["ordinal"], rows)
-        unique, not_empty, bounds = (suite.part(0, 2), suite.part(2, 4), suite.part(4, 5))
+                   "tokens per chunk"),
+            Expect("between", "model_tokens", {"max_value": limit or 10**9},
+                   "embedder tokens per chunk (recounted)")], ids + ["ordinal", "n_tokens"], rows)
+        unique, not_empty, bounds = (suite.part(0, 2), suite.part(2, 4), suite.part(4, 6))
         out.append(CheckOutcome(UNIQUE, unique.success, _line(
             unique, f"all {len(chunks)} chunk ids are unique", "duplicated"), dict(scope), unique))
         out.append(CheckOutcome(NOT_EMPTY, not_empty.success, _line(
@@ -72,17 +85,35 @@ def evaluate(chunks: pd.DataFrame, members: pd.DataFrame, new_texts: pd.DataFram
             bounds, f"all {len(chunks)} chunks have {q.min_chunk_tokens}..{hi} tokens",
             f"outside {q.min_chunk_tokens}..{hi} tokens"),
             dict(scope, min_tokens=int(chunks["n_tokens"].min()),
-                 max_tokens=int(chunks["n_tokens"].max()), bound_max=hi), bounds))
+                 max_tokens=int(chunks["n_tokens"].max()), bound_max=hi,
+                 token_unit=getattr(tokenizer, "name", "chunker's own"),
+                 model_max_tokens=limit if limit is not None else "n/a",
+                 new_chunks_recounted=len(new_texts) if tokenizer is not None else 0,
+                 max_recounted_tokens=int(frame["model_tokens"].max())), bounds))
 
+    now_unit = unit or getattr(tokenizer, "name", None)
+    unit_change = (base_tokenizer, now_unit) if (
+        base_tokenizer and now_unit and base_tokenizer != now_unit) else None
     drift = _drift(DRIFT, chunk_drift(chunks, members, max(1, q.drift_min_docs)), chunks,
-                   q, base_label, rows)
+                   q, base_label, rows, unit_change=unit_change)
     if chunker_versions:
         drift.values["chunker_versions_now"] = ", ".join(chunker_versions)[:300]
     out.append(drift)
     out.append(_drift(SHIFT, chunk_drift(chunks, members, None), chunks, q, base_label, rows,
-                      use_gx=False))
+                      use_gx=False, unit_change=unit_change))
     out.append(_pii(new_texts, q, mask_pii, base_label, rows))
     return out
+
+
+def model_token_counts(chunks: pd.DataFrame, new_texts: pd.DataFrame, tokenizer) -> list[int]:
+    """Per chunk: the embedder's count of its text for chunks new since the baseline (one
+    batched fast-tokenizer call), the stored count for the others (published ones were
+    checked when they were new). Without a tokenizer: the stored count."""
+    counts = dict(zip(chunks["chunk_id"].tolist(), chunks["n_tokens"].tolist()))
+    if tokenizer is not None and not new_texts.empty:
+        texts = [t or "" for t in new_texts["text"].tolist()]
+        counts.update(zip(new_texts["chunk_id"].tolist(), tokenizer.count(texts)))
+    return [int(counts[c]) for c in chunks["chunk_id"].tolist()]
 
 
 def _line(suite, ok: str, what: str) -> str:
@@ -94,9 +125,19 @@ def _line(suite, ok: str, what: str) -> str:
 
 
 def _drift(check: CheckDef, report: DriftReport, chunks: pd.DataFrame, q: QualityThresholds,
-           base_label: str, rows: int, use_gx: bool = True) -> CheckOutcome:
+           base_label: str, rows: int, use_gx: bool = True,
+           unit_change: tuple[str, str] | None = None) -> CheckOutcome:
     values = {"baseline": base_label, "population": report.population,
               "max_chunk_drift": q.max_chunk_drift}
+    note = ""
+    if unit_change:
+        # Token counts in two different units say nothing about each other: only chunks per
+        # document is compared (a tokenizer upgrade re-chunks every document once).
+        values["token_unit_changed"] = f"{unit_change[0]} -> {unit_change[1]}"
+        note = (f"; token unit changed ({unit_change[0]} -> {unit_change[1]}): chunk lengths "
+                "not compared, chunks per document only")
+        report = replace(report, changes={k: v for k, v in report.changes.items()
+                                          if k == "chunks_per_doc"})
     for m in DRIFT_METRICS:
         values[f"previous_{m}"] = round(getattr(report.old, m), 3)
         values[f"current_{m}"] = round(getattr(report.new, m), 3)
@@ -116,7 +157,7 @@ def _drift(check: CheckDef, report: DriftReport, chunks: pd.DataFrame, q: Qualit
     metric, worst = report.worst()
     summary = (f"{metric} moved {worst:.0%} vs {base_label} "
                f"({getattr(report.old, metric):.1f} -> {getattr(report.new, metric):.1f}; "
-               f"max {q.max_chunk_drift:.0%}) on {report.population}")
+               f"max {q.max_chunk_drift:.0%}) on {report.population}{note}")
     if not use_gx:  # the soft signal: plain numbers are enough
         return CheckOutcome(check, worst <= q.max_chunk_drift, summary, values)
     # GX judges the current distribution against the window the baseline allows.
@@ -124,7 +165,7 @@ def _drift(check: CheckDef, report: DriftReport, chunks: pd.DataFrame, q: Qualit
     lo, hi = 1 - q.max_chunk_drift, 1 + q.max_chunk_drift
     per_doc = pop.groupby("doc_key", as_index=False).size().rename(columns={"size": "n_chunks"})
     old = report.old
-    suite_tokens = validate(f"{check.name}_tokens", pop, [
+    suite_tokens = validate(f"{check.name}_tokens", pop, [] if unit_change else [
         Expect("mean_between", "n_tokens", {"min_value": old.mean_tokens * lo,
                                             "max_value": old.mean_tokens * hi}, "mean chunk length"),
         Expect("median_between", "n_tokens", {"min_value": old.median_tokens * lo,
@@ -170,15 +211,18 @@ def _pii(new_texts: pd.DataFrame, q: QualityThresholds, mask_pii: bool, base_lab
     return CheckOutcome(PII, False, msg, values, suite)
 
 
-def collect(store: KBStore, q: QualityThresholds, cfg: KBConfig) -> list[CheckOutcome]:
+def collect(store: KBStore, q: QualityThresholds, cfg: KBConfig,
+            embedder: Embedder) -> list[CheckOutcome]:
     with store.connect() as con:
         base = state.baseline(con)
         chunks = state.candidate_chunks(con)
         members = state.baseline_members(con, base)
         new_texts = state.new_chunk_texts(con, base)
         versions = state.chunker_versions(con)
+    base_unit = (base.chunker or {}).get("tokenizer") if base.exists else None
+    unit = cfg.chunker(cfg.chunk_tokenizer(embedder)).tokenizer
     return evaluate(chunks, members, new_texts, q, cfg.chunk_size, cfg.mask_pii, base.label(),
-                    versions)
+                    versions, embedder.tokenizer(), base_unit, unit)
 
 
 @multi_asset_check(
@@ -189,8 +233,8 @@ def collect(store: KBStore, q: QualityThresholds, cfg: KBConfig) -> list[CheckOu
                 "drift vs the published KB, and PII left after masking.",
 )
 def cleaned_chunks_quality(context: AssetCheckExecutionContext, store: KBStore,
-                           quality: QualityThresholds, kb_config: KBConfig):
-    outcomes = guarded(CHECKS, lambda: collect(store, quality, kb_config), context.log)
+                           quality: QualityThresholds, kb_config: KBConfig, embedder: Embedder):
+    outcomes = guarded(CHECKS, lambda: collect(store, quality, kb_config, embedder), context.log)
     record(store, context.run.run_id, outcomes, log=context.log)
     for o in outcomes:
         yield o.to_result()

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from kb_assets.text import PII_PATTERNS
+from kb_assets.pii import find_pii
 
 # Quarantine reasons (kb_assets/parsing.py) that mean "this record had no text".
 EMPTY_TEXT_REASON = re.compile(
@@ -132,11 +132,10 @@ def pii_hits(text: str, max_examples: int = 2) -> tuple[dict[str, int], list[str
     """Counts of PII pattern matches per kind and a couple of redacted examples."""
     found: dict[str, int] = {}
     examples: list[str] = []
-    for label, pattern in PII_PATTERNS.items():
-        for m in pattern.finditer(text):
-            found[label] = found.get(label, 0) + 1
-            if len(examples) < max_examples:
-                examples.append(f"{label}: {redact(m.group())}")
+    for m in find_pii(text):  # the same validated detectors that mask
+        found[m.label] = found.get(m.label, 0) + 1
+        if len(examples) < max_examples:
+            examples.append(f"{m.label}: {redact(text[m.start:m.end])}")
     return found, examples
 
 

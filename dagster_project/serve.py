@@ -219,7 +219,10 @@ class ServingState:
     def _search(self, searcher, q: str, k: int):
         from kb_assets.retrieval import hybrid_search
 
-        return hybrid_search(searcher.version, q, self.encode(q), k, searcher.config)
+        from kb_assets.untrusted import mark_untrusted
+
+        return mark_untrusted(hybrid_search(searcher.version, q, self.encode(q), k,
+                                            searcher.config))
 
     def search(self, q: str, k: int):
         loaded = self.current  # one read: a swap mid-request does not affect this request
@@ -272,7 +275,8 @@ def create_app(paths: Paths | None = None, poll_s: float = 0.5):
         return {"version": loaded.version, "source": loaded.source, "query": q,
                 "zero_hit": not hits, "took_ms": round(took * 1000, 2),
                 "hits": [{"rank": h.rank, "score": h.score, "doc_id": h.doc_id,
-                          "source": h.source, "title": h.title, "text": h.text}
+                          "source": h.source, "title": h.title, "text": h.text,
+                          "untrusted": h.untrusted}
                          for h in hits]}
 
     @app.get("/healthz")

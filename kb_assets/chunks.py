@@ -3,19 +3,24 @@ documents whose content or chunker settings changed are re-chunked; an edited do
 old chunks are replaced, never kept beside the new ones."""
 
 
+import json
 import statistics
 import time
+from dataclasses import dataclass, field
 
 import pandas as pd
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from resources.config import KBConfig
+from resources.embedder import Embedder
 from resources.store import KBStore, fetch_one
 
-from .chunking import ChunkerConfig, chunk_id, chunk_text
-from .ingest import raw_docs
-from .report import bar_chart, histogram
-from .text import mask_pii, normalise, sha256_text
+from .budget import BudgetExceeded, Deadline, budget_for
+from .chunking import UNICODE, ChunkerConfig, chunk_id, chunk_text
+from .ingest import now, raw_docs
+from .parsing import Problem
+from .report import bar_chart, histogram, md_table
+from .text import PII_LABELS, mask_pii, normalise, sha256_text
 
 LENGTH_BINS = [0, 25, 50, 100, 150, 200, 300, 500]
 
@@ -26,24 +31,37 @@ def index_text(title: str, body: str) -> str:
     return body if not title or body.startswith(title) else f"{title}\n{body}"
 
 
-def chunk_document(doc_key: str, title: str, text: str, cfg: ChunkerConfig):
-    """Yield chunk rows (chunk_id, ordinal, text, text_hash, n_tokens, pii_masked)."""
+@dataclass
+class ChunkedDoc:
+    rows: list = field(default_factory=list)  # (chunk_id, ordinal, text, text_hash, n_tokens)
+    pii: dict = field(default_factory=dict)    # masked matches per kind (body and title)
+
+
+def chunk_document(doc_key: str, title: str, text: str, cfg: ChunkerConfig,
+                   tokenizer=UNICODE, deadline: Deadline | None = None) -> ChunkedDoc:
+    """Normalise, mask PII, prefix the title and chunk. The title is chunked with the body
+    (not added afterwards) so the first chunk, too, stays within the embedder's tokens."""
+    check = deadline.check if deadline else None
     cleaned = normalise(text)
-    pii_total = 0
+    clean_title = normalise(title)
+    out = ChunkedDoc()
     if cfg.mask_pii:
-        cleaned, counts = mask_pii(cleaned)
-        pii_total = sum(counts.values())
-    clean_title, _ = mask_pii(normalise(title)) if cfg.mask_pii else (normalise(title), {})
-    for c in chunk_text(cleaned, cfg):
-        body = index_text(clean_title, c.text) if c.ordinal == 0 else c.text
-        h = sha256_text(body)
-        yield chunk_id(doc_key, c.ordinal, h), c.ordinal, body, h, c.n_tokens, pii_total
+        cleaned, counts = mask_pii(cleaned, check)
+        clean_title, title_counts = mask_pii(clean_title)
+        for k, v in list(counts.items()) + list(title_counts.items()):
+            out.pii[k] = out.pii.get(k, 0) + v
+    for c in chunk_text(index_text(clean_title, cleaned), cfg, tokenizer, check):
+        h = sha256_text(c.text)
+        out.rows.append((chunk_id(doc_key, c.ordinal, h), c.ordinal, c.text, h, c.n_tokens))
+    return out
 
 
-def rechunk(store: KBStore, cfg: ChunkerConfig, run_id: str) -> dict:
+def rechunk(store: KBStore, cfg: ChunkerConfig, run_id: str, tokenizer=UNICODE,
+            budget_s: float | None = None) -> dict:
     with store.transaction() as con:
         stale = con.execute("""
-            SELECT d.doc_key, d.title, d.text, d.content_hash FROM documents d
+            SELECT d.doc_key, d.title, d.text, d.content_hash, d.source_path, d.line,
+                   d.file_sha256 FROM documents d
             LEFT JOIN doc_chunk_state s USING (doc_key)
             WHERE d.active AND (s.doc_key IS NULL OR s.content_hash <> d.content_hash
                                 OR s.chunker_version <> ?)""", [cfg.version]).fetchall()
@@ -51,12 +69,23 @@ def rechunk(store: KBStore, cfg: ChunkerConfig, run_id: str) -> dict:
             SELECT s.doc_key FROM doc_chunk_state s LEFT JOIN documents d USING (doc_key)
             WHERE d.doc_key IS NULL OR NOT d.active""").fetchall()
         before = fetch_one(con, "SELECT count(*) FROM chunks")[0]
-        rows, states = [], []
-        for doc_key, title, text, chash in stale:
-            doc_rows = [(cid, doc_key, ordn, body, h, ntok, chash, cfg.version, pii, run_id)
-                        for cid, ordn, body, h, ntok, pii in chunk_document(doc_key, title, text, cfg)]
-            rows.extend(doc_rows)
-            states.append((doc_key, chash, cfg.version, len(doc_rows)))
+        rows, states, problems, pii_by_doc, shas = [], [], [], {}, {}
+        for doc_key, title, text, chash, path, line, file_sha in stale:
+            try:
+                doc = chunk_document(doc_key, title, text, cfg, tokenizer,
+                                     Deadline(budget_for(len(text or ""), budget_s)))
+            except BudgetExceeded as exc:
+                # Recorded as done (0 chunks) for this content and chunker, so later runs do
+                # not stall on it again; editing the file resolves the quarantine entry.
+                problems.append(Problem(path, line, f"{doc_key}: {exc}"))
+                shas[path] = file_sha
+                doc = ChunkedDoc()
+            total_pii = sum(doc.pii.values())
+            rows.extend((cid, doc_key, ordn, body, h, ntok, chash, cfg.version, total_pii, run_id)
+                        for cid, ordn, body, h, ntok in doc.rows)
+            states.append((doc_key, chash, cfg.version, len(doc.rows), json.dumps(doc.pii)))
+            if doc.pii:
+                pii_by_doc[doc_key] = doc.pii
         touched = pd.DataFrame({"doc_key": [s[0] for s in states] + [d[0] for d in dropped]})
         if len(touched):
             con.register("touched_docs", touched)
@@ -68,31 +97,50 @@ def rechunk(store: KBStore, cfg: ChunkerConfig, run_id: str) -> dict:
                 "doc_content_hash", "chunker_version", "pii_masked", "created_run_id"]))
             # Two docs with identical content hash to distinct ids (doc_key is in the id).
             con.execute("INSERT INTO chunks SELECT * FROM new_chunks")
+        if states:
             con.register("new_states", pd.DataFrame(states, columns=[
-                "doc_key", "content_hash", "chunker_version", "n_chunks"]))
-            con.execute("INSERT INTO doc_chunk_state SELECT * FROM new_states")
+                "doc_key", "content_hash", "chunker_version", "n_chunks", "pii_counts"]))
+            con.execute("INSERT INTO doc_chunk_state (doc_key, content_hash, chunker_version, "
+                        "n_chunks, pii_counts) SELECT * FROM new_states")
+        if problems:
+            at = now()
+            con.register("chunk_problems", pd.DataFrame(
+                [(run_id, at, p.source_path, p.line, p.reason, shas[p.source_path], True, None)
+                 for p in problems],
+                columns=["run_id", "event_at", "source_path", "line", "reason", "file_sha256",
+                         "active", "resolved_at"]))
+            con.execute("INSERT INTO quarantine SELECT * FROM chunk_problems")
         lengths = [r[0] for r in con.execute("SELECT n_tokens FROM chunks").fetchall()]
+        masked = con.execute("""
+            SELECT d.doc_id, s.pii_counts FROM doc_chunk_state s JOIN documents d USING (doc_key)
+            WHERE d.active AND s.pii_counts IS NOT NULL AND s.pii_counts <> '{}'
+            ORDER BY d.doc_id""").fetchall()
         after = len(lengths)
+    pii_docs = [(doc_id, json.loads(c) if isinstance(c, str) else c) for doc_id, c in masked]
     return {"docs_rechunked": len(stale), "docs_dropped": len(dropped),
             "chunks_written": len(rows), "chunks_before": before, "chunks_total": after,
-            "lengths": lengths,
-            "pii_masked": sum(r[8] for r in rows if r[2] == 0)}
+            "lengths": lengths, "pii_masked": sum(sum(p.values()) for p in pii_by_doc.values()),
+            "pii_docs": pii_docs, "problems": problems}
 
 
 @asset(
     deps=[raw_docs],
     group_name="ingest",
     kinds={"duckdb", "python"},
-    description="Normalised, PII-masked text split into token- and CJK-aware chunks; "
-                "only changed documents are re-chunked.",
+    description="Normalised, PII-masked text split into chunks measured in the embedder's "
+                "own tokens (CJK-aware); only changed documents are re-chunked.",
     tags={"kb/writer": "true"},
 )
-def cleaned_chunks(context: AssetExecutionContext, store: KBStore,
-                   kb_config: KBConfig) -> MaterializeResult:
+def cleaned_chunks(context: AssetExecutionContext, store: KBStore, kb_config: KBConfig,
+                   embedder: Embedder) -> MaterializeResult:
     t0 = time.perf_counter()
-    cfg = kb_config.chunker()
-    r = rechunk(store, cfg, context.run_id)
+    tokenizer = kb_config.chunk_tokenizer(embedder)
+    cfg = kb_config.chunker(tokenizer)
+    r = rechunk(store, cfg, context.run_id, tokenizer, kb_config.doc_time_budget_s)
     lengths = r.pop("lengths")
+    problems, pii_docs = r.pop("problems"), r.pop("pii_docs")
+    for p in problems:
+        context.log.warning(f"quarantined {p.describe()}")
     context.log.info(f"re-chunked {r['docs_rechunked']} documents into {r['chunks_written']} "
                      f"chunks; {r['chunks_total']} chunks active")
     return MaterializeResult(metadata={
@@ -104,5 +152,10 @@ def cleaned_chunks(context: AssetExecutionContext, store: KBStore,
         "chunk_length_distribution": MetadataValue.md(
             "Tokens per chunk (all active chunks)\n\n"
             + bar_chart(histogram(lengths, LENGTH_BINS))),
+        "quarantined_this_run": len(problems),
+        "pii_masked_by_kind": {k: sum(c.get(k, 0) for _, c in pii_docs) for k in PII_LABELS},
+        "pii_masked_documents": MetadataValue.md(md_table(
+            [(doc_id, *(c.get(k, 0) for k in PII_LABELS)) for doc_id, c in pii_docs[:200]],
+            ["doc_id", *PII_LABELS]) if pii_docs else "No PII was masked."),
         "duration_s": round(time.perf_counter() - t0, 3),
     })

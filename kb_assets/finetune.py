@@ -266,7 +266,8 @@ def train_and_register(store: KBStore, cfg: FTConfig, tuner: FineTuner, registry
     out = cfg.model_dir(key)
     shutil.rmtree(out, ignore_errors=True)  # a previous attempt with this number crashed
     job = TrainJob(str(train_file), str(folder / "eval.jsonl"), str(out / "adapter"),
-                   parent=parent["tags"]["model_ref"] if parent else None)
+                   parent=parent["tags"]["model_ref"] if parent else None,
+                   state_dir=str(cfg.root_path / "jobs"))  # survives the rmtree above
     if log:
         log.info(f"fine-tuning kb-assistant version {key} ({tuner.provider}, {mode}) on "
                  f"dataset version {ds['dataset_version']} from {train_file.name}")

@@ -93,7 +93,7 @@ def publish_if_changed(store: KBStore, versions: VersionStore, embedder: Embedde
                        kb_config: KBConfig, run_id: str, log=None) -> dict:
     t0 = time.perf_counter()
     removed_tmp = versions.clean_stale_tmp()
-    chunker = kb_config.chunker()
+    chunker = kb_config.chunker(kb_config.chunk_tokenizer(embedder))
     model_id = embedder.model_id
     with store.transaction() as con:
         recovered = recover_unregistered(con, versions)
@@ -135,6 +135,8 @@ def publish_if_changed(store: KBStore, versions: VersionStore, embedder: Embedde
         "source_manifest_sha256": hashlib.sha256(source_manifest).hexdigest(),
         "previous_version": latest[0] if latest else None,
         "duplicates": duplicates,
+        # Read by retrieval: dense evidence on CJK text only counts when the model reads it.
+        "embedder_reads_cjk": embedder.reads_cjk,
     }
     manifest = members[["chunk_id", "doc_key", "doc_id", "source_path", "title", "ordinal",
                         "text", "n_tokens", "text_hash", "doc_content_hash"]]

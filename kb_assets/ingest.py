@@ -66,7 +66,7 @@ def ingest_inbox(store: KBStore, cfg: KBConfig, run_id: str, log=None) -> Ingest
             result = ParseResult(problems=[Problem(
                 rel, None, "symbolic link not followed (links may point outside the inbox)")])
         else:
-            result = parse_file(rel, data)
+            result = parse_file(rel, data, cfg.doc_time_budget_s)
         parsed[rel] = (st, sha, result)
     summary.files_touched_only = len(touched)
 

@@ -7,14 +7,12 @@ import json
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
-from .text import CJK_CHAR, content_hash, html_to_text, normalise
+from .budget import BudgetExceeded, Deadline, budget_for
+from .html_extract import HTMLTooDeep, html_to_text
+from .injection import injection_flags
+from .text import CJK_CHAR, content_hash, normalise
 
 SUPPORTED_EXTENSIONS = (".jsonl", ".md", ".txt", ".html", ".htm")
-INJECTION_MARKERS = (
-    "ignore previous instructions", "ignore all previous instructions",
-    "disregard previous instructions", "ignore the above", "system prompt:",
-    "忽略之前的指示", "忽略以上指示", "忽略先前的指令",
-)
 
 
 @dataclass(frozen=True)
@@ -47,11 +45,6 @@ class ParseResult:
     problems: list[Problem] = field(default_factory=list)
 
 
-def _flags(text: str) -> tuple[str, ...]:
-    low = text.lower()
-    return ("prompt_injection",) if any(m in low for m in INJECTION_MARKERS) else ()
-
-
 def _decode(rel: str, data: bytes) -> tuple[str | None, Problem | None]:
     if b"\x00" in data[:8192]:
         return None, Problem(rel, None, "binary file (NUL bytes), not text")
@@ -73,65 +66,95 @@ def _decode(rel: str, data: bytes) -> tuple[str | None, Problem | None]:
 def _doc(rel: str, key: str, doc_id: str, line: int | None, title: str, text: str,
          metadata: dict) -> ParsedDoc:
     return ParsedDoc(key, doc_id, rel, line, title, text, content_hash(text), metadata,
-                     _flags(text))
+                     injection_flags(title + "\n" + text))
 
 
-def _parse_jsonl(rel: str, text: str, result: ParseResult) -> None:
+def _parse_jsonl(rel: str, text: str, result: ParseResult, budget_s: float | None) -> None:
     seen_ids: dict[str, int] = {}
     for lineno, raw in enumerate(text.split("\n"), start=1):
         if not raw.strip():
             continue
-
-        def bad(reason: str) -> None:
-            result.problems.append(Problem(rel, lineno, reason))
-
-        try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            bad(f"malformed JSON: {exc.msg} (column {exc.colno})")
-            continue
-        if not isinstance(obj, dict):
-            bad(f"expected a JSON object, got {type(obj).__name__}")
-            continue
-        body = obj.get("text")
-        if body is None:
-            bad("field 'text' is missing")
-            continue
-        if not isinstance(body, str):
-            bad(f"field 'text' must be a string, got {type(body).__name__}")
-            continue
-        if not normalise(body):
-            bad("field 'text' is empty or whitespace only")
-            continue
-        # `_id` is the BEIR corpus convention: such a corpus.jsonl dropped as-is keeps its ids.
-        raw_id = obj.get("id", obj.get("_id"))
-        if raw_id is not None and (isinstance(raw_id, bool) or not isinstance(raw_id, (str, int))
-                                   or not str(raw_id).strip()):
-            bad(f"field 'id' must be a non-empty string or integer, got {raw_id!r}")
-            continue
-        title = obj.get("title", "")
-        if not isinstance(title, str):
-            bad(f"field 'title' must be a string, got {type(title).__name__}")
-            continue
-        metadata = obj.get("metadata", {})
-        if not isinstance(metadata, dict):
-            bad(f"field 'metadata' must be an object, got {type(metadata).__name__}")
-            continue
-        if raw_id is None:
-            key, doc_id = f"{rel}#L{lineno}", f"{rel}#L{lineno}"
-        else:
-            doc_id = str(raw_id).strip()
-            if doc_id in seen_ids:
-                bad(f"duplicate id {doc_id!r} (first used on line {seen_ids[doc_id]})")
-                continue
-            seen_ids[doc_id] = lineno
-            key = f"{rel}#{doc_id}"
-        result.docs.append(_doc(rel, key, doc_id, lineno, normalise(title), body, metadata))
+        try:  # each line is its own document, with its own budget
+            _parse_jsonl_line(rel, lineno, raw, seen_ids, result,
+                              Deadline(budget_for(len(raw), budget_s)))
+        except BudgetExceeded as exc:
+            result.problems.append(Problem(rel, lineno, str(exc)))
 
 
-def parse_file(rel: str, data: bytes) -> ParseResult:
-    """Parse one file; `rel` is its inbox-relative path with forward slashes."""
+def _parse_jsonl_line(rel: str, lineno: int, raw: str, seen_ids: dict[str, int],
+                      result: ParseResult, deadline: Deadline) -> None:
+    def bad(reason: str) -> None:
+        result.problems.append(Problem(rel, lineno, reason))
+
+    try:
+        obj = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        bad(f"malformed JSON: {exc.msg} (column {exc.colno})")
+        return
+    except ValueError as exc:  # found by fuzzing: a 4,301-digit number crashed the batch
+        bad(f"malformed JSON: {exc}")
+        return
+    except RecursionError:  # [[[[...]]]] thousands deep
+        bad("malformed JSON: nested too deeply")
+        return
+    if not isinstance(obj, dict):
+        bad(f"expected a JSON object, got {type(obj).__name__}")
+        return
+    body = obj.get("text")
+    if body is None:
+        bad("field 'text' is missing")
+        return
+    if not isinstance(body, str):
+        bad(f"field 'text' must be a string, got {type(body).__name__}")
+        return
+    if not normalise(body):
+        bad("field 'text' is empty or whitespace only")
+        return
+    # `_id` is the BEIR corpus convention: such a corpus.jsonl dropped as-is keeps its ids.
+    raw_id = obj.get("id", obj.get("_id"))
+    if raw_id is not None and (isinstance(raw_id, bool) or not isinstance(raw_id, (str, int))
+                               or not str(raw_id).strip()):
+        bad(f"field 'id' must be a non-empty string or integer, got {raw_id!r}")
+        return
+    title = obj.get("title", "")
+    if not isinstance(title, str):
+        bad(f"field 'title' must be a string, got {type(title).__name__}")
+        return
+    metadata = obj.get("metadata", {})
+    if not isinstance(metadata, dict):
+        bad(f"field 'metadata' must be an object, got {type(metadata).__name__}")
+        return
+    if raw_id is None:
+        key, doc_id = f"{rel}#L{lineno}", f"{rel}#L{lineno}"
+    else:
+        doc_id = str(raw_id).strip()
+        if doc_id in seen_ids:
+            bad(f"duplicate id {doc_id!r} (first used on line {seen_ids[doc_id]})")
+            return
+        seen_ids[doc_id] = lineno
+        key = f"{rel}#{doc_id}"
+    deadline.check("json")
+    doc = _doc(rel, key, doc_id, lineno, normalise(title), body, metadata)
+    deadline.check("injection scan")
+    result.docs.append(doc)
+
+
+def parse_file(rel: str, data: bytes, budget_s: float | None = None,
+               deadline: Deadline | None = None) -> ParseResult:
+    """Parse one file; `rel` is its inbox-relative path with forward slashes. A document that
+    takes longer than `budget_s` seconds per MB (per JSONL line) becomes a Problem."""
     result = ParseResult()
+    try:
+        _parse_file(rel, data, budget_s, deadline or Deadline(budget_for(len(data), budget_s)),
+                    result)
+    except BudgetExceeded as exc:
+        result.docs.clear()
+        result.problems.append(Problem(rel, None, str(exc)))
+    return result
+
+
+def _parse_file(rel: str, data: bytes, budget_s: float | None, deadline: Deadline,
+                result: ParseResult) -> ParseResult:
     suffix = PurePosixPath(rel).suffix.lower()
     if suffix not in SUPPORTED_EXTENSIONS:
         result.problems.append(Problem(
@@ -143,18 +166,29 @@ def parse_file(rel: str, data: bytes) -> ParseResult:
         result.problems.append(problem)
         return result
     assert text is not None
+    deadline.check("decode")
     if suffix == ".jsonl":
-        _parse_jsonl(rel, text, result)
+        _parse_jsonl(rel, text, result, budget_s)
+        if not result.docs and not result.problems:  # found by fuzzing: was silently nothing
+            result.problems.append(Problem(rel, None, "file is empty or whitespace only"))
         return result
     title = ""
     if suffix in (".html", ".htm"):
-        title, text = html_to_text(text)
+        try:
+            title, text = html_to_text(text)
+        except HTMLTooDeep as exc:
+            result.problems.append(Problem(rel, None, str(exc)))
+            return result
+        deadline.check("html")
     if not normalise(text):
         result.problems.append(Problem(rel, None, "file is empty or whitespace only"))
         return result
     if not title:
         title = _first_heading(text) or PurePosixPath(rel).stem
-    result.docs.append(_doc(rel, rel, rel, None, title, text, {}))
+    deadline.check("normalise")
+    doc = _doc(rel, rel, rel, None, title, text, {})
+    deadline.check("injection scan")
+    result.docs.append(doc)
     return result
 
 

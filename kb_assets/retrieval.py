@@ -14,6 +14,32 @@ from .relevance import CJK_QUERY_THRESHOLD, Calibration, readable_dense_top
 from .text import cjk_ratio
 
 
+def evidence_weights(version, t, dense_rows, dense_scores, lex_scores) -> list[float] | None:
+    """Fusion weights from how far each ranking's best score clears this version's calibrated
+    threshold, relative to the threshold: a ranking that barely beats what unrelated questions
+    get counts little for this query. Replaces a fixed lexical weight tuned on one corpus
+    (nDCG@10, BENCHMARKS.md: stackfaq_en 0.930 -> 0.936, scifact subset 0.816 -> 0.830)."""
+    d_top = readable_dense_top(version, version.chunk_ids[dense_rows], dense_scores)
+    l_top = float(lex_scores[0]) / math.log1p(max(1, version.lexical.n_docs))
+    # max(threshold, 0.05): a threshold of 0 (nothing unrelated scored) must not divide by 0.
+    wd = max(0.0, d_top - t.dense) / max(t.dense, 0.05)
+    wl = max(0.0, l_top - t.lexical) / max(t.lexical, 0.05)
+    return [wd / (wd + wl), wl / (wd + wl)] if wd + wl > 0 else None
+
+
+def readable_rows(version, rows: np.ndarray) -> np.ndarray:
+    """Mask of manifest rows whose text is mostly not CJK, cached per version and row."""
+    cache = version.__dict__.setdefault("_readable", {})
+    texts = version.manifest["text"]
+    out = np.empty(len(rows), dtype=bool)
+    for i, r in enumerate(rows.tolist()):
+        ok = cache.get(r)
+        if ok is None:
+            ok = cache[r] = cjk_ratio(str(texts.iat[r])) < CJK_QUERY_THRESHOLD
+        out[i] = ok
+    return out
+
+
 def version_calibration(version) -> Calibration | None:
     """The relevance calibration stored with the version (None for older versions)."""
     cached = getattr(version, "_calibration", False)
@@ -59,6 +85,7 @@ class Hit:
     chunk_id: int
     dense_score: float | None
     lexical_score: float | None
+    untrusted: bool = False  # looks like prompt injection (kb_assets.untrusted)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -82,6 +109,14 @@ def hybrid_search(version, query: str, query_vec: np.ndarray, k: int = 5,
                             if mode != "dense" else (np.empty(0, np.int64), np.empty(0)))
     cjk = cjk_ratio(query)
     calibration = version_calibration(version)
+    if calibration is not None and not version.info.get("embedder_reads_cjk", True):
+        # The embedder cannot read CJK: its neighbours for a Chinese query, and its mostly-CJK
+        # neighbours for any query, are noise that would reorder the lexical ranking.
+        if cjk >= CJK_QUERY_THRESHOLD:
+            dense_rows, dense_scores = np.empty(0, np.int64), np.empty(0)
+        elif len(dense_rows):
+            keep = readable_rows(version, dense_rows)
+            dense_rows, dense_scores = dense_rows[keep], dense_scores[keep]
     if calibration is not None:  # thresholds calibrated on this version's own data
         t = calibration.for_query(cjk >= CJK_QUERY_THRESHOLD)
         dense_floor = t.dense
@@ -107,7 +142,7 @@ def hybrid_search(version, query: str, query_vec: np.ndarray, k: int = 5,
     dense_map = dict(zip(dense_rows.tolist(), dense_scores.tolist()))
     lex_map = dict(zip(lex_rows.tolist(), lex_scores.tolist()))
     rankings, weights = [], []
-    if mode != "lexical":
+    if mode != "lexical" and len(dense_rows):
         # Without lexical support, only dense neighbours above the floor are evidence.
         rows = dense_rows if lexical_ok else dense_rows[dense_scores > dense_floor]
         rankings.append(rows.tolist())
@@ -116,6 +151,9 @@ def hybrid_search(version, query: str, query_vec: np.ndarray, k: int = 5,
         rankings.append(lex_rows.tolist())
         weights.append(cfg.lexical_weight + (1.0 - cfg.lexical_weight) * cjk
                        if mode == "hybrid" else 1.0)
+    if mode == "hybrid" and calibration is not None and len(rankings) == 2:
+        weights = evidence_weights(version, calibration.for_query(cjk >= CJK_QUERY_THRESHOLD),
+                                   dense_rows, dense_scores, lex_scores) or weights
     fused = rrf_fuse(rankings, weights)[:k]
     m = version.manifest
     hits = []
@@ -129,5 +167,10 @@ def hybrid_search(version, query: str, query_vec: np.ndarray, k: int = 5,
 
 
 def context_block(hits: list[Hit]) -> str:
-    """The retrieved passages formatted for an LLM prompt, each with its source."""
-    return "\n\n".join(f"[{h.rank}] (source: {h.doc_id})\n{h.text}" for h in hits)
+    """The retrieved passages formatted for an LLM prompt, each with its source; an
+    untrusted passage is marked as such in its header."""
+    from .untrusted import UNTRUSTED_NOTE
+
+    return "\n\n".join(
+        f"[{h.rank}] (source: {h.doc_id})" + (f" [{UNTRUSTED_NOTE}]" if h.untrusted else "")
+        + f"\n{h.text}" for h in hits)

@@ -11,6 +11,7 @@ from resources.embedder import Embedder
 from resources.vector_index import KBVersion, VersionStore
 
 from .retrieval import Hit, RetrievalConfig, hybrid_search
+from .untrusted import mark_untrusted
 
 # One thread per query: with two, a single FAISS query was 3-4x slower here (STACK.md).
 faiss.omp_set_num_threads(1)
@@ -33,11 +34,12 @@ class Searcher:
         return cls(version, embedder)
 
     def search(self, query: str, k: int = 5, mode: str = "hybrid") -> list[Hit]:
-        return hybrid_search(self.version, query, self.embedder.encode_query(query), k,
-                             self.config, mode)
+        return mark_untrusted(hybrid_search(self.version, query,
+                                            self.embedder.encode_query(query), k, self.config,
+                                            mode))
 
     def search_batch(self, queries: list[str], k: int = 10, mode: str = "hybrid") -> list[list[Hit]]:
         """Embed all queries in one batch (evaluation of 1,000 questions = one model load)."""
         vecs = self.embedder.encode(queries)
-        return [hybrid_search(self.version, q, v, k, self.config, mode)
+        return [mark_untrusted(hybrid_search(self.version, q, v, k, self.config, mode))
                 for q, v in zip(queries, vecs)]

@@ -1,12 +1,11 @@
-"""Text normalisation, PII masking, HTML extraction and the token patterns shared by
-chunking and lexical retrieval. Pure functions: no Dagster, no I/O."""
+"""Text normalisation, the token patterns shared by chunking and lexical retrieval, and
+the entry points of PII masking and HTML extraction. Pure functions: no Dagster, no I/O."""
 
 from __future__ import annotations
 
 import hashlib
 import re
 import unicodedata
-from html.parser import HTMLParser
 
 # CJK ideographs, kana and hangul: languages written without spaces, tokenised per character.
 CJK_CLASS = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af"
@@ -44,75 +43,20 @@ def content_hash(text: str) -> str:
     return sha256_text(normalise(text))
 
 
-# --- PII -----------------------------------------------------------------------------------
-PII_PATTERNS: dict[str, re.Pattern[str]] = {
-    "EMAIL": re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"),
-    # Taiwan national ID (letter + 1/2 + 8 digits) and UK NI numbers.
-    "NATIONAL_ID": re.compile(r"\b[A-Z][12]\d{8}\b|\b[A-CEGHJ-PR-TW-Z]{2}\d{6}[A-D]\b"),
-    "CARD": re.compile(r"\b(?:\d{4}[ -]){3}\d{4}\b"),
-    # Three separated digit groups (+886-2-2345-6789, (02) 2345-6789, 0912-345-678);
-    # office extensions ("ext. 4455"), dates and year ranges are deliberately not masked.
-    "PHONE": re.compile(
-        r"(?<![\w+])(?:\+\d{1,3}[ -]?\d{1,4}|\(\d{1,4}\)|\d{2,4})[ -]\d{3,4}[ -]\d{3,4}(?![\w])"
-    ),
-}
-
-
-def mask_pii(text: str) -> tuple[str, dict[str, int]]:
-    counts: dict[str, int] = {}
-    for label, pattern in PII_PATTERNS.items():
-        text, n = pattern.subn(f"[{label}]", text)
-        if n:
-            counts[label] = n
-    return text, counts
+# --- PII and HTML: validated detectors (pii.py) and a real HTML5 parser (html_extract.py) ---
+from .pii import PII_LABELS, mask_pii, pii_counts  # noqa: E402  (re-exported)
 
 
 def find_pii(text: str) -> dict[str, int]:
-    return {label: len(p.findall(text)) for label, p in PII_PATTERNS.items() if p.search(text)}
-
-
-# --- HTML ------------------------------------------------------------------------------------
-class _TextExtractor(HTMLParser):
-    _SKIP = {"script", "style", "noscript", "template", "svg", "head"}
-    _BLOCK = {"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "section",
-              "article", "header", "footer", "table", "ul", "ol", "blockquote", "pre", "title"}
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self.title = ""
-        self._skip_depth = 0
-        self._in_title = False
-
-    def handle_starttag(self, tag, attrs):
-        if tag == "title":
-            self._in_title = True
-        elif tag in self._SKIP:
-            self._skip_depth += 1
-        if tag in self._BLOCK:
-            self.parts.append("\n")
-
-    def handle_endtag(self, tag):
-        if tag == "title":
-            self._in_title = False
-        elif tag in self._SKIP and self._skip_depth:
-            self._skip_depth -= 1
-        if tag in self._BLOCK:
-            self.parts.append("\n")
-
-    def handle_data(self, data):
-        if self._in_title:
-            self.title += data
-        elif not self._skip_depth:
-            self.parts.append(data)
+    """Count of validated PII matches per kind."""
+    return pii_counts(text)
 
 
 def html_to_text(html: str) -> tuple[str, str]:
-    """Return (title, visible text) of an HTML page; scripts and styles are dropped."""
-    parser = _TextExtractor()
-    parser.feed(html)
-    parser.close()
-    return normalise(parser.title), normalise("".join(parser.parts))
+    """Return (title, visible text) of an HTML page; see html_extract."""
+    from .html_extract import html_to_text as extract
+
+    return extract(html)
 
 
 def cjk_ratio(text: str) -> float:

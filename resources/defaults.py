@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from checks.thresholds import QualityThresholds
 from dagster_project.settings import Paths
 
@@ -20,7 +22,8 @@ def default_resources(paths: Paths | None = None, **overrides) -> dict:
         "store": KBStore(db_path=str(paths.db)),
         "versions": VersionStore(root=str(paths.versions)),
         "embedder": Embedder(),
-        "kb_config": KBConfig(inbox=str(paths.inbox)),
+        "kb_config": KBConfig(inbox=str(paths.inbox), doc_time_budget_s=float(
+            os.environ.get("KB_DOC_TIME_BUDGET_S") or 30.0)),
         **registry_resources(paths),  # registry (MLflow), release_config (gate policy)
         **ft_resources(paths),  # finetuner (local LoRA | OpenAI), llm, ft_config
         "quality": QualityThresholds.from_env(),  # data-quality check thresholds

@@ -60,6 +60,13 @@ class Embedder(ConfigurableResource):
         get_dim = getattr(m, "get_embedding_dimension", None) or m.get_sentence_embedding_dimension
         return int(get_dim())
 
+    def tokenizer(self):
+        """The model's own tokenizer (kb_assets.token_units.ModelTokens), loaded from the
+        model folder without loading the weights: what the chunker counts."""
+        from kb_assets.token_units import model_tokens
+
+        return model_tokens(self.resolved_path)
+
     def encode(self, texts: list[str]) -> np.ndarray:
         if texts:
             ENCODED_TEXTS[self.model_id] = ENCODED_TEXTS.get(self.model_id, 0) + len(texts)
@@ -72,6 +79,18 @@ class Embedder(ConfigurableResource):
         vecs = self.model().encode(texts, batch_size=self.batch_size, convert_to_numpy=True,
                                    normalize_embeddings=True, show_progress_bar=False)
         return np.ascontiguousarray(vecs, dtype=np.float32)
+
+    @property
+    def reads_cjk(self) -> bool:
+        """Whether the model's tokenizer reads Chinese: the packaged MiniLM turns most CJK
+        characters into [UNK] (its vectors for Chinese text are noise). Measured on a few
+        everyday Traditional Chinese words, not assumed from the model name."""
+        tok = getattr(self.model(), "tokenizer", None)
+        unk = getattr(tok, "unk_token_id", None)
+        if tok is None or unk is None:
+            return True  # no way to tell: trust the model
+        ids = tok("請假規定員工每年特休專利申請加班核准", add_special_tokens=False)["input_ids"]
+        return bool(ids) and sum(1 for i in ids if i == unk) / len(ids) < 0.3
 
     def encode_query(self, text: str) -> np.ndarray:
         return self.encode([text])[0]

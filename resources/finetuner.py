@@ -14,6 +14,7 @@ from pathlib import Path
 
 from dagster import ConfigurableResource
 
+from .ft_jobs import JobRecord
 from .llm import (DEFAULT_OPENAI_MODEL, _threads, autocast, base_model_id, load_base,
                   openai_client, redact)
 
@@ -29,6 +30,7 @@ class TrainJob:
     out_dir: str               # where a local adapter is written
     parent: str | None = None  # adapter dir / OpenAI model id to continue from
     label: str = "kb-assistant"
+    state_dir: str = ""        # where a remote job id is recorded; "" = beside the model dirs
 
 
 @dataclass
@@ -312,6 +314,30 @@ class OpenAIFineTuner(FineTuner):
         except Exception as exc:
             raise FineTuneError(redact(str(exc))) from None
         t0 = time.perf_counter()
+        record = JobRecord.for_job(job, self.settings())
+        ftj, resumed = self._recorded_job(client, record, log), True
+        if ftj is None:
+            resumed = False
+            ftj = self._create(client, job, record, log)
+        tf, vf = ftj.training_file, ftj.validation_file
+        ftj = self._poll(client, ftj, log, record)
+        if ftj.status != "succeeded":
+            record.clear()  # its final state is reported now; a deliberate re-run starts anew
+            err = getattr(ftj, "error", None)
+            text = getattr(err, "message", None) or "no error message returned"
+            extra = ", ".join(f"{k}={getattr(err, k)}" for k in ("code", "param")
+                              if err is not None and getattr(err, k, None))
+            raise FineTuneError(redact(f"OpenAI fine-tuning job {ftj.id} {ftj.status}: {text}"
+                                       + (f" ({extra})" if extra else "")))
+        record.write(ftj.id, ftj.status)
+        metrics = {"trained_tokens": getattr(ftj, "trained_tokens", None) or 0,
+                   "duration_s": round(time.perf_counter() - t0, 2)}
+        return TrainResult("openai", self.base_model_name, ftj.fine_tuned_model, job.parent,
+                           self.settings(), metrics,
+                           details={"job_id": ftj.id, "training_file": tf,
+                                    "validation_file": vf, "resumed": resumed})
+
+    def _create(self, client, job: TrainJob, record: JobRecord, log):
         with open(job.train_file, "rb") as f:
             tf = self._api("upload of the training file", client.files.create, file=f,
                            purpose="fine-tune")
@@ -324,29 +350,44 @@ class OpenAIFineTuner(FineTuner):
             kwargs["method"] = {"type": "supervised", "supervised": {
                 "hyperparameters": {"n_epochs": self.n_epochs}}}
         ftj = self._api("fine-tuning job creation", client.fine_tuning.jobs.create, **kwargs)
+        # Recorded before polling (which may last hours): a crash or restart from here on
+        # resumes this billable job instead of starting another.
+        record.write(ftj.id, ftj.status)
         if log:
             log.info(f"OpenAI fine-tuning job {ftj.id} created on {kwargs['model']} "
-                     f"(training file {tf.id}, validation file {vf.id})")
-        ftj = self._poll(client, ftj, log)
-        if ftj.status != "succeeded":
-            err = getattr(ftj, "error", None)
-            text = getattr(err, "message", None) or "no error message returned"
-            extra = ", ".join(f"{k}={getattr(err, k)}" for k in ("code", "param")
-                              if err is not None and getattr(err, k, None))
-            raise FineTuneError(redact(f"OpenAI fine-tuning job {ftj.id} {ftj.status}: {text}"
-                                       + (f" ({extra})" if extra else "")))
-        metrics = {"trained_tokens": getattr(ftj, "trained_tokens", None) or 0,
-                   "duration_s": round(time.perf_counter() - t0, 2)}
-        return TrainResult("openai", self.base_model_name, ftj.fine_tuned_model, job.parent,
-                           self.settings(), metrics,
-                           details={"job_id": ftj.id, "training_file": tf.id,
-                                    "validation_file": vf.id})
+                     f"(training file {tf.id}, validation file {vf.id}); recorded in "
+                     f"{record.path}")
+        return ftj
 
-    def _poll(self, client, ftj, log):
+    def _recorded_job(self, client, record: JobRecord, log):
+        """The job an earlier (crashed or restarted) run created for the same inputs, or
+        None when there is none or the API no longer knows it."""
+        job_id = record.job_id()
+        if not job_id:
+            return None
+        try:
+            ftj = client.fine_tuning.jobs.retrieve(job_id)
+        except Exception as exc:
+            if getattr(exc, "status_code", None) == 404:
+                if log:
+                    log.warning(f"recorded OpenAI job {job_id} is unknown to the API: "
+                                "creating a new one")
+                record.clear()
+                return None
+            raise FineTuneError(redact(f"OpenAI job status poll failed: "
+                                       f"{type(exc).__name__}: {exc}")) from None
+        if log:
+            log.info(f"resuming OpenAI fine-tuning job {job_id} recorded by an earlier run "
+                     f"(status {ftj.status}); no new job is created")
+        return ftj
+
+    def _poll(self, client, ftj, log, record: JobRecord | None = None):
         delay, t0, last = self.poll_initial_s, time.monotonic(), None
         while ftj.status not in TERMINAL:
             if time.monotonic() - t0 > self.timeout_s:
                 self._api("cancel", client.fine_tuning.jobs.cancel, ftj.id)
+                if record is not None:
+                    record.clear()
                 raise FineTuneError(f"OpenAI fine-tuning job {ftj.id} did not finish within "
                                     f"{self.timeout_s:.0f} s and was cancelled")
             time.sleep(delay)
@@ -356,3 +397,4 @@ class OpenAIFineTuner(FineTuner):
                 log.info(f"OpenAI fine-tuning job {ftj.id}: {ftj.status}")
                 last = ftj.status
         return ftj
+

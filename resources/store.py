@@ -34,6 +34,8 @@ CREATE TABLE IF NOT EXISTS chunks (
     created_run_id TEXT);
 CREATE TABLE IF NOT EXISTS doc_chunk_state (
     doc_key TEXT PRIMARY KEY, content_hash TEXT, chunker_version TEXT, n_chunks INTEGER);
+-- Added by issue 16 (PII masked per document); ALTER migrates an existing KB_HOME.
+ALTER TABLE doc_chunk_state ADD COLUMN IF NOT EXISTS pii_counts JSON;
 CREATE TABLE IF NOT EXISTS embedding_cache (
     model_id TEXT, text_hash TEXT, vector BLOB, created_at TIMESTAMP,
     PRIMARY KEY (model_id, text_hash));

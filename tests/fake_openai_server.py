@@ -180,7 +180,9 @@ class FakeOpenAI:
                 body = self.rfile.read(n) if n else b""
                 with api._lock:
                     api.requests.append({"method": method, "path": self.path,
-                                         "authorization": self.headers.get("Authorization")})
+                                         "authorization": self.headers.get("Authorization"),
+                                         # chat bodies, so tests can read the prompts sent
+                                         "json": json.loads(body) if "chat" in self.path else None})
                 if self.headers.get("Authorization") != f"Bearer {api.api_key}":
                     return self._error(401, "Incorrect API key provided.",
                                        "invalid_request_error", "invalid_api_key")

@@ -166,3 +166,119 @@ def test_missing_key_is_a_clear_error(kb_paths, monkeypatch):
     write_topics(kb_paths, TOPICS)
     r = run_assets(kb_paths, KB_CORE + ["ft_dataset", "fine_tuned_model"], **fast_openai(kb_paths))
     assert "OPENAI_API_KEY is not set" in step_failures(r)["fine_tuned_model"]
+
+
+# --- issue 16: the job id is recorded before polling; a re-run resumes the job -----------------
+class CrashAfterCreate:
+    """A logger that dies when the job was created, as a crash or restart would right after
+    `jobs.create` returned (polling may last hours)."""
+
+    def info(self, msg):
+        if "created" in msg:
+            raise RuntimeError("simulated crash while polling")
+
+    warning = info
+
+
+def chat_files(tmp_path, n=12):
+    lines = "".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"},
+                                             {"role": "assistant", "content": f"a{i}"}]}) + "\n"
+                    for i in range(n))
+    (tmp_path / "train.jsonl").write_text(lines, encoding="utf-8")
+    (tmp_path / "eval.jsonl").write_text(lines, encoding="utf-8")
+    from resources.finetuner import TrainJob
+
+    return TrainJob(str(tmp_path / "train.jsonl"), str(tmp_path / "eval.jsonl"),
+                    str(tmp_path / "out" / "adapter"), state_dir=str(tmp_path / "jobs"))
+
+
+def creates(server) -> int:
+    return sum(q["method"] == "POST" and q["path"] == "/v1/fine_tuning/jobs"
+               for q in server.requests)
+
+
+@pytest.fixture
+def fake_openai(monkeypatch):
+    key = "sk-test-" + secrets.token_hex(8)
+    with FakeOpenAI(api_key=key, steps_to_finish=3) as server:
+        monkeypatch.setenv("OPENAI_API_KEY", key)
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        yield server
+
+
+def test_crash_after_job_creation_resumes_the_same_job(fake_openai, tmp_path):
+    from resources.finetuner import OpenAIFineTuner
+
+    tuner = OpenAIFineTuner(poll_initial_s=0.01, poll_max_s=0.05)
+    job = chat_files(tmp_path)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        tuner.train(job, CrashAfterCreate())
+    [recorded] = list((tmp_path / "jobs").glob("openai-*.json"))
+    job_id = json.loads(recorded.read_text())["job_id"]
+    assert list(fake_openai.jobs) == [job_id] and creates(fake_openai) == 1
+
+    result = tuner.train(job, logging.getLogger("test"))  # the re-run
+    assert creates(fake_openai) == 1 and len(fake_openai.files) == 2  # no new job, no re-upload
+    assert result.details["job_id"] == job_id and result.details["resumed"] is True
+    assert result.model_ref == fake_openai.jobs[job_id]["fine_tuned_model"]
+
+    again = tuner.train(job)  # finished job: its result is reported, nothing is created
+    assert again.model_ref == result.model_ref and creates(fake_openai) == 1
+
+
+def test_recorded_failed_job_is_reported_then_a_rerun_starts_anew(fake_openai, tmp_path):
+    from resources.finetuner import FineTuneError, OpenAIFineTuner
+
+    tuner = OpenAIFineTuner(poll_initial_s=0.01, poll_max_s=0.05)
+    job = chat_files(tmp_path)
+    with pytest.raises(RuntimeError):
+        tuner.train(job, CrashAfterCreate())
+    fake_openai.fail_jobs = "The job failed due to a server error."
+    with pytest.raises(FineTuneError, match="ftjob-.* failed: The job failed due to a server error"):
+        tuner.train(job)  # resumed: its final state is reported, not a second job
+    assert creates(fake_openai) == 1
+    fake_openai.fail_jobs = None
+    assert tuner.train(job).details["resumed"] is False and creates(fake_openai) == 2
+
+
+def test_changed_dataset_never_resumes_another_datasets_job(fake_openai, tmp_path):
+    from resources.finetuner import OpenAIFineTuner
+
+    tuner = OpenAIFineTuner(poll_initial_s=0.01, poll_max_s=0.05)
+    with pytest.raises(RuntimeError):
+        tuner.train(chat_files(tmp_path, 12), CrashAfterCreate())
+    result = tuner.train(chat_files(tmp_path, 13))
+    assert result.details["resumed"] is False and creates(fake_openai) == 2
+
+
+@pytest.mark.slow
+def test_sigkill_while_polling_then_rerun_resumes_the_job(fake_openai, tmp_path):
+    """The real thing: a process polling the job is SIGKILLed; the re-run resumes it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from resources.finetuner import OpenAIFineTuner
+
+    fake_openai.steps_to_finish = 10**9  # keeps running until the test lets it finish
+    job = chat_files(tmp_path)
+    code = ("from resources.finetuner import OpenAIFineTuner, TrainJob\n"
+            "OpenAIFineTuner(poll_initial_s=0.05, poll_max_s=0.1).train(TrainJob("
+            f"{job.train_file!r}, {job.eval_file!r}, {job.out_dir!r}, state_dir={job.state_dir!r}))")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                            start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not any(j["_polls"] >= 2 for j in fake_openai.jobs.values()):
+        assert proc.poll() is None and time.monotonic() < deadline, "the job was never polled"
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    [job_id] = fake_openai.jobs
+    fake_openai.steps_to_finish = fake_openai.jobs[job_id]["_polls"] + 2
+    result = OpenAIFineTuner(poll_initial_s=0.01, poll_max_s=0.05).train(job)
+    assert result.details == {**result.details, "job_id": job_id, "resumed": True}
+    assert creates(fake_openai) == 1 and len(fake_openai.files) == 2

@@ -57,7 +57,9 @@ def test_search_health_version_metrics_and_bad_input(kb_paths):
         body = httpx.get(f"{url}/search", params={"q": "how many days of annual leave?"}).json()
         assert body["version"] == 1 and body["zero_hit"] is False
         assert body["hits"][0]["doc_id"] == "leave.md"
-        assert set(body["hits"][0]) == {"rank", "score", "doc_id", "source", "title", "text"}
+        assert set(body["hits"][0]) == {"rank", "score", "doc_id", "source", "title", "text",
+                                        "untrusted"}
+        assert body["hits"][0]["untrusted"] is False
         zero = httpx.get(f"{url}/search", params={"q": "zzqx vvbn"}).json()
         assert zero["zero_hit"] is True and zero["hits"] == []
         for params in ({}, {"q": ""}, {"q": "   "}, {"q": "leave", "k": 0},

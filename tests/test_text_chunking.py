@@ -114,3 +114,10 @@ def test_rrf_fuse_weights_and_ties():
 
 def test_dense_weight_drops_for_cjk_queries():
     assert dense_weight(0.0) == 1.0 and dense_weight(1.0) == pytest.approx(0.1)
+
+
+def test_chunks_end_before_headings_in_the_unicode_unit_too():
+    text = "\n\n".join(f"## Part {i}\n\n" + "Claims need receipts. " * (4 + i % 3) for i in range(10))
+    chunks = list(chunk_text(text, ChunkerConfig(size=40, overlap=0)))
+    assert sum(c.text.startswith("## Part") or c.text.startswith("Part") for c in chunks) \
+        >= len(chunks) * 0.7

@@ -92,13 +92,23 @@ def cmd_ask(args) -> int:
         raise CLIError("the question is empty")
     if args.k < 1:
         raise CLIError("-k must be at least 1")
+    from kb_assets.untrusted import ask_policy, for_prompt
+
+    try:
+        policy = ask_policy()
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
     paths = Paths.from_env()
     searcher, source = open_searcher(paths)
-    hits = searcher.search(question, k=args.k)
+    found = searcher.search(question, k=args.k)
+    hits = for_prompt(found, policy)  # untrusted passages: marked (default) or left out
     kb = searcher.version.number
     if not hits:
         msg = (f"Nothing in the knowledge base (version {kb}, {source}) is relevant to this "
-               "question, so there is no grounded answer. Try other words or add documents.")
+               "question, so there is no grounded answer. Try other words or add documents."
+               if not found else
+               f"Only untrusted passages (possible prompt injection) matched in KB version {kb}, "
+               "and KB_ASK_UNTRUSTED=omit leaves them out: no grounded answer.")
         print(json.dumps({"answer": None, "reason": msg, "contender": None, "refused": True,
                           "citations": [], "kb_version": kb, "assistant_version": None,
                           "sources": []}, ensure_ascii=False) if args.json else msg)
@@ -114,7 +124,8 @@ def cmd_ask(args) -> int:
     shown = [replace(h, text=focus_passage(h.text, question, cfg.max_context_tokens) or h.text)
              for h in hits]
     if contender == "extractive":
-        ex = extractive_answer(question, [(h.doc_id, h.text) for h in shown],
+        # Never quote a passage that looks like prompt injection as the answer.
+        ex = extractive_answer(question, [(h.doc_id, h.text) for h in shown if not h.untrusted],
                                cfg.max_answer_tokens, searcher.embedder.encode,
                                cfg.extractive_min_score)
         raw = ex.answer
@@ -129,8 +140,8 @@ def cmd_ask(args) -> int:
     by_doc = {h.doc_id: h for h in shown}
     citations = [{"rank": by_doc[d].rank, "doc_id": d, "source": by_doc[d].source,
                   "chunk_id": by_doc[d].chunk_id} for d in cited]
-    sources = [{"rank": h.rank, "doc_id": h.doc_id, "source": h.source, "score": h.score}
-               for h in hits]
+    sources = [{"rank": h.rank, "doc_id": h.doc_id, "source": h.source, "score": h.score,
+                "untrusted": h.untrusted} for h in hits]
     if args.json:
         print(json.dumps({"answer": answer, "contender": contender, "refused": refused,
                           "citations": citations, "dropped_citations": dropped,
@@ -146,5 +157,8 @@ def cmd_ask(args) -> int:
     print("\nSources:")
     for s in sources:
         mark = " (cited)" if s["doc_id"] in cited else ""
-        print(f"  [{s['rank']}] {s['doc_id']}  ({s['source']}, score {s['score']:.4f}){mark}")
+        print(f"  [{s['rank']}] {s['doc_id']}  ({s['source']}, score {s['score']:.4f}){mark}"
+              + ("  UNTRUSTED (marked in the prompt)" if s["untrusted"] else ""))
+    if len(hits) < len(found):
+        print(f"  ({len(found) - len(hits)} untrusted passage(s) left out: KB_ASK_UNTRUSTED=omit)")
     return 0

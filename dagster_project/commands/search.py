@@ -49,7 +49,8 @@ def cmd_search(args) -> int:
     hits = searcher.search(args.query, k=args.k)
     if args.json:
         print(json.dumps([{"rank": h.rank, "score": h.score, "doc_id": h.doc_id,
-                           "source": h.source, "text": h.text} for h in hits],
+                           "source": h.source, "text": h.text, "untrusted": h.untrusted}
+                          for h in hits],
                          ensure_ascii=False, indent=2))
         return 0
     print(f"KB version {searcher.version.number} ({source})")
@@ -57,7 +58,8 @@ def cmd_search(args) -> int:
         print(f"No passage is relevant enough to: {args.query!r} (zero-hit)")
         return 0
     for h in hits:
-        print(f"\n#{h.rank}  score={h.score:.4f}  doc={h.doc_id}  source={h.source}")
+        print(f"\n#{h.rank}  score={h.score:.4f}  doc={h.doc_id}  source={h.source}"
+              + ("  [UNTRUSTED: looks like prompt injection]" if h.untrusted else ""))
         print(textwrap.indent(textwrap.fill(h.text.replace("\n", " "), 100), "    "))
     print("\n--- Context for LLM ---")
     print(context_block(hits))
