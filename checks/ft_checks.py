@@ -1,6 +1,6 @@
 """Blocking checks of the fine-tune chain: the dataset's files are well-formed chat examples
 without raw PII or eval leakage before any training starts; a fine-tune that does not beat
-its base model is never promoted."""
+its base model and the extractive baseline is never promoted."""
 
 
 import json
@@ -82,8 +82,9 @@ def ft_dataset_valid(context: AssetCheckExecutionContext, store: KBStore,
 
 
 @asset_check(asset=ft_eval, blocking=True,
-             description="The fine-tune beats its base model by the configured margin; "
-                         "otherwise it is not promoted to production.")
+             description="The fine-tune beats both its base model and the retrieval-only "
+                         "extractive answer (same questions, same contexts) by the configured "
+                         "margin; otherwise it is not promoted and `kb ask` stays extractive.")
 def ft_beats_base(context: AssetCheckExecutionContext, store: KBStore) -> AssetCheckResult:
     run_id = context.run.run_id
     ev = eval_for_run(store, run_id)
@@ -97,6 +98,7 @@ def ft_beats_base(context: AssetCheckExecutionContext, store: KBStore) -> AssetC
         passed=ev["passed"], severity=AssetCheckSeverity.ERROR, description=desc,
         metadata={"assistant_version": ev["version"], "evaluated": True,
                   "ft_score": m["ft_score_mean"], "base_score": m["base_score_mean"],
+                  "extractive_score": m.get("extractive_score_mean", 0.0),
                   "delta": m["score_delta"]})
 
 

@@ -13,19 +13,24 @@ from collections import Counter
 import pandas as pd
 from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
 
+from resources.embedder import Embedder
 from resources.finetuner import FineTuneError, FineTuner, TrainJob
 from resources.ft_config import FTConfig
 from resources.llm import LLM, redact
 from resources.registry import Registry, RegistryError, registered_versions
 from resources.store import KBStore, fetch_one
+from resources.vector_index import VersionStore
 
-from .ft_data import SourceDoc, build_examples, eligible, split_sections
-from .ft_plan import plan_dataset
+from .ft_data import SourceDoc, eligible, split_group, split_sections
+from .ft_plan import plan_questions
+from .ft_questions import build_question_examples, kb_questions
 from .index import faiss_index
+from .release import eval_set
 from .ingest import now
 from .report import md_table
 
 ASSISTANT = "kb-assistant"
+EVAL_ITEMS = "eval_items.jsonl"  # held-out items with contexts, references and key facts
 
 DOCS_SQL = """
     SELECT d.doc_key, d.doc_id, d.title, d.text, d.content_hash, d.flags
@@ -61,7 +66,10 @@ def _write_jsonl(path, examples) -> None:
             f.write(x.line() + "\n")
 
 
-def build_dataset(store: KBStore, cfg: FTConfig, run_id: str, questions_fn=None, log=None) -> dict:
+def build_dataset(store: KBStore, cfg: FTConfig, run_id: str, questions_fn=None, log=None,
+                  searcher=None) -> dict:
+    """`searcher` (kb_assets.searcher.Searcher over the KB version) retrieves each question's
+    context as `kb ask` would; tests and benchmarks may pass their own."""
     s = cfg.dataset_settings()
     with store.connect() as con:
         kb = fetch_one(con, "SELECT max(version) FROM kb_versions")[0]
@@ -74,24 +82,37 @@ def build_dataset(store: KBStore, cfg: FTConfig, run_id: str, questions_fn=None,
             "AND split IN ('train', 'full')", [prev["dataset_version"]]).fetchall() if prev else []
     docs = [SourceDoc(k, i, t or "", x or "", h, tuple(f or ())) for k, i, t, x, h, f in rows]
     excluded = [d.doc_id for d in docs if not eligible(d, s)]
-    examples = [x for d in docs if eligible(d, s) for x in build_examples(d, s, questions_fn)]
-    plan = plan_dataset(
-        examples, s, {r[0] for r in prev_lines} if prev else None,
+    if searcher is None:
+        raise Failure("no searcher over the KB version was given")
+    if searcher.version.number != kb:
+        raise Failure(f"the searcher serves KB version {searcher.version.number}, not {kb}")
+    try:
+        kind, questions = kb_questions(store, docs, cfg.golden_path or None, s, questions_fn,
+                                       searcher.version)
+    except ValueError as exc:
+        raise Failure(description=str(exc)) from None
+    built = build_question_examples(docs, questions, kind, searcher, s,
+                                    embed_fn=searcher.embedder.encode)
+    plan = plan_questions(
+        built.train, built.eval, s, {r[0] for r in prev_lines} if prev else None,
         {r[1] for r in prev_lines} if prev else None,
         prev["info"].get("settings_version") if prev else None)
     base = {"kb_version": kb, "documents": len(docs), "excluded_docs": excluded,
-            "examples_generated": len(examples), "plan": plan}
+            "examples_generated": len(built.train) + len(built.eval), "plan": plan,
+            "questions": built}
     if prev and prev["content_sha256"] == plan.content_sha256:
         return {**base, "new_version": False, "dataset_version": prev["dataset_version"],
                 "path": prev["path"]}
-    n_groups = len({x.group for x in examples})
+    n_groups = len({split_group(d.doc_id) for d in docs if eligible(d, s)})
     if len(plan.pool) < s.min_examples:
         raise Failure(
             f"only {len(plan.pool)} training examples from {len(docs) - len(excluded)} usable "
-            f"documents (minimum {s.min_examples}): add documents to the inbox or lower "
+            f"documents and {built.n_train_questions} training-side {built.kind} questions "
+            f"(minimum {s.min_examples}): add documents or questions, or lower "
             "KB_FT_MIN_EXAMPLES; nothing was trained")
     if not plan.eval:
-        raise Failure(f"no held-out evaluation examples ({n_groups} document group(s)): the "
+        raise Failure(f"no held-out evaluation examples ({n_groups} document group(s), "
+                      f"{built.n_eval_questions} held-out {built.kind} questions): the "
                       "evaluation split needs documents on at least two different topics")
     root = cfg.root_path
     root.mkdir(parents=True, exist_ok=True)
@@ -105,13 +126,24 @@ def build_dataset(store: KBStore, cfg: FTConfig, run_id: str, questions_fn=None,
         files["full"] = plan.pool
     for split, xs in files.items():
         _write_jsonl(tmp / f"{split}.jsonl", xs)
+    with open(tmp / EVAL_ITEMS, "w", encoding="utf-8") as f:  # what ft_eval scores
+        for x in plan.eval:
+            f.write(json.dumps({**x.meta, "example_id": x.example_id,
+                                "messages": list(x.messages)}, ensure_ascii=False) + "\n")
     info = {"settings_version": s.version, "settings": {k: v for k, v in s.__dict__.items()},
             "mode": plan.mode, "reason": plan.reason,
             "parent_dataset_version": prev["dataset_version"] if prev else None,
             "n_pool": len(plan.pool), "n_fresh": len(plan.fresh), "n_replay": len(plan.replay),
             "removed_examples": len(plan.removed_ids), "removed_docs": plan.removed_docs,
             "excluded_docs": excluded, "leaks_dropped": len(plan.leaks_dropped),
-            "question_source": cfg.question_source, "created_at": now().isoformat()}
+            "question_source": cfg.question_source, "questions_kind": built.kind,
+            "questions": {"total": built.n_questions, "train": built.n_train_questions,
+                          "held_out": built.n_eval_questions,
+                          "mixed_dropped": built.n_mixed_dropped,
+                          "refusal_examples_train": built.n_refusals_train,
+                          "refusal_items_eval": built.n_refusals_eval,
+                          "retrieval_misses_eval": built.n_retrieval_misses},
+            "created_at": now().isoformat()}
     (tmp / "dataset.json").write_text(json.dumps(info, indent=2, ensure_ascii=False), "utf-8")
     target = cfg.dataset_dir(number)
     shutil.rmtree(target, ignore_errors=True)  # a leftover of a crash before registration
@@ -134,19 +166,28 @@ def build_dataset(store: KBStore, cfg: FTConfig, run_id: str, questions_fn=None,
 
 
 @asset(
-    deps=[faiss_index],
+    deps=[faiss_index, eval_set],
     group_name="fine_tune",
     kinds={"duckdb", "python"},
-    description="Chat-format fine-tuning examples from the current KB version, versioned by "
-                "content, incremental with replay, held-out split without leakage.",
+    description="Chat-format fine-tuning examples from the KB's evaluation questions (train-side "
+                "document families), each with the context `kb ask` would retrieve and the "
+                "answering sentences as target, a quarter refusals on context without the "
+                "answer; held-out items for ft_eval; versioned by content, no leakage.",
     tags={"kb/writer": "true"},
 )
 def ft_dataset(context: AssetExecutionContext, store: KBStore, ft_config: FTConfig,
-               llm: LLM) -> MaterializeResult:
+               llm: LLM, versions: VersionStore, embedder: Embedder) -> MaterializeResult:
+    from .searcher import Searcher
+
     t0 = time.perf_counter()
     qfn = llm_questions(llm) if ft_config.question_source == "llm" else None
-    r = build_dataset(store, ft_config, context.run_id, qfn, context.log)
-    plan = r["plan"]
+    with store.connect(read_only=True) as con:
+        kb = fetch_one(con, "SELECT max(version) FROM kb_versions")[0]
+    if kb is None:
+        raise Failure("no KB version yet: materialize faiss_index first")
+    searcher = Searcher(versions.load(kb), embedder)
+    r = build_dataset(store, ft_config, context.run_id, qfn, context.log, searcher)
+    plan, qb = r["plan"], r["questions"]
     per_doc = Counter(x.doc_id for x in plan.pool + plan.eval)
     sample = plan.eval[0] if plan.eval else (plan.pool[0] if plan.pool else None)
     md = {
@@ -158,6 +199,11 @@ def ft_dataset(context: AssetExecutionContext, store: KBStore, ft_config: FTConf
         "removed_examples": len(plan.removed_ids), "removed_docs": len(plan.removed_docs),
         "excluded_docs": MetadataValue.json({"prompt_injection_or_flagged": r["excluded_docs"]}),
         "leaks_dropped": len(plan.leaks_dropped),
+        "questions_kind": qb.kind, "questions_total": qb.n_questions,
+        "questions_train": qb.n_train_questions, "questions_held_out": qb.n_eval_questions,
+        "refusal_examples": sum(1 for x in plan.pool if x.paraphrase_of.endswith("#r")),
+        "refusal_items_eval": sum(1 for x in plan.eval if x.paraphrase_of.endswith("#r")),
+        "retrieval_misses_eval": qb.n_retrieval_misses,
         "path": MetadataValue.path(r["path"]),
         "duration_s": round(time.perf_counter() - t0, 3),
         "examples_per_document": MetadataValue.md(md_table(

@@ -38,7 +38,9 @@ _HEADING_NUM = re.compile(r"^(?:\d+(?:\.\d+)*[.)]?|[一二三四五六七八九�
 _BULLET = re.compile(r"^\s*(?:[-*•·]|\d+[.)])\s+")
 _CJK_ENUM = re.compile(r"^\s*(?:[一二三四五六七八九十]+、|[(（][一二三四五六七八九十\d]+[)）])\s*")
 _MD_MARKUP = re.compile(r"\*\*|__|(?<!\w)\*(?!\s)|`")
-_SENTENCE = re.compile(r"(?<=[.!?。！？;；])\s*")
+# A sentence ends at . ! ? ; followed by a space (not inside "2.4" or "e.g.x"), or at a
+# CJK full stop.
+_SENTENCE = re.compile(r"(?<=[.!?;])\s+|(?<=[。！？；])\s*")
 _LANG_SUFFIX = re.compile(r"[_-](en|zh|zh-tw|tw|uk)$", re.I)
 
 
@@ -51,12 +53,15 @@ class DatasetSettings:
     max_sections_per_doc: int = 8
     min_section_chars: int = 30
     max_context_tokens: int = 64    # approximate model tokens (n_tokens)
-    max_answer_tokens: int = 32
+    max_answer_tokens: int = 48
     eval_fraction: float = 0.2
     replay_share: float = 0.2
     min_examples: int = 20
     near_duplicate_threshold: float = 0.8
-    distractors: int = 1            # passages of other documents after the relevant one
+    distractors: int = 1            # template examples: other documents' passages after the relevant one
+    context_passages: int = 2       # retrieved passages in a prompt (as `kb ask -k 2` shows)
+    refusal_share: float = 0.25     # share of examples whose context lacks the answer
+    max_questions_per_doc: int = 3  # evaluation-set questions used per document
     exclude_flags: tuple[str, ...] = ("prompt_injection",)
     seed: str = "kb-ft-v1"
 
@@ -95,6 +100,7 @@ class Example:
     messages: tuple[dict, ...] = field(hash=False)
     split: str = "train"
     passage: str = ""    # the grounding passage (also lent to other examples as a distractor)
+    meta: dict | None = field(default=None, hash=False, compare=False)  # held-out: what ft_eval needs
 
     def line(self) -> str:
         """One JSONL line in the chat fine-tuning format (what OpenAI and SFT read)."""

@@ -98,6 +98,25 @@ def plan_dataset(examples: list[Example], s: DatasetSettings, prev_ids: set[str]
     pool, ev, leaks = assign_splits(examples, s)
     pool = with_distractors(pool, pool, s.distractors)
     ev = with_distractors(ev, pool + ev, s.distractors)
+    return plan_split(pool, ev, leaks, s, prev_ids, prev_doc_keys, prev_settings)
+
+
+def plan_questions(train: list[Example], ev: list[Example], s: DatasetSettings,
+                   prev_ids: set[str] | None, prev_doc_keys: set[str] | None,
+                   prev_settings: str | None) -> DatasetPlan:
+    """The plan for examples already split by document family and carrying their retrieved
+    contexts (ft_questions): only the near-duplicate guard is applied (an eval question
+    close to a training question is dropped, with every eval example of that question)."""
+    leaks = find_leaks([x.question for x in ev], [x.question for x in train],
+                       s.near_duplicate_threshold)
+    bad = {ev[i].question for i, _, _ in leaks}
+    return plan_split(train, [x for x in ev if x.question not in bad], leaks, s, prev_ids,
+                      prev_doc_keys, prev_settings)
+
+
+def plan_split(pool: list[Example], ev: list[Example], leaks: list, s: DatasetSettings,
+               prev_ids: set[str] | None, prev_doc_keys: set[str] | None,
+               prev_settings: str | None) -> DatasetPlan:
     digest = content_sha256(pool, ev, s)
     pool_ids = {x.example_id for x in pool}
     docs_now = {x.doc_key for x in pool}

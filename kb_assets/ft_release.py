@@ -7,7 +7,6 @@ import hashlib
 import json
 import time
 
-import numpy as np
 from dagster import AssetExecutionContext, AssetKey, Failure, MaterializeResult, MetadataValue, asset
 
 from resources.embedder import Embedder
@@ -16,8 +15,10 @@ from resources.llm import LLM, AssistantRef, LLMError
 from resources.registry import Registry, RegistryError, registered_versions
 from resources.store import KBStore, fetch_one
 
-from .finetune import ASSISTANT, fine_tuned_model, ft_dataset
-from .ft_scoring import fact_coverage, gate, item_score, key_facts, pick_eval, summarize
+from .finetune import ASSISTANT, EVAL_ITEMS, fine_tuned_model, ft_dataset
+from .ft_answer import (ContenderSummary, extractive_answer, judge, summarize_contender,
+                        table_rows, three_way_gate)
+from .ft_scoring import pick_eval
 from .ingest import now
 from .report import md_table
 
@@ -41,29 +42,53 @@ def assistant_refs(tags: dict, llm: LLM) -> tuple[AssistantRef, AssistantRef]:
             AssistantRef("local", tags["base_model"], None, "base model"))
 
 
-def load_eval_set(store: KBStore, cfg: FTConfig, dataset_version: int, n: int):
-    """[(doc_id, messages)] for up to n held-out examples, spread across documents."""
-    with store.connect(read_only=True) as con:
-        docs = [r[0] for r in con.execute(
-            "SELECT doc_id FROM ft_dataset_lines WHERE dataset_version = ? AND split = 'eval' "
-            "ORDER BY line_no", [dataset_version]).fetchall()]
-    path = cfg.dataset_dir(dataset_version) / "eval.jsonl"
+def load_eval_items(cfg: FTConfig, dataset_version: int, n: int) -> list[dict]:
+    """Up to n held-out items ({question, answerable, passages, reference, facts, messages}),
+    round-robin across documents, answerable and unanswerable ones alike."""
+    path = cfg.dataset_dir(dataset_version) / EVAL_ITEMS
     if not path.is_file():
-        raise Failure(f"held-out file {path} is missing (dataset version {dataset_version})")
+        raise Failure(f"held-out items {path} are missing (dataset version {dataset_version}): "
+                      "rebuild the dataset with this version of the platform")
     with open(path, encoding="utf-8") as f:
-        msgs = [json.loads(line)["messages"] for line in f if line.strip()]
-    if len(docs) != len(msgs):
-        raise Failure(f"{path} has {len(msgs)} lines but DuckDB records {len(docs)}")
-    items = list(zip(docs, msgs))
-    return [items[i] for i in pick_eval(items, n)]
+        items = [json.loads(line) for line in f if line.strip()]
+    return stratified_pick(items, n)
 
 
-def cosines(embedder: Embedder, answers: list[str], refs: list[str]) -> list[float]:
-    if not answers:
-        return []
-    a = embedder.encode([x or "(empty)" for x in answers])
-    r = embedder.encode(refs)
-    return [round(float(x), 4) for x in np.sum(a * r, axis=1)]
+def stratified_pick(items: list[dict], n: int) -> list[dict]:
+    """Up to n items keeping the file's share of unanswerable items (at least one when there
+    is one), each part round-robin across documents: a plain round-robin would take every
+    document's first (answerable) item and hardly measure refusals."""
+    una = [it for it in items if not it["answerable"]]
+    ans = [it for it in items if it["answerable"]]
+    k_una = min(len(una), max(1 if una else 0, round(n * len(una) / max(1, len(items)))))
+    k_ans = min(len(ans), n - k_una)
+    k_una = min(len(una), n - k_ans)
+
+    def pick(xs, k):
+        keyed = [((it["relevant"] or ["?"])[0], it) for it in xs]
+        return [xs[i] for i in pick_eval(keyed, k)]
+    chosen = {id(it) for it in pick(ans, k_ans) + pick(una, k_una)}
+    return [it for it in items if id(it) in chosen]
+
+
+def extractive_answers(items: list[dict], embedder: Embedder, cfg: FTConfig) -> list[str]:
+    """The retrieval-only contender on the same contexts (no generation)."""
+    return [extractive_answer(it["question"], [(p["doc_id"], p["text"]) for p in it["passages"]],
+                              cfg.max_answer_tokens, embedder.encode,
+                              cfg.extractive_min_score).answer for it in items]
+
+
+def three_way(items: list[dict], answers: dict[str, list[str]],
+              seconds: dict[str, float]) -> tuple[list[ContenderSummary], list[list[dict]]]:
+    """(summary per contender, verdicts per contender) in the order of `answers`."""
+    judged = [{"answerable": it["answerable"], "facts": it["facts"],
+               "context": {p["doc_id"]: p["text"] for p in it["passages"]}} for it in items]
+    summaries, verdicts = [], []
+    for name, outs in answers.items():
+        v = [judge(a, j) for a, j in zip(outs, judged)]
+        verdicts.append(v)
+        summaries.append(summarize_contender(name, v, judged, seconds[name]))
+    return summaries, verdicts
 
 
 def evaluate(store, cfg: FTConfig, llm: LLM, embedder: Embedder, registry: Registry,
@@ -72,8 +97,9 @@ def evaluate(store, cfg: FTConfig, llm: LLM, embedder: Embedder, registry: Regis
     if row is None:
         raise Failure(f"kb-assistant version {version} is not registered")
     tags = row["tags"]
-    settings = [cfg.eval_max_questions, cfg.eval_max_new_tokens, cfg.eval_threshold,
-                cfg.gate_margin, embedder.model_id, version]
+    settings = ["three-way-v1", cfg.eval_max_questions, cfg.eval_max_new_tokens,
+                cfg.extractive_min_score, cfg.max_answer_tokens, cfg.gate_margin,
+                embedder.model_id, version]
     fp = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:16]
     with store.connect(read_only=True) as con:
         prev = fetch_one(con, "SELECT metrics, passed, details FROM eval_results WHERE "
@@ -82,48 +108,77 @@ def evaluate(store, cfg: FTConfig, llm: LLM, embedder: Embedder, registry: Regis
     if prev and json.loads(prev[2]).get("eval_fingerprint") == fp:
         return {"reused": True, "version": version, "metrics": json.loads(prev[0]),
                 "passed": bool(prev[1]), "details": json.loads(prev[2])}
-    items = load_eval_set(store, cfg, int(tags["dataset_version"]), cfg.eval_max_questions)
-    convs = [m[:2] for _, m in items]
-    refs = [m[2]["content"] for _, m in items]
+    items = load_eval_items(cfg, int(tags["dataset_version"]), cfg.eval_max_questions)
+    convs = [it["messages"][:2] for it in items]
     tuned_ref, base_ref = assistant_refs(tags, llm)
-    t0 = time.perf_counter()
     if log:
         log.info(f"answering {len(convs)} held-out questions with kb-assistant version "
-                 f"{version} and its base model")
+                 f"{version}, its base model and the extractive baseline")
+    seconds: dict[str, float] = {}
     try:
-        tuned, base = llm.chat_pair(convs, tuned_ref, base_ref, cfg.eval_max_new_tokens)
+        tuned, base = llm.chat_pair(convs, tuned_ref, base_ref, cfg.eval_max_new_tokens, seconds)
     except LLMError as exc:
         raise Failure(description=str(exc)) from None
-    gen_s = time.perf_counter() - t0
-    facts = [key_facts(r) for r in refs]
-    cos_t, cos_b = cosines(embedder, tuned, refs), cosines(embedder, base, refs)
-    cov_t = [fact_coverage(a, f) for a, f in zip(tuned, facts)]
-    cov_b = [fact_coverage(a, f) for a, f in zip(base, facts)]
-    st = summarize(cos_t, cov_t, cfg.eval_threshold)
-    sb = summarize(cos_b, cov_b, cfg.eval_threshold)
-    passed, reason = gate(st, sb, cfg.gate_margin)
-    metrics = {**st.as_dict("ft_"), **sb.as_dict("base_"),
-               "score_delta": round(st.score_mean - sb.score_mean, 4),
-               "generation_s": round(gen_s, 2)}
-    examples = [{"doc_id": d, "question": m[1]["content"].rsplit("Question:", 1)[-1].strip(),
-                 "reference": r, "fine_tuned": a, "base": b,
-                 "ft_score": round(item_score(ct, vt), 3), "base_score": round(item_score(cb, vb), 3)}
-                for (d, m), r, a, b, ct, vt, cb, vb
-                in zip(items, refs, tuned, base, cos_t, cov_t, cos_b, cov_b)]
+    t0 = time.perf_counter()
+    extractive = extractive_answers(items, embedder, cfg)
+    seconds["extractive"] = time.perf_counter() - t0
+    answers = {"fine-tuned": tuned, "base": base, "extractive": extractive}
+    seconds = {"fine-tuned": seconds.get("tuned", 0.0), "base": seconds.get("base", 0.0),
+               "extractive": seconds["extractive"]}
+    (st, sb, sx), (vt, vb, vx) = three_way(items, answers, seconds)
+    passed, reason = three_way_gate(st, [sb, sx], cfg.gate_margin)
+    metrics = {**st.as_dict("ft_"), **sb.as_dict("base_"), **sx.as_dict("extractive_"),
+               "ft_score_mean": st.score, "base_score_mean": sb.score,
+               "extractive_score_mean": sx.score,
+               "score_delta": round(st.score - max(sb.score, sx.score), 4),
+               "generation_s": round(seconds["fine-tuned"] + seconds["base"], 2)}
+    examples = [{"doc_id": (it["relevant"] or [""])[0], "question": it["question"],
+                 "answerable": it["answerable"], "case": it["case"],
+                 "reference": it["reference"], "fine_tuned": a, "base": b, "extractive": x,
+                 "ft_verdict": ja, "base_verdict": jb, "extractive_verdict": jx}
+                for it, a, b, x, ja, jb, jx in zip(items, tuned, base, extractive, vt, vb, vx)]
+    table = [list(r) for r in table_rows([st, sb, sx])]
     details = {"eval_fingerprint": fp, "reason": reason, "dataset_version": tags["dataset_version"],
-               "tuned": tuned_ref.label, "base": base_ref.label, "examples": examples}
+               "tuned": tuned_ref.label, "base": base_ref.label, "examples": examples,
+               "table": table, "contenders": ["fine-tuned", "base", "extractive"],
+               "worth_it": passed}
     with store.transaction() as con:
         con.execute("INSERT INTO eval_results VALUES (?, ?, ?, ?, ?, ?, ?)",
                     [ASSISTANT, version, run_id, now(), json.dumps(metrics), passed,
                      json.dumps(details, ensure_ascii=False)])
     try:
         registry.log_metrics(store, ASSISTANT, version, metrics)
+        log_table(registry, row["run_id"], details)
     except RegistryError as exc:
         if log:
             log.warning(f"metrics not logged to MLflow: {exc}")
     registry.set_status(store, ASSISTANT, version, "passed" if passed else "rejected")
     return {"reused": False, "version": version, "metrics": metrics, "passed": passed,
             "details": details}
+
+
+TABLE_HEADER = ["metric", "fine-tuned", "base", "extractive"]
+
+
+def three_way_markdown(details: dict) -> str:
+    return md_table([tuple(r) for r in details["table"]], TABLE_HEADER)
+
+
+def log_table(registry: Registry, mlflow_run_id: str, details: dict) -> None:
+    """The three-way table as MLflow artifacts of the version's run: a table (JSON, shown in
+    the MLflow UI's artifact view), the markdown, and the per-question answers."""
+    client = registry.client()
+    try:
+        import pandas as pd
+
+        client.log_table(mlflow_run_id, pd.DataFrame(details["table"], columns=TABLE_HEADER),
+                         "ft_eval/three_way_table.json")
+        client.log_text(mlflow_run_id, three_way_markdown(details) + "\n\n" + details["reason"]
+                        + "\n", "ft_eval/three_way.md")
+        client.log_dict(mlflow_run_id, {"examples": details["examples"]},
+                        "ft_eval/answers.json")
+    except Exception as exc:  # noqa: BLE001 - MLflow errors vary; the eval is recorded in DuckDB
+        raise RegistryError(f"three-way table not logged to MLflow: {exc}") from None
 
 
 def eval_for_run(store: KBStore, run_id: str) -> dict | None:
@@ -147,8 +202,10 @@ def _clip(text: str, n: int = 120) -> str:
     deps=[fine_tuned_model],
     group_name="fine_tune",
     kinds={"python", "mlflow"},
-    description="Fine-tune vs its base model on held-out questions (embedding similarity and "
-                "key-fact coverage); decides whether it may become production.",
+    description="Was fine-tuning worth it? The fine-tune, its base model and a retrieval-only "
+                "extractive answer on the same held-out questions and retrieved contexts: "
+                "correctness, faithfulness, refusal accuracy, latency. The fine-tune may become "
+                "production only if it beats both.",
     tags={"kb/writer": "true"},
 )
 def ft_eval(context: AssetExecutionContext, store: KBStore, ft_config: FTConfig, llm: LLM,
@@ -159,21 +216,23 @@ def ft_eval(context: AssetExecutionContext, store: KBStore, ft_config: FTConfig,
     r = evaluate(store, ft_config, llm, embedder, registry, int(version), context.run_id,
                  context.log)
     m, d = r["metrics"], r["details"]
-    rows = [(name, m[f"base_{k}"], m[f"ft_{k}"], round(m[f"ft_{k}"] - m[f"base_{k}"], 4))
-            for name, k in (("similarity (cosine) mean", "cosine_mean"),
-                            ("key-fact coverage mean", "fact_coverage_mean"),
-                            ("score mean", "score_mean"),
-                            (f"share with similarity >= {ft_config.eval_threshold}",
-                             "share_above_threshold"))]
-    ex = [(_clip(e["question"], 70), _clip(e["reference"]), _clip(e["base"]),
-           _clip(e["fine_tuned"]), e["base_score"], e["ft_score"]) for e in d["examples"][:6]]
+    ex = [(_clip(e["question"], 60), "yes" if e["answerable"] else "no", _clip(e["reference"], 80),
+           _clip(e["fine_tuned"], 90), _clip(e["base"], 90), _clip(e["extractive"], 90))
+          for e in d["examples"][:8]]
+    verdict = ("**Fine-tuning was worth it**" if r["passed"] else
+               "**Fine-tuning was not worth it**")
+    numeric = {k: v for k, v in m.items() if isinstance(v, (int, float)) and k not in
+               ("ft_n", "base_n", "extractive_n")}
     return MaterializeResult(metadata={
         "assistant_version": r["version"], "reused": r["reused"], "gate_passed": r["passed"],
         "gate_reason": d["reason"], "n_questions": m["ft_n"],
-        **{k: v for k, v in m.items() if k not in ("ft_n", "base_n")},
-        "scores": MetadataValue.md(md_table(rows, ["metric", "base", "fine-tuned", "delta"])),
+        "n_answerable": m["ft_n_answerable"], "n_unanswerable": m["ft_n_unanswerable"],
+        **numeric,
+        "three_way": MetadataValue.md(
+            f"{verdict} on {m['ft_n']} held-out questions ({m['ft_n_unanswerable']} without the "
+            f"answer in their context): {d['reason']}.\n\n" + three_way_markdown(d)),
         "examples": MetadataValue.md(md_table(
-            ex, ["question", "reference", "base answer", "fine-tuned answer", "base", "ft"])),
+            ex, ["question", "answerable", "reference", "fine-tuned", "base", "extractive"])),
     })
 
 

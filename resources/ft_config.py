@@ -32,18 +32,23 @@ class FTConfig(ConfigurableResource):
     questions_per_section: int = 2
     max_sections_per_doc: int = 8
     max_context_tokens: int = 64                # ~model tokens (word 1, CJK char 2)
-    max_answer_tokens: int = 32
+    max_answer_tokens: int = 48
     eval_fraction: float = 0.2
     replay_share: float = 0.2
     min_examples: int = 20
     near_duplicate_threshold: float = 0.8
-    distractors: int = 1                        # other documents' passages in each prompt
+    distractors: int = 1                        # template examples: other documents' passages
+    context_passages: int = 2                   # retrieved passages per prompt (kb ask -k)
+    refusal_share: float = 0.25                 # examples whose context lacks the answer
+    max_questions_per_doc: int = 3              # evaluation-set questions used per document
+    golden_path: str = ""                       # curated questions (KB_GOLDEN); empty: the KB's set
     exclude_flags: list[str] = ["prompt_injection"]
     # -- evaluation and gate
     eval_max_questions: int = 24
-    eval_max_new_tokens: int = 64
-    eval_threshold: float = 0.75                # "good answer": similarity at least this
-    gate_margin: float = 0.02                   # fine-tune must beat base by this (score)
+    eval_max_new_tokens: int = 96
+    eval_threshold: float = 0.75                # (kept for old results; not in the gate)
+    gate_margin: float = 0.02                   # fine-tune must beat base AND extractive by this
+    extractive_min_score: float = 0.3           # extractive answer refuses below this match
     auto_promote: bool = True                   # move `production` when the gate passes
 
     def dataset_settings(self) -> DatasetSettings:
@@ -55,7 +60,9 @@ class FTConfig(ConfigurableResource):
             eval_fraction=self.eval_fraction, replay_share=self.replay_share,
             min_examples=self.min_examples,
             near_duplicate_threshold=self.near_duplicate_threshold,
-            distractors=self.distractors, exclude_flags=tuple(self.exclude_flags))
+            distractors=self.distractors, exclude_flags=tuple(self.exclude_flags),
+            context_passages=self.context_passages, refusal_share=self.refusal_share,
+            max_questions_per_doc=self.max_questions_per_doc)
 
     @property
     def root_path(self) -> Path:
@@ -103,8 +110,11 @@ def ft_resources(paths, env=None) -> dict:
         llm = LLM(provider="local", base_model_path=base)
     cfg = FTConfig(root=str(paths.home / "ft"),
                    eval_max_questions=_env(env, "KB_FT_EVAL_QUESTIONS", int, 24),
-                   eval_max_new_tokens=_env(env, "KB_FT_EVAL_MAX_NEW_TOKENS", int, 64),
+                   eval_max_new_tokens=_env(env, "KB_FT_EVAL_MAX_NEW_TOKENS", int, 96),
                    gate_margin=_env(env, "KB_FT_GATE_MARGIN", float, 0.02),
                    min_examples=_env(env, "KB_FT_MIN_EXAMPLES", int, 20),
-                   replay_share=_env(env, "KB_FT_REPLAY_SHARE", float, 0.2))
+                   replay_share=_env(env, "KB_FT_REPLAY_SHARE", float, 0.2),
+                   refusal_share=_env(env, "KB_FT_REFUSAL_SHARE", float, 0.25),
+                   max_questions_per_doc=_env(env, "KB_FT_QUESTIONS_PER_DOC", int, 3),
+                   golden_path=env.get("KB_GOLDEN", ""))
     return {"finetuner": tuner, "llm": llm, "ft_config": cfg}

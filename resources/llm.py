@@ -10,6 +10,7 @@ import importlib.util
 import os
 import re
 import threading
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,22 +210,44 @@ class LLM(ConfigurableResource):
             return generate(tok, model, conversations, n, self.batch_size, self.precision)
 
     def chat_pair(self, conversations: list[list[dict]], tuned: AssistantRef, base: AssistantRef,
-                  max_new_tokens: int | None = None) -> tuple[list[str], list[str]]:
+                  max_new_tokens: int | None = None,
+                  seconds: dict | None = None) -> tuple[list[str], list[str]]:
         """(tuned answers, base answers) for an evaluation. Locally one model load serves
-        both: the base answers with the adapter switched off."""
+        both: the base answers with the adapter switched off. `seconds` receives the
+        generation time of each ("tuned", "base"; model loading excluded)."""
         n = max_new_tokens or self.max_new_tokens
+        seconds = {} if seconds is None else seconds
         if tuned.provider == "openai":
-            return (self._openai_chat(conversations, tuned.model, n),
-                    self._openai_chat(conversations, base.model, n))
+            t0 = time.perf_counter()
+            tuned_out = self._openai_chat(conversations, tuned.model, n)
+            t1 = time.perf_counter()
+            base_out = self._openai_chat(conversations, base.model, n)
+            seconds.update(tuned=t1 - t0, base=time.perf_counter() - t1)
+            return tuned_out, base_out
         with _threads(self.num_threads):
+            if tuned.model != base.model and not tuned.adapter_dir:
+                # two different local models (e.g. a separately trained full model)
+                tok, model = load_with_adapter(tuned.model, None)
+                t0 = time.perf_counter()
+                tuned_out = generate(tok, model, conversations, n, self.batch_size, self.precision)
+                t1 = time.perf_counter()
+                tok, model = load_with_adapter(self.base_model_path, None)
+                t1b = time.perf_counter()
+                base_out = generate(tok, model, conversations, n, self.batch_size, self.precision)
+                seconds.update(tuned=t1 - t0, base=time.perf_counter() - t1b)
+                return tuned_out, base_out
             tok, model = load_with_adapter(self.base_model_path, tuned.adapter_dir)
+            t0 = time.perf_counter()
             tuned_out = generate(tok, model, conversations, n, self.batch_size, self.precision)
+            t1 = time.perf_counter()
             if tuned.adapter_dir:
                 with model.disable_adapter():
                     base_out = generate(tok, model, conversations, n, self.batch_size,
                                         self.precision)
             else:
                 base_out = list(tuned_out)
+            seconds.update(tuned=t1 - t0, base=time.perf_counter() - t1 if tuned.adapter_dir
+                           else t1 - t0)
         return tuned_out, base_out
 
     def _openai_chat(self, conversations, model: str, max_new_tokens: int) -> list[str]:

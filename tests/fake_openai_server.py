@@ -112,8 +112,9 @@ class FakeOpenAI:
         return {k: v for k, v in job.items() if not k.startswith("_")}
 
     def chat(self, body: dict) -> dict:
-        """Fine-tuned models answer in the house style (first context sentence + source);
-        base models answer vaguely: enough for the evaluation gate to have a signal."""
+        """Fine-tuned models answer like the examples they were given (the uploaded answer for
+        the same prompt), else in the house style (first context sentence + source); base
+        models answer vaguely: enough for the evaluation gate to have a signal."""
         user = next((m["content"] for m in body["messages"] if m["role"] == "user"), "")
         q = re.match(r"Write (\d+) short questions .*? of '([^']+)' answers\..*?\n\n(\S+ \S+ \S+)", user, re.S)
         if q:  # question generation for the dataset (question_source=llm)
@@ -121,6 +122,9 @@ class FakeOpenAI:
             text = "\n".join(f"{i + 1}. What does the {title} mean by '{words}' (variant {i + 1})?"
                              for i in range(n))
             return self._chat_reply(body, text)
+        learned = self._learned(user) if body["model"].startswith("ft:") else None
+        if learned is not None:  # a fine-tune that learned its data answers like it
+            return self._chat_reply(body, learned)
         m = re.search(r"\[1\] \(source: ([^)]+)\)\n(.*?)(?:\n\n\[2\]|\n\nQuestion:)", user, re.S)
         if body["model"].startswith("ft:") and m:
             lines = [ln.strip("# ") for ln in m.group(2).splitlines() if ln.strip()]
@@ -130,6 +134,19 @@ class FakeOpenAI:
         else:
             text = "I am not sure; please check the relevant policy documents."
         return self._chat_reply(body, text)
+
+    def _learned(self, user: str) -> str | None:
+        """The assistant answer of an uploaded example with this exact prompt (training or
+        validation file): the stand-in for a fine-tune that generalises well."""
+        for f in self.files.values():
+            for raw in f["content"].decode("utf-8", "replace").splitlines():
+                try:
+                    msgs = json.loads(raw)["messages"]
+                except Exception:  # noqa: BLE001 - invalid files are the validator's business
+                    continue
+                if len(msgs) == 3 and msgs[1].get("content") == user:
+                    return msgs[2]["content"]
+        return None
 
     def _chat_reply(self, body: dict, text: str) -> dict:
         return {"id": self._id("chatcmpl"), "object": "chat.completion",

@@ -1,5 +1,6 @@
 """`kb ask` on a real KB: nothing relevant -> says so without asking a model; before any
-fine-tune is promoted it answers with the base model and says so; bad input is one line."""
+fine-tune passed its gate it answers extractively (no model) with its cited source and says
+so; the base model answers only when asked; bad input is one line."""
 
 import json
 
@@ -46,11 +47,35 @@ def test_no_kb_yet_is_a_clear_error(kb_paths, capsys):
     assert "run `kb build` first" in capsys.readouterr().err
 
 
-@pytest.mark.slow
-def test_base_model_answers_before_any_promotion_and_says_so(kb_built, capsys):
-    assert kb(["ask", "How many car spaces can staff book?", "--max-new-tokens", "20"]) == 0
+def test_extractive_answer_before_any_fine_tune_passed_and_says_so(kb_built, capsys):
+    from resources import llm
+
+    loaded = dict(llm._PRISTINE)
+    assert kb(["ask", "How many car spaces can staff book?"]) == 0
     out = capsys.readouterr().out
-    assert "no fine-tuned assistant has been promoted yet: answering with the base model" in out
+    assert "no fine-tuned assistant has passed its gate: extractive answer" in out
     answer, sources = out.split("Sources:")
-    assert len(answer.strip().splitlines()) >= 2  # header line + some answer text
-    assert "parking/parking_policy.md" in sources.splitlines()[1]
+    answer = " ".join(answer.split())  # the answer is wrapped at 100 columns
+    assert "40 car spaces" in answer and "(Source: parking/parking_policy.md)" in answer
+    assert "parking/parking_policy.md" in sources.splitlines()[1] and "(cited)" in sources
+    assert llm._PRISTINE == loaded  # no language model was loaded
+    assert kb(["ask", "How many car spaces can staff book?", "--json"]) == 0
+    obj = json.loads(capsys.readouterr().out)
+    assert obj["contender"] == "extractive" and obj["assistant_version"] is None
+    assert obj["kb_version"] == 1 and not obj["refused"]
+    assert [c["doc_id"] for c in obj["citations"]] == ["parking/parking_policy.md"]
+
+
+def test_fine_tuned_is_refused_when_none_passed(kb_built, capsys):
+    assert kb(["ask", "How many car spaces can staff book?", "--contender", "fine-tuned"]) == 2
+    assert "no production kb-assistant" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_base_model_answers_when_asked(kb_built, capsys):
+    assert kb(["ask", "How many car spaces can staff book?", "--contender", "base",
+               "--max-new-tokens", "20", "--json"]) == 0
+    obj = json.loads(capsys.readouterr().out)
+    assert obj["contender"] == "base" and obj["answer"] is not None
+    assert {c["doc_id"] for c in obj["citations"]} <= {s["doc_id"] for s in obj["sources"]}
+    assert obj["sources"][0]["doc_id"] == "parking/parking_policy.md"

@@ -14,7 +14,7 @@ GRAPH = {  # asset -> (group, upstream assets)
     "eval_set": ("release", {"faiss_index"}),
     "retrieval_eval": ("release", {"kb_release", "eval_set"}),
     "kb_promotion": ("release", {"retrieval_eval"}),
-    "ft_dataset": ("fine_tune", {"faiss_index"}),
+    "ft_dataset": ("fine_tune", {"faiss_index", "eval_set"}),  # questions: the KB's eval set
     "fine_tuned_model": ("fine_tune", {"ft_dataset"}),
     "ft_eval": ("fine_tune", {"fine_tuned_model"}),
     "assistant_release": ("fine_tune", {"ft_eval"}),

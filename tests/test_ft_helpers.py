@@ -95,6 +95,13 @@ def dataset_rows(store) -> list[tuple]:
                            "path, info FROM ft_datasets ORDER BY dataset_version").fetchall()
 
 
+def dataset_lines(store, version: int) -> list[tuple]:
+    """(example_id, split, doc_id) of a dataset version, in file order per split."""
+    with store.connect(read_only=True) as con:
+        return con.execute("SELECT example_id, split, doc_id FROM ft_dataset_lines WHERE "
+                           "dataset_version = ? ORDER BY split, line_no", [version]).fetchall()
+
+
 def lines_of(path) -> list[dict]:
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]

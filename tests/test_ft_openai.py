@@ -156,7 +156,8 @@ def test_questions_can_be_generated_by_the_assistant_llm(openai_env):
     assert check_results(r)["ft_dataset_valid"].passed
     lines = (paths.home / "ft" / "1" / "train.jsonl").read_text("utf-8").splitlines()
     questions = [json.loads(x)["messages"][1]["content"].rsplit("Question: ", 1)[1] for x in lines]
-    assert questions and all("(variant " in q for q in questions)
+    # Section questions come from the LLM; the synthetic evaluation set adds its own.
+    assert sum("(variant " in q for q in questions) >= len(questions) / 2
     assert sum(q["path"] == "/v1/chat/completions" for q in server.requests) >= 6
 
 

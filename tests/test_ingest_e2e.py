@@ -144,7 +144,8 @@ def test_kb_ask_prompt_marks_the_untrusted_passage(kb_paths, capsys, monkeypatch
         monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
         monkeypatch.setenv("KB_FT_PROVIDER", "openai")
         capsys.readouterr()
-        assert kb(["ask", "Where is visitor parking?", "-k", "1"]) == 0
+        # --contender base: with no fine-tune passed, `kb ask` answers extractively (no prompt)
+        assert kb(["ask", "Where is visitor parking?", "-k", "1", "--contender", "base"]) == 0
         out = capsys.readouterr().out
         [chat] = [q["json"] for q in server.requests if q["json"]]
     prompt = next(m["content"] for m in chat["messages"] if m["role"] == "user")

@@ -1,6 +1,10 @@
-"""`kb ask`: retrieve from the production KB, then answer with the production kb-assistant
-(local base + LoRA adapter, or an OpenAI model) from the retrieved passages only, and print
-the sources. Nothing relevant retrieved -> say so; the model is not asked to guess."""
+"""`kb ask`: retrieve from the production KB, then answer from the retrieved passages only
+and print the sources. The answer comes from the production kb-assistant (local base + LoRA
+adapter, or an OpenAI model) when a fine-tune passed its gate (it beat both its base model
+and the extractive answer), otherwise from the retrieval-only extractive answer (the
+best-matching sentences of the top passage, cited; a refusal when none matches). Nothing
+relevant retrieved -> say so; no model is asked to guess. A citation of a passage that was
+not in the context is removed from a model's answer, never shown as a source."""
 
 from __future__ import annotations
 
@@ -20,29 +24,40 @@ def register(sub) -> None:
                    help="passages given to the model (default 2, as in its training prompts)")
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="answer length cap in tokens (default: the LLM setting, 96)")
-    p.add_argument("--json", action="store_true", help="print a JSON object")
+    p.add_argument("--contender", choices=["auto", "fine-tuned", "base", "extractive"],
+                   default="auto", help="who answers (default auto: the production fine-tune "
+                   "when one passed its gate, else the extractive answer)")
+    p.add_argument("--json", action="store_true", help="print a JSON object: answer, "
+                   "contender, citations, sources, KB and assistant versions")
     p.set_defaults(func=cmd_ask)
 
 
-def resolve_assistant(paths: Paths, llm, resources: dict):
-    """(AssistantRef, system prompt, note). The production kb-assistant when one was
-    promoted, else the configured base model (and the note says so)."""
+def resolve_assistant(paths: Paths, llm, resources: dict, contender: str = "auto"):
+    """(contender, AssistantRef or None, system prompt, note, assistant version or None).
+    auto: the production kb-assistant when one was promoted (its gate passed, or an operator
+    forced it), else the extractive answer; "base" forces the configured base model."""
     from dagster_project.cli import CLIError
     from resources.llm import AssistantRef
     from resources.registry import RegistryError, registered_versions
 
     store, registry = resources["store"], resources["registry"]
     system = resources["ft_config"].system_prompt
+    if contender == "extractive":
+        return "extractive", None, system, "extractive answer (as asked)", None
+    if contender == "base":
+        base = llm.base_ref()
+        return "base", base, system, f"base model {base.model} (as asked)", None
     try:
         version = registry.get_alias(ASSISTANT, "production")
     except RegistryError as exc:
-        version = None
-        note = f"registry unavailable ({exc}); answering with the base model"
+        version, why = None, f"registry unavailable ({exc})"
     else:
-        note = "no fine-tuned assistant has been promoted yet: answering with the base model"
+        why = "no fine-tuned assistant has passed its gate"
     if version is None:
-        base = llm.base_ref()
-        return base, system, f"{note} ({base.model})"
+        if contender == "fine-tuned":
+            raise CLIError(f"{why}: there is no production kb-assistant to answer")
+        return ("extractive", None, system, f"{why}: extractive answer (best-matching "
+                "sentences of the top passage, no generation)", None)
     row = next((v for v in registered_versions(store, ASSISTANT) if v["version"] == version), None)
     if row is None:
         raise CLIError(f"production kb-assistant version {version} is not in the DuckDB mirror")
@@ -58,7 +73,7 @@ def resolve_assistant(paths: Paths, llm, resources: dict):
                            f"{version} is missing")
         ref = AssistantRef("local", tags["base_model"], tags["model_ref"],
                            f"{tags['base_model']} + LoRA adapter")
-    return ref, system, f"kb-assistant version {version} (production)"
+    return "fine-tuned", ref, system, f"kb-assistant version {version} (production)", version
 
 
 def cmd_ask(args) -> int:
@@ -66,6 +81,7 @@ def cmd_ask(args) -> int:
     from dagster_project.commands.search import open_searcher
     from dataclasses import replace
 
+    from kb_assets.ft_answer import extractive_answer, is_refusal, sanitize_citations
     from kb_assets.ft_data import chat_messages, focus_passage, user_prompt
     from kb_assets.retrieval import context_block
     from resources import default_resources
@@ -93,34 +109,55 @@ def cmd_ask(args) -> int:
                if not found else
                f"Only untrusted passages (possible prompt injection) matched in KB version {kb}, "
                "and KB_ASK_UNTRUSTED=omit leaves them out: no grounded answer.")
-        print(json.dumps({"answer": None, "reason": msg, "kb_version": kb, "sources": []},
-                         ensure_ascii=False) if args.json else msg)
+        print(json.dumps({"answer": None, "reason": msg, "contender": None, "refused": True,
+                          "citations": [], "kb_version": kb, "assistant_version": None,
+                          "sources": []}, ensure_ascii=False) if args.json else msg)
         return 0
     try:
         resources = default_resources(paths)
     except ValueError as exc:  # a bad KB_FT_* setting
         raise CLIError(str(exc)) from None
-    llm = resources["llm"]
-    ref, system, note = resolve_assistant(paths, llm, resources)
+    llm, cfg = resources["llm"], resources["ft_config"]
+    contender, ref, system, note, assistant_version = resolve_assistant(
+        paths, llm, resources, getattr(args, "contender", "auto"))
     # Each passage in the training prompts' shape: cleaned, from the best-matching sentence.
-    budget = resources["ft_config"].max_context_tokens
-    shown = [replace(h, text=focus_passage(h.text, question, budget) or h.text) for h in hits]
-    messages = chat_messages(system, user_prompt(question, context_block(shown)))
-    try:
-        answer = llm.chat([messages], ref, args.max_new_tokens)[0].strip()
-    except LLMError as exc:
-        raise CLIError(str(exc)) from None
+    shown = [replace(h, text=focus_passage(h.text, question, cfg.max_context_tokens) or h.text)
+             for h in hits]
+    if contender == "extractive":
+        # Never quote a passage that looks like prompt injection as the answer.
+        ex = extractive_answer(question, [(h.doc_id, h.text) for h in shown if not h.untrusted],
+                               cfg.max_answer_tokens, searcher.embedder.encode,
+                               cfg.extractive_min_score)
+        raw = ex.answer
+    else:
+        messages = chat_messages(system, user_prompt(question, context_block(shown)))
+        try:
+            raw = llm.chat([messages], ref, args.max_new_tokens)[0].strip()
+        except LLMError as exc:
+            raise CLIError(str(exc)) from None
+    answer, cited, dropped = sanitize_citations(raw, [h.doc_id for h in shown])
+    refused = is_refusal(answer)
+    by_doc = {h.doc_id: h for h in shown}
+    citations = [{"rank": by_doc[d].rank, "doc_id": d, "source": by_doc[d].source,
+                  "chunk_id": by_doc[d].chunk_id} for d in cited]
     sources = [{"rank": h.rank, "doc_id": h.doc_id, "source": h.source, "score": h.score,
                 "untrusted": h.untrusted} for h in hits]
     if args.json:
-        print(json.dumps({"answer": answer, "model": note, "kb_version": kb, "sources": sources},
+        print(json.dumps({"answer": answer, "contender": contender, "refused": refused,
+                          "citations": citations, "dropped_citations": dropped,
+                          "model": note, "kb_version": kb,
+                          "assistant_version": assistant_version, "sources": sources},
                          ensure_ascii=False, indent=2))
         return 0
     print(f"KB version {kb} ({source}); {note}\n")
     print(textwrap.fill(answer or "(the model returned an empty answer)", 100))
+    if dropped:
+        print(f"\n(removed a citation of a passage that was not in the context: "
+              f"{', '.join(dropped)})")
     print("\nSources:")
     for s in sources:
-        print(f"  [{s['rank']}] {s['doc_id']}  ({s['source']}, score {s['score']:.4f})"
+        mark = " (cited)" if s["doc_id"] in cited else ""
+        print(f"  [{s['rank']}] {s['doc_id']}  ({s['source']}, score {s['score']:.4f}){mark}"
               + ("  UNTRUSTED (marked in the prompt)" if s["untrusted"] else ""))
     if len(hits) < len(found):
         print(f"  ({len(found) - len(hits)} untrusted passage(s) left out: KB_ASK_UNTRUSTED=omit)")

@@ -42,10 +42,11 @@ def cmd_versions(args) -> int:
     table = [(r["version"], ",".join(r["aliases"]), r["created_at"], r["status"],
               r["tags"].get("provider", ""), r["tags"].get("dataset_version", ""),
               r["tags"].get("kb_version", ""), r["tags"].get("training_mode", ""),
-              score(r, "ft_score_mean"), score(r, "base_score_mean"))
+              score(r, "ft_score_mean"), score(r, "base_score_mean"),
+              score(r, "extractive_score_mean"))
              for r in rows]
     print(md_table(table, ["version", "aliases", "created (UTC)", "status", "provider", "dataset",
-                           "KB", "mode", "score", "base score"], limit=1000))
+                           "KB", "mode", "score", "base score", "extractive score"], limit=1000))
     print(f"\nproduction: {production if production is not None else 'none (the base model answers)'}")
     return 0
 
@@ -60,7 +61,8 @@ def _check(store, version: int, force: bool, served_before: bool = False) -> Non
                        f"(registered: {sorted(rows) or 'none'})")
     status = rows[version]["status"]
     if status == "rejected" and not force:
-        raise CLIError(f"kb-assistant version {version} did not beat its base model: refused "
+        raise CLIError(f"kb-assistant version {version} did not beat its base model and the "
+                       "extractive answer: refused "
                        "(use --force to promote anyway; it is recorded as forced)")
     if status == "registered" and not force and not served_before:
         raise CLIError(f"kb-assistant version {version} has not been evaluated yet: refused "
