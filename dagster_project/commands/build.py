@@ -82,7 +82,13 @@ def run_job(paths: Paths, job_name: str, tags: dict | None = None):
 
     defs = build_definitions(paths)
     job = defs.resolve_job_def(job_name)
-    with DagsterInstance.get() as instance, writer_lock(paths):
+    # Two first builds at once would both create the instance's SQLite schema ("table
+    # secondary_indexes already exists"): instance creation is serialised on its own lock.
+    with open(paths.home / ".kb-instance.lock", "w") as init_lock:
+        fcntl.flock(init_lock, fcntl.LOCK_EX)
+        instance = DagsterInstance.get()
+        fcntl.flock(init_lock, fcntl.LOCK_UN)
+    with instance, writer_lock(paths):
         return job.execute_in_process(instance=instance, raise_on_error=False,
                                       tags={"kb/trigger": "cli", **(tags or {})})
 
