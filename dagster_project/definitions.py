@@ -7,7 +7,7 @@ from dagster import AssetSelection, Definitions, define_asset_job
 from checks import ALL_CHECKS
 from dagster_project.settings import Paths
 from dagster_project.writer_executor import kb_writer_executor
-from kb_assets.defs import KB_ASSETS
+from kb_assets.defs import KB_ASSETS, inbox_asset
 from resources import default_resources
 from sensors import ALL_SCHEDULES, ALL_SENSORS
 
@@ -37,7 +37,7 @@ all_job = define_asset_job(
 def build_definitions(paths: Paths | None = None, **resource_overrides) -> Definitions:
     paths = (paths or Paths.from_env()).ensure()
     return Definitions(
-        assets=KB_ASSETS,
+        assets=[*KB_ASSETS, inbox_asset(str(paths.inbox))],
         asset_checks=ALL_CHECKS,
         jobs=[kb_job, index_job, ft_job, all_job],
         sensors=ALL_SENSORS,

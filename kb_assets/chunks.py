@@ -145,6 +145,7 @@ def cleaned_chunks(context: AssetExecutionContext, store: KBStore, kb_config: KB
                      f"chunks; {r['chunks_total']} chunks active")
     return MaterializeResult(metadata={
         **r,
+        "dagster/row_count": r["chunks_total"],  # active chunks
         "chunker": cfg.as_dict(),
         "chunker_version": cfg.version,
         "mean_tokens": round(statistics.fmean(lengths), 1) if lengths else 0.0,

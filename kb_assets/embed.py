@@ -92,4 +92,5 @@ def embeddings(context: AssetExecutionContext, store: KBStore,
     r["duration_s"] = round(time.perf_counter() - t0, 3)
     context.log.info(f"{r['chunks_embedded']} chunks embedded, "
                      f"{r['chunks_reused_from_cache']} reused from cache")
+    r["dagster/row_count"] = r["distinct_chunk_texts"]  # vectors the KB needs, all cached
     return MaterializeResult(metadata={k: v for k, v in r.items() if v is not None})

@@ -175,6 +175,7 @@ def faiss_index(context: AssetExecutionContext, store: KBStore, versions: Versio
         "kb_version": r["kb_version"],
         "new_version": r["new_version"],
         "n_chunks": r["n_chunks"],
+        "dagster/row_count": r["n_chunks"],  # vectors in the served index
         "duration_s": r["duration_s"],
         "summary": MetadataValue.md(
             f"Published **KB version {r['kb_version']}**." if r["new_version"] else

@@ -214,6 +214,7 @@ def raw_docs(context: AssetExecutionContext, store: KBStore, kb_config: KBConfig
     metadata = {
         "inbox": kb_config.inbox,
         "documents_active": s.active_docs,
+        "dagster/row_count": s.active_docs,  # the UI's row count: active documents
         "documents_added": len(s.added),
         "documents_changed": len(s.changed),
         "documents_removed": len(s.removed),

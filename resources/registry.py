@@ -170,16 +170,17 @@ class Registry(ConfigurableResource):
     def register_version(self, store: KBStore, model_name: str, version_key: int,
                          python_model, artifacts: dict[str, str], tags: dict,
                          run_id: str | None = None, metrics: dict | None = None,
-                         pip_requirements: list[str] | None = None, signature=None) -> int:
+                         pip_requirements: list[str] | None = None, signature=None,
+                         code_paths: list[str] | None = None) -> int:
         existing = _mirror_row(store, model_name, version_key)
         if existing is not None:
             return int(existing["mlflow_version"])
         return self._call(f"register {model_name} version {version_key}", self._register,
                           store, model_name, int(version_key), python_model, artifacts,
-                          tags, run_id, metrics or {}, pip_requirements, signature)
+                          tags, run_id, metrics or {}, pip_requirements, signature, code_paths)
 
     def _register(self, store, model_name, version_key, python_model, artifacts, tags,
-                  run_id, metrics, pip_requirements, signature) -> int:
+                  run_id, metrics, pip_requirements, signature, code_paths=None) -> int:
         client = self.client()
         import mlflow
 
@@ -202,7 +203,7 @@ class Registry(ConfigurableResource):
             # Explicit requirements: inference would load the model in a subprocess.
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=python_model, artifacts=artifacts,
-                signature=signature,
+                signature=signature, code_paths=code_paths,
                 pip_requirements=pip_requirements or ["faiss-cpu", "pandas", "numpy"])
         try:
             client.get_registered_model(model_name)
