@@ -22,6 +22,7 @@ from resources.store import KBStore, fetch_one
 from resources.vector_index import VersionStore
 
 from .ft_data import SourceDoc, eligible, split_group, split_sections
+from .asset_pages import loss_metadata
 from .ft_plan import plan_questions
 from .ft_questions import build_question_examples, kb_questions
 from .index import faiss_index
@@ -241,7 +242,9 @@ def find_parent(versions: list[dict], tuner: FineTuner, dataset_version: int) ->
 
 def train_and_register(store: KBStore, cfg: FTConfig, tuner: FineTuner, registry: Registry,
                        run_id: str, log=None) -> dict:
-    from resources.assistant_model import AssistantModel, write_assistant_card
+    from kb_core.packaging import ASSISTANT_DISTS, pinned_requirements, project_code_paths
+    from resources.assistant_model import AssistantModel, assistant_signature, write_assistant_card
+    from resources.registry_pages import publish_assistant_page
 
     with store.connect(read_only=True) as con:
         ds = latest_dataset(con)
@@ -289,14 +292,18 @@ def train_and_register(store: KBStore, cfg: FTConfig, tuner: FineTuner, registry
     try:
         mv = registry.register_version(
             store, ASSISTANT, key, python_model=AssistantModel(), artifacts=artifacts, tags=tags,
-            run_id=run_id, metrics=metrics,
-            pip_requirements=["torch", "transformers", "peft", "gguf", "openai"])
-        row = [v for v in registered_versions(store, ASSISTANT) if v["version"] == key][0]
-        client = registry.client()
-        for k, v in result.params.items():  # hyperparameters as MLflow params
-            client.log_param(row["run_id"], k, str(v)[:500])
+            run_id=run_id, metrics=metrics, signature=assistant_signature(),
+            pip_requirements=pinned_requirements(ASSISTANT_DISTS),
+            code_paths=project_code_paths())
     except RegistryError as exc:
         raise Failure(description=f"fine-tune trained but not registered: {exc}") from None
+    try:  # the reviewer's page: description, hyperparameters as params, loss curve, tags
+        publish_assistant_page(registry, store, key, tags, result.params, result.loss_curve,
+                               run_id)
+    except RegistryError as exc:
+        if log:
+            log.warning(f"kb-assistant version {key} registered; its MLflow page is "
+                        f"incomplete: {exc}")
     return {"reused": False, "assistant_version": key, "mlflow_version": mv, "dataset": ds,
             "tags": tags, "result": result, "mode": mode}
 
@@ -331,8 +338,7 @@ def fine_tuned_model(context: AssetExecutionContext, store: KBStore, ft_config: 
     md.update({"training_mode": r["mode"], "parent_version": tags["parent_version"] or "none",
                **{k: v for k, v in res.metrics.items() if v is not None},
                "hyperparameters": MetadataValue.json(res.params)})
-    if res.loss_curve:
-        md["loss_curve"] = MetadataValue.md(md_table(res.loss_curve, ["step", "train loss"]))
+    md.update(loss_metadata(res.loss_curve))  # numbers the UI plots + the curve as a table
     md["summary"] = MetadataValue.md(
         f"Registered **kb-assistant version {r['assistant_version']}** ({tags['provider']}, "
         f"{r['mode']}) from dataset version {md['dataset_version']} (KB version "

@@ -13,6 +13,7 @@ from resources.embedder import Embedder
 from resources.ft_config import FTConfig
 from resources.llm import LLM, AssistantRef, LLMError
 from resources.registry import Registry, RegistryError, registered_versions
+from resources.registry_pages import VALIDATION_TAG, log_evaluation, tag_version, validation_status
 from resources.store import KBStore, fetch_one
 
 from .finetune import ASSISTANT, EVAL_ITEMS, fine_tuned_model, ft_dataset
@@ -147,7 +148,9 @@ def evaluate(store, cfg: FTConfig, llm: LLM, embedder: Embedder, registry: Regis
                     [ASSISTANT, version, run_id, now(), json.dumps(metrics), passed,
                      json.dumps(details, ensure_ascii=False)])
     try:
-        registry.log_metrics(store, ASSISTANT, version, metrics)
+        tag_version(registry, store, ASSISTANT, version, {VALIDATION_TAG: validation_status(passed)})
+        # On the run and on the logged model (the MLflow 3 model page shows the latter).
+        log_evaluation(registry, store, ASSISTANT, version, metrics, None, None)
         log_table(registry, row["run_id"], details)
     except RegistryError as exc:
         if log:

