@@ -120,7 +120,18 @@ def model_id_of(registry: Registry, store: KBStore, model_name: str, version_key
     row = _version_row(store, model_name, version_key)
     mv = registry._call("read a model version", registry.client().get_model_version,
                         model_name, str(row["mlflow_version"]))
-    return getattr(mv, "model_id", None)
+    return logged_model_id(mv)
+
+
+def logged_model_id(mv) -> str | None:
+    """The logged model behind a model version. The sqlite registry does not keep
+    `model_id`; the source URI `models:/m-<id>` names it (what the MLflow UI follows too)."""
+    if getattr(mv, "model_id", None):
+        return mv.model_id
+    source = mv.source or ""
+    if source.startswith("models:/m-") and "/" not in source[len("models:/"):]:
+        return source[len("models:/"):]
+    return None
 
 
 def tag_version(registry: Registry, store: KBStore, model_name: str, version_key: int,
