@@ -1,0 +1,117 @@
+"""`mlflow models serve -m models:/kb@production` from a clean environment: a fresh venv
+(python3 -m venv) that installs only the model's logged requirements, started outside the
+repository (so the project's packages come from the model's own `code/` folder), on
+loopback against the KB's registry; a query posted to /invocations gets the right document.
+
+Slow: the install alone takes minutes (pip's cache helps; torch==2.13.0 comes from the
+machine's local CPU wheel, pinned in the requirements so pip never picks a CUDA build).
+Set KB_SERVE_VENV=<dir> to reuse an existing venv (it is created there if missing)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import mlflow
+import pytest
+
+from tests.kbtest import materialized, run_job
+from tests.registry_fixtures import write_corpus, write_golden
+from tests.ui_stack import free_port
+
+pytestmark = pytest.mark.slow
+
+INSTALL_TIMEOUT_S = 1800
+
+
+def _clean_env(extra: dict) -> dict:
+    """The environment of a user's shell: no PYTHONPATH, no virtualenv of this process."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")
+           and not k.startswith(("PYTEST", "KB_", "DAGSTER_", "MLFLOW_"))}
+    env["PATH"] = ":".join(p for p in env.get("PATH", "").split(":")
+                           if not p.startswith(str(Path(sys.executable).parent)))
+    env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1", **extra})
+    return env
+
+
+def _make_venv(where: Path, requirements: Path, log: Path) -> float:
+    """Create the venv and install the requirements; returns the seconds it took."""
+    t0 = time.monotonic()
+    if not (where / "bin" / "python").exists():
+        subprocess.run(["python3", "-m", "venv", str(where)], check=True, env=_clean_env({}))
+    with log.open("ab") as out:
+        r = subprocess.run([str(where / "bin" / "pip"), "install", "-q", "-r", str(requirements)],
+                           env=_clean_env({}), stdout=out, stderr=subprocess.STDOUT,
+                           timeout=INSTALL_TIMEOUT_S)
+    assert r.returncode == 0, log.read_text()[-4000:]
+    return time.monotonic() - t0
+
+
+def test_mlflow_models_serve_from_a_clean_venv(kb_paths, tmp_path):
+    paths = kb_paths
+    from resources.registry import ReleaseConfig
+
+    write_corpus(paths.inbox)
+    cfg = ReleaseConfig(golden_path=str(write_golden(paths.home / "golden.jsonl")),
+                        max_p95_latency_ms=10_000, max_latency_regression=50.0)
+    result = run_job(paths, release_config=cfg)
+    assert result.success and materialized(result)["kb_promotion"]["promoted"]
+
+    mlflow.set_tracking_uri(paths.mlflow_uri)
+    model_dir = Path(mlflow.artifacts.download_artifacts("models:/kb@production",
+                                                         dst_path=str(tmp_path / "model")))
+    requirements = model_dir / "requirements.txt"
+    reqs = [r for r in requirements.read_text().split() if not r.startswith("-")]
+    assert "torch==2.13.0" in reqs and all("==" in r for r in reqs), reqs
+
+    venv = Path(os.environ.get("KB_SERVE_VENV") or tmp_path / "venv")
+    seconds = _make_venv(venv, requirements, tmp_path / "pip.log")
+    print(f"\nclean venv: installed {len(reqs)} pinned requirements in {seconds:.0f} s")
+    torch_version = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import torch; print(torch.__version__)"],
+        capture_output=True, text=True, env=_clean_env({}), cwd=tmp_path).stdout.strip()
+    assert torch_version.startswith("2.13.0") and "cu" not in torch_version, torch_version
+
+    port, log = free_port(), tmp_path / "serve.log"
+    workdir = tmp_path / "elsewhere"  # not the repository: the code must come from the model
+    workdir.mkdir()
+    proc = subprocess.Popen(
+        [str(venv / "bin" / "mlflow"), "models", "serve", "-m", "models:/kb@production",
+         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
+        cwd=workdir, env=_clean_env({"MLFLOW_TRACKING_URI": paths.mlflow_uri}),
+        stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, f"mlflow models serve exited:\n{log.read_text()[-4000:]}"
+            try:
+                if httpx.get(f"{url}/ping", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        else:
+            raise TimeoutError(f"not serving after 300 s:\n{log.read_text()[-4000:]}")
+        r = httpx.post(f"{url}/invocations", timeout=120, json={
+            "dataframe_split": {"columns": ["query"],
+                                "data": [["Who replaces a broken laptop?"],
+                                         ["How many days of paid annual leave do I get?"]]},
+            "params": {"k": 2}})
+        assert r.status_code == 200, r.text[:2000]
+        rows = r.json()["predictions"]
+        top = {row["query_index"]: row["doc_id"] for row in rows if row["rank"] == 1}
+        assert top == {0: "policies/laptop.md", 1: "policies/leave.md"}, json.dumps(rows)[:2000]
+        assert len(rows) == 4 and {row["kb_version"] for row in rows} == {1}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
