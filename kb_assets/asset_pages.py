@@ -4,19 +4,21 @@ tags, freshness policies on the served KB, table schemas, and the inbox as an ex
 (lineage starts at the folder people drop files into, not at `raw_docs`).
 
 `with_pages(assets)` returns the assets with these attributes applied (via map_asset_specs,
-so the decorators stay as they are); row counts and table previews are runtime metadata the
+so the decorators stay as they are), `with_freshness` adds the freshness policies when the
+definitions are built (they read the environment); row counts and table previews are runtime metadata the
 assets emit themselves (`table_preview`, `row_count`)."""
 
 from __future__ import annotations
 
 import hashlib
 import inspect
-import os
 import sys
 from datetime import timedelta
 
 from dagster import (AssetSpec, AssetsDefinition, FreshnessPolicy, MetadataValue, TableColumn,
                      TableRecord, TableSchema)
+
+from kb_core import settings
 
 INBOX_KEY = "inbox"
 OWNERS = ["team:kb-platform"]
@@ -31,11 +33,10 @@ OWNERS_BY_GROUP = {
 LAYER_BY_GROUP = {"ingest": "source", "index": "serving", "release": "registry",
                   "fine_tune": "assistant"}
 # The served KB: `faiss_index` publishes what `kb search` reads, `kb_promotion` moves the
-# production alias. A KB nobody refreshed for a day is worth a warning, two days a failure
-# (the inbox sensor rebuilds within a minute of a change; the nightly fine-tune also runs).
+# production alias. By default a KB nobody refreshed for a day is worth a warning, two days
+# a failure (KB_FRESHNESS_WARN_HOURS / KB_FRESHNESS_FAIL_HOURS, read when the definitions
+# are built).
 SERVED_KB = ("faiss_index", "kb_promotion")
-FRESH_WARN_HOURS = float(os.environ.get("KB_FRESHNESS_WARN_HOURS", "24"))
-FRESH_FAIL_HOURS = float(os.environ.get("KB_FRESHNESS_FAIL_HOURS", "48"))
 
 
 def _col(name: str, type_: str, description: str) -> TableColumn:
@@ -103,16 +104,16 @@ def code_version_of(assets_def: AssetsDefinition) -> str:
     return hashlib.sha256(source.encode("utf-8")).hexdigest()[:12]
 
 
-def freshness_policy() -> FreshnessPolicy:
-    return FreshnessPolicy.time_window(fail_window=timedelta(hours=FRESH_FAIL_HOURS),
-                                       warn_window=timedelta(hours=FRESH_WARN_HOURS))
+def freshness_policy(environ=None) -> FreshnessPolicy:
+    fail = float(settings.get("KB_FRESHNESS_FAIL_HOURS", environ))
+    warn = min(float(settings.get("KB_FRESHNESS_WARN_HOURS", environ)), fail)
+    return FreshnessPolicy.time_window(fail_window=timedelta(hours=fail),
+                                       warn_window=timedelta(hours=warn))
 
 
 def _page_spec(spec: AssetSpec, code_version: str) -> AssetSpec:
     name, group = spec.key.to_user_string(), spec.group_name or "default"
     extra: dict = {}
-    if name in SERVED_KB:
-        extra["freshness_policy"] = freshness_policy()
     if name in TABLES:
         table, schema = TABLES[name]
         extra["metadata"] = {**(spec.metadata or {}), "dagster/column_schema": schema,
@@ -134,6 +135,17 @@ def with_pages(assets: list[AssetsDefinition]) -> list[AssetsDefinition]:
         version = code_version_of(a)
         out.append(a.map_asset_specs(lambda spec, v=version: _page_spec(spec, v)))
     return out
+
+
+def with_freshness(assets: list[AssetsDefinition], environ=None) -> list[AssetsDefinition]:
+    """The served KB's freshness policy, from the environment the definitions are built in."""
+    policy = freshness_policy(environ)
+
+    def fresh(spec: AssetSpec) -> AssetSpec:
+        if spec.key.to_user_string() in SERVED_KB:
+            return spec.replace_attributes(freshness_policy=policy)
+        return spec
+    return [a.map_asset_specs(fresh) for a in assets]
 
 
 # -- runtime metadata helpers ---------------------------------------------------------------

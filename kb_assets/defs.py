@@ -1,7 +1,7 @@
 """The knowledge-base assets this area exports to the root Definitions, with their operator
 pages (code versions, owners, tags, freshness, table schemas: kb_assets/asset_pages.py)."""
 
-from .asset_pages import inbox_asset, with_pages
+from .asset_pages import inbox_asset, with_freshness, with_pages
 from .chunks import cleaned_chunks
 from .embed import embeddings
 from .index import faiss_index
@@ -13,4 +13,4 @@ KB_ASSETS = with_pages([raw_docs, cleaned_chunks, embeddings, faiss_index, *RELE
                         *FT_ASSETS])
 INBOX_ASSET = inbox_asset()  # external: the folder raw_docs reads
 
-__all__ = ["KB_ASSETS", "INBOX_ASSET", "inbox_asset"]
+__all__ = ["KB_ASSETS", "INBOX_ASSET", "inbox_asset", "with_freshness"]

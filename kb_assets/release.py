@@ -193,7 +193,7 @@ def kb_release(context: AssetExecutionContext, store: KBStore, versions: Version
         publish_kb_page(registry, store, n, latest, context.run_id)
     except RegistryError as exc:
         context.log.warning(f"KB version {n} registered; its MLflow page is incomplete: {exc}")
-    from dagster_project.audit_metadata import release_metadata  # audit links for the UI
+    from kb_assets.release_metadata import release_metadata  # audit links for the UI
 
     return MaterializeResult(metadata={
         **release_metadata(store, n),

@@ -9,8 +9,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 # The packages a registered pyfunc imports at load time (kb_assets.kb_model and
-# resources.assistant_model pull in resources, kb_assets, dagster_project and kb_core).
-CODE_PACKAGES = ("kb_core", "kb_assets", "resources", "dagster_project")
+# resources.assistant_model pull in kb_assets, resources and kb_core; never dagster_project).
+CODE_PACKAGES = ("kb_core", "kb_assets", "resources")
 # The KB search model's imports: retrieval (faiss, numpy, scipy for BM25), the manifest
 # (pandas, pyarrow), the packaged embedder, and dagster (the resources are
 # ConfigurableResources). torch is pinned so pip takes the CPU build, never a CUDA one.

@@ -14,9 +14,7 @@ Everything here adds to what resources/registry.py registers; nothing renames it
 
 from __future__ import annotations
 
-import os
-
-from kb_core.packaging import pinned_requirements, project_code_paths
+from kb_core import settings
 
 from .registry import Registry, RegistryError, _mirror_row
 from .store import KBStore
@@ -27,11 +25,8 @@ MAX_LISTED_DOCS = 25
 
 # -- pure helpers ---------------------------------------------------------------------------
 def dagster_base_url() -> str:
-    """Where the operator's Dagster UI is (scripts/ui.sh: KB_UI_PORT, default 3000)."""
-    url = os.environ.get("KB_DAGSTER_URL")
-    if url:
-        return url.rstrip("/")
-    return f"http://127.0.0.1:{os.environ.get('KB_UI_PORT', '3000')}"
+    """Where the operator's Dagster UI is (KB_DAGSTER_URL)."""
+    return str(settings.get("KB_DAGSTER_URL")).rstrip("/")
 
 
 def dagster_run_url(run_id: str | None) -> str:
@@ -266,5 +261,5 @@ def validation_status(passed: bool) -> str:
 
 __all__ = ["publish_kb_page", "publish_assistant_page", "log_evaluation", "tag_version",
            "describe_version", "log_params", "version_changes", "kb_description", "kb_params",
-           "per_question_frame", "pinned_requirements", "project_code_paths", "dagster_run_url",
+           "per_question_frame", "dagster_run_url",
            "validation_status", "VALIDATION_TAG"]

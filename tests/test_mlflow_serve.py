@@ -79,12 +79,16 @@ def test_mlflow_models_serve_from_a_clean_venv(kb_paths, tmp_path):
     assert torch_version.startswith("2.13.0") and "cu" not in torch_version, torch_version
 
     port, log = free_port(), tmp_path / "serve.log"
+    # As in a shell where the venv is activated (mlflow starts `uvicorn` from PATH).
+    serve_env = _clean_env({"MLFLOW_TRACKING_URI": paths.mlflow_uri, "VIRTUAL_ENV": str(venv),
+                            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"})
+    serve_env["PATH"] = f"{venv / 'bin'}:{serve_env['PATH']}"
     workdir = tmp_path / "elsewhere"  # not the repository: the code must come from the model
     workdir.mkdir()
     proc = subprocess.Popen(
         [str(venv / "bin" / "mlflow"), "models", "serve", "-m", "models:/kb@production",
          "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
-        cwd=workdir, env=_clean_env({"MLFLOW_TRACKING_URI": paths.mlflow_uri}),
+        cwd=workdir, env=serve_env,
         stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -110,8 +114,9 @@ def test_mlflow_models_serve_from_a_clean_venv(kb_paths, tmp_path):
         assert top == {0: "policies/laptop.md", 1: "policies/leave.md"}, json.dumps(rows)[:2000]
         assert len(rows) == 4 and {row["kb_version"] for row in rows} == {1}
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)

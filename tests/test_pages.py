@@ -26,7 +26,7 @@ def two_versions(tmp_path_factory):
     """(paths, [run 1 result, run 2 result]) for two published, evaluated KB versions."""
     import os
 
-    from dagster_project.settings import Paths
+    from kb_core.paths import Paths
 
     home = tmp_path_factory.mktemp("pages")
     old = {k: os.environ.get(k) for k in ("KB_HOME", "DAGSTER_HOME", "MLFLOW_TRACKING_URI",

@@ -29,7 +29,7 @@ def built_kb(tmp_path_factory):
     """A KB_HOME after one kb_job run on the samples: (paths, run result)."""
     if not Path(CHROMIUM).exists():
         pytest.skip("chromium missing: run scripts/ensure_chromium.sh (make test does)")
-    from dagster_project.settings import Paths
+    from kb_core.paths import Paths
 
     home = tmp_path_factory.mktemp("uipages")
     saved = {k: os.environ.get(k) for k in ("KB_HOME", "DAGSTER_HOME", "MLFLOW_TRACKING_URI",
