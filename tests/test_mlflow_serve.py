@@ -21,7 +21,7 @@ import pytest
 
 from tests.kbtest import materialized, run_job
 from tests.registry_fixtures import write_corpus, write_golden
-from tests.ui_stack import free_port
+from tests.serve_thread import free_port
 
 pytestmark = pytest.mark.slow
 

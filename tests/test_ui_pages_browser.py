@@ -19,7 +19,8 @@ from dagster import DagsterEventType, DagsterInstance
 
 from tests.kbtest import copy_samples, materialized, run_job
 from tests.test_ui_browser import ARGS, ARTIFACTS, CHROMIUM, wait_loaded
-from tests.ui_stack import UIStack, free_port
+from tests.serve_thread import free_port
+from tests.ui_stack import UIStack
 
 pytestmark = pytest.mark.slow
 
