@@ -18,7 +18,7 @@ import pytest
 from dagster import DagsterEventType, DagsterInstance
 
 from tests.kbtest import copy_samples, materialized, run_job
-from tests.test_ui_browser import ARGS, ARTIFACTS, CHROMIUM, wait_loaded
+from tests.test_ui_browser import ARGS, ARTIFACTS, CHROMIUM, LOADED_JS, wait_loaded
 from tests.serve_thread import free_port
 from tests.ui_stack import UIStack
 
@@ -79,7 +79,9 @@ def test_dagster_asset_page_metadata_checks_and_plot(built_kb, tmp_path):
                 wait_loaded(page, "n_chunks")
                 body = page.inner_text("body")
                 page.screenshot(path=str(ARTIFACTS / "ui-asset-faiss_index.png"), full_page=True)
-                for text in ("kb_version", "n_chunks", "index_sha256", "kb-platform"):
+                for text in ("kb_version", "n_chunks", "index_sha256", "kb-platform",
+                             "Row count", "Freshness policy", "Columns", "chunk_id",
+                             "kb/layer: serving", "kb.duckdb.kb_version_members"):
                     assert text in body, f"{text} not shown:\n{body[:3000]}"
                 assert f"{n_chunks:,}" in body or str(n_chunks) in body
 
@@ -92,10 +94,13 @@ def test_dagster_asset_page_metadata_checks_and_plot(built_kb, tmp_path):
                 assert "Passed" in body or "Succeeded" in body, body[:3000]
                 page.screenshot(path=str(ARTIFACTS / "ui-asset-checks.png"), full_page=True)
 
-                # Plots: numeric metadata (the evaluation scores) drawn as charts.
-                page.goto(f"{stack.url}/assets/retrieval_eval?view=plots", timeout=120_000)
+                # Plots: numeric metadata (the evaluation scores) drawn as charts: the
+                # overview's Metadata section switches from Table to Plots.
+                page.goto(f"{stack.url}/assets/retrieval_eval", timeout=120_000)
                 wait_loaded(page, "recall_at_3")
+                page.get_by_text("Plots", exact=True).last.click()
                 page.locator("canvas").first.wait_for(timeout=60_000)
+                page.wait_for_function(LOADED_JS, timeout=60_000)
                 body = page.inner_text("body")
                 for metric in ("recall_at_3", "mrr", "zero_hit_rate"):
                     assert metric in body, f"no plot of {metric}:\n{body[:3000]}"
