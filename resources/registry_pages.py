@@ -74,7 +74,8 @@ def kb_description(version: int, changes: dict, info: dict, run_id: str | None) 
              f"Embedder `{info.get('embedding_model')}` ({info.get('dim')} dims); chunker "
              f"`{chunker.get('version')}` (size {chunker.get('size')}, overlap "
              f"{chunker.get('overlap')}).",
-             "Validation: pending until `retrieval_eval` scores it (tag `validation_status`)."]
+             "Validation: tag `validation_status` (pending, then passed or rejected by "
+             "`retrieval_eval`'s gate)."]
     if run_id:
         lines.append(f"Built by Dagster run [{run_id[:8]}]({dagster_run_url(run_id)}).")
     return "\n\n".join(lines)
@@ -185,6 +186,28 @@ def log_evaluation(registry: Registry, store: KBStore, model_name: str, version_
     registry._call("log the evaluation", log)
 
 
+def link_logged_model(registry: Registry, store: KBStore, model_name: str,
+                      version_key: int) -> None:
+    """Tag the logged model with its registered version (`mlflow.modelVersions`, what
+    mlflow.register_model writes), so the model page links back to the version."""
+    import json
+
+    row = _version_row(store, model_name, version_key)
+    client = registry.client()
+    model_id = model_id_of(registry, store, model_name, version_key)
+    if not model_id:
+        return
+
+    def link():
+        entry = {"name": model_name, "version": str(row["mlflow_version"])}
+        current = json.loads(client.get_logged_model(model_id).tags.get(
+            "mlflow.modelVersions") or "[]")
+        if entry not in current:
+            client.set_logged_model_tags(model_id, {
+                "mlflow.modelVersions": json.dumps(current + [entry])})
+    registry._call("link the logged model to its version", link)
+
+
 def log_loss_curve(registry: Registry, store: KBStore, model_name: str, version_key: int,
                    loss_curve: list) -> None:
     """The training loss per step on the run and the logged model: MLflow plots it."""
@@ -205,6 +228,7 @@ def publish_kb_page(registry: Registry, store: KBStore, version: int, info: dict
     changes = version_changes(store, version)
     describe_version(registry, store, "kb", version, kb_description(version, changes, info, run_id))
     log_params(registry, store, "kb", version, kb_params(info))
+    link_logged_model(registry, store, "kb", version)
     tag_version(registry, store, "kb", version, {
         VALIDATION_TAG: "pending", "dagster_run_url": dagster_run_url(run_id),
         "documents_added": len(changes["added"]), "documents_changed": len(changes["changed"]),
@@ -231,7 +255,8 @@ def assistant_description(version: int, tags: dict, run_id: str | None) -> str:
              + ".",
              "The adapter and the assistant card are artifacts of this model (`adapter`, "
              "`assistant`); the model loads anywhere its requirements are installed.",
-             "Validation: pending until `ft_eval` scores it (tag `validation_status`)."]
+             "Validation: tag `validation_status` (pending, then passed or rejected by "
+             "`ft_eval`'s gate)."]
     if run_id:
         lines.append(f"Trained by Dagster run [{run_id[:8]}]({dagster_run_url(run_id)}).")
     return "\n\n".join(lines)
@@ -244,6 +269,7 @@ def publish_assistant_page(registry: Registry, store: KBStore, version: int, tag
                      assistant_description(version, tags, run_id))
     log_params(registry, store, "kb-assistant", version,
                {k: str(v)[:500] for k, v in params.items()})
+    link_logged_model(registry, store, "kb-assistant", version)
     portable = {VALIDATION_TAG: "pending", "dagster_run_url": dagster_run_url(run_id)}
     if tags.get("provider") == "local":
         # `model_ref` stays the local adapter folder (the CLI and incremental training read

@@ -57,12 +57,14 @@ def two_versions(tmp_path_factory):
                 os.environ[k] = v
 
 
+@pytest.mark.slow  # two real kb_job runs (~2 min on 2 shared cores)
 def test_runs_succeed(two_versions):
     _, (r1, r2) = two_versions
     assert r1.success and r2.success
     assert materialized(r2)["kb_release"]["kb_version"] == 2
 
 
+@pytest.mark.slow  # two real kb_job runs (~2 min on 2 shared cores)
 def test_version_changes_and_description(two_versions):
     paths, _ = two_versions
     store = KBStore(db_path=str(paths.db))
@@ -76,6 +78,7 @@ def test_version_changes_and_description(two_versions):
     assert "http://dagster.example:3000/runs/abc" in text
 
 
+@pytest.mark.slow  # two real kb_job runs (~2 min on 2 shared cores)
 def test_mlflow_version_page(two_versions):
     paths, (_, r2) = two_versions
     store = KBStore(db_path=str(paths.db))
@@ -96,6 +99,8 @@ def test_mlflow_version_page(two_versions):
     assert run.data.params["embedding.model"] and run.data.params["chunker.size"]
     model = client.get_logged_model(logged_model_id(mv))
     assert model.params["embedding.dim"] == "384"
+    assert json.loads(model.tags["mlflow.modelVersions"]) == [
+        {"name": "kb", "version": str(mv.version)}]
     # metrics on the logged model, linked to the evaluation dataset the run logged
     by_key = {m.key: m for m in model.metrics}
     assert by_key["recall_at_3"].value >= 0.9
@@ -116,6 +121,7 @@ def test_mlflow_version_page(two_versions):
     assert (Path(local_model) / "code" / "kb_assets" / "kb_model.py").is_file()
 
 
+@pytest.mark.slow  # two real kb_job runs (~2 min on 2 shared cores)
 def test_dagster_materializations_carry_numbers_and_tables(two_versions):
     paths, (_, r2) = two_versions
     m = materialized(r2)

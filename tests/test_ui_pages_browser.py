@@ -145,6 +145,7 @@ def test_mlflow_page_of_the_production_kb_version(built_kb, tmp_path):
     from playwright.sync_api import sync_playwright
 
     from resources.registry import Registry
+    from resources.registry_pages import logged_model_id
 
     paths, run = built_kb
     reg = Registry(tracking_uri=paths.mlflow_uri, artifact_root=str(paths.mlflow_artifacts))
@@ -165,9 +166,19 @@ def test_mlflow_page_of_the_production_kb_version(built_kb, tmp_path):
                 assert "The first KB version" in body and "documents" in body, body[:3000]
                 assert "passed" in body and run.run_id in body, body[:3000]
                 assert "dagster_run_url" in body
-                # The metrics of its logged model, with the evaluation dataset they refer to.
-                for metric in ("recall_at_3", "mrr"):
-                    assert metric in body, f"{metric} not on the version page:\n{body[:4000]}"
+                # Its logged model's page ("Source model"): the metrics, linked to the
+                # evaluation dataset they were computed on, and the params.
+                model_id = logged_model_id(mv)
+                exp_id = reg.client().get_logged_model(model_id).experiment_id
+                page.goto(f"{url}/#/experiments/{exp_id}/models/{model_id}", timeout=120_000)
+                page.get_by_text("recall_at_3").first.wait_for(timeout=90_000)
+                page.wait_for_timeout(1500)
+                body = page.inner_text("body")
+                page.screenshot(path=str(ARTIFACTS / "mlflow-kb-logged-model.png"),
+                                full_page=True)
+                for text in ("recall_at_3", "mrr", "zero_hit_rate", "kb-eval-",
+                             "embedding.model", "chunker.size", f"Version {mv.version}"):
+                    assert text in body, f"{text} not on the model page:\n{body[:4000]}"
             finally:
                 browser.close()
     finally:
