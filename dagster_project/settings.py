@@ -1,4 +1,4 @@
-"""Where state lives. Everything hangs off KB_HOME (default ./data); each path can be
+"""Where state lives. Everything hangs off KB_HOME (kb_core/home.py finds it); each path can be
 overridden by its own environment variable. Also switches telemetry and model hubs off."""
 
 from __future__ import annotations
@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from kb_core.home import kb_home
 
 OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1",
@@ -63,7 +65,7 @@ class Paths:
 
     @classmethod
     def from_env(cls) -> "Paths":
-        home = Path(os.environ.get("KB_HOME", "data")).expanduser().resolve()
+        home = kb_home()  # KB_HOME, else the nearest KB home upward, else ./data
         inbox = Path(os.environ.get("KB_INBOX", home / "inbox")).expanduser().resolve()
         uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
         return cls(home=home, inbox=inbox, db=home / "kb.duckdb", versions=home / "versions",
