@@ -13,12 +13,24 @@ from dagster import AssetExecutionContext, MaterializeResult, asset
 from resources.embedder import Embedder
 from resources.store import KBStore, fetch_one
 
+from kb_core import progress
+
 from .chunks import cleaned_chunks
 from .faults import fault_point
 from .ingest import now
 
 # Texts per encode call and cache commit: a crash loses at most this much work.
 COMMIT_EVERY = int(os.environ.get("KB_EMBED_COMMIT_EVERY", "512"))
+PROGRESS_EVERY = 128  # texts per encode call: how often a terminal progress bar moves
+
+
+def encode_slices(embedder: Embedder, texts: list[str], done: int, total: int) -> np.ndarray:
+    """`embedder.encode(texts)` in slices, reporting progress after each (same vectors)."""
+    out = []
+    for i in range(0, len(texts), PROGRESS_EVERY):
+        out.append(embedder.encode(texts[i:i + PROGRESS_EVERY]))
+        progress.report("embedding", done + i + len(out[-1]), total, "chunks")
+    return np.concatenate(out) if out else embedder.encode([])
 
 
 def missing_texts(store: KBStore, model_id: str) -> tuple[list[tuple[str, str]], int]:
@@ -41,7 +53,7 @@ def embed_missing(store: KBStore, embedder: Embedder, log=None) -> dict:
     for start in range(0, len(todo), COMMIT_EVERY):
         part = todo[start:start + COMMIT_EVERY]
         t1 = time.perf_counter()
-        vecs = embedder.encode([t for _, t in part])
+        vecs = encode_slices(embedder, [t for _, t in part], start, len(todo))
         encode_s += time.perf_counter() - t1
         df = pd.DataFrame({"model_id": model_id, "text_hash": [h for h, _ in part],
                            "vector": [v.tobytes() for v in vecs], "created_at": now()})

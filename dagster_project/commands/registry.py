@@ -33,6 +33,9 @@ def register(sub) -> None:
     for name in ("versions", "promote", "rollback"):  # the fine-tuned assistant: same mechanics
         sub.choices[name].add_argument("--model", choices=[MODEL, "kb-assistant"], default=MODEL,
                                        help="registered model (default kb)")
+    for name in ("promote", "rollback"):
+        sub.choices[name].add_argument("--json", action="store_true",
+                                       help="print the alias move as a JSON object (see README)")
 
 
 def _context():
@@ -178,12 +181,26 @@ def _check_promotable(paths: Paths, store, version: int, force: bool,
                        "(run `kb build`, or use --force; it is recorded as forced)")
 
 
-def _move(paths, store, registry, version: int, reason: str, force: bool) -> int:
+def move_json(model: str, move=None, current: int | None = None) -> str:
+    """`kb promote|rollback --json`: {model, alias, from_version, to_version, changed, forced,
+    actor, reason}; `changed` false (and no actor) when the version already was production."""
+    if move is None:
+        return json.dumps({"model": model, "alias": "production", "from_version": current,
+                           "to_version": current, "changed": False, "forced": False,
+                           "actor": None, "reason": None})
+    return json.dumps({"model": model, "alias": move.alias, "from_version": move.from_version,
+                       "to_version": move.to_version, "changed": True, "forced": move.forced,
+                       "actor": move.actor, "reason": move.reason})
+
+
+def _move(paths, store, registry, version: int, reason: str, force: bool,
+          as_json: bool = False) -> int:
     from resources.registry import default_actor
 
     move = _guard(registry.move_alias, store, MODEL, "production", version,
                   actor=default_actor(), reason=reason, forced=force)
-    print(f"production: {move.from_version} -> {move.to_version}"
+    print(move_json(MODEL, move) if as_json else
+          f"production: {move.from_version} -> {move.to_version}"
           f"{' (forced)' if move.forced else ''}; serving pointer updated; "
           f"recorded in alias_history by {move.actor}")
     report_move(move)
@@ -198,9 +215,11 @@ def cmd_promote(args) -> int:
     current = _guard(registry.get_alias, MODEL, "production")
     if current == args.version:
         repaired = repair_pointer(paths, current)
-        print(f"KB version {current} is already production" + (f" ({repaired})" if repaired else ""))
+        print(move_json(MODEL, current=current) if args.json else
+              f"KB version {current} is already production" + (f" ({repaired})" if repaired else ""))
         return 0
-    return _move(paths, store, registry, args.version, args.reason or "manual promote", args.force)
+    return _move(paths, store, registry, args.version, args.reason or "manual promote", args.force,
+                 args.json)
 
 
 def rollback_choice(store, model: str, current: int | None, to: int | None, label: str,
@@ -244,7 +263,7 @@ def cmd_rollback(args) -> int:
     # the MLflow alias and alias_history record it. If recording fails, serving switches back.
     write_pointer(paths, target)
     try:
-        return _move(paths, store, registry, target, reason, args.force)
+        return _move(paths, store, registry, target, reason, args.force, args.json)
     except BaseException:
         write_pointer(paths, current)
         raise
