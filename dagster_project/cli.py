@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from dagster_project.settings import apply_offline_env
@@ -73,8 +74,7 @@ def kb_version_flag(p, help_text: str) -> None:
                    help=argparse.SUPPRESS)
 
 
-def main(argv: list[str] | None = None) -> int:
-    apply_offline_env()
+def build_parser() -> argparse.ArgumentParser:
     import importlib
 
     parser = argparse.ArgumentParser(prog="kb", description="Knowledge-base platform.")
@@ -83,7 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    apply_offline_env()
+    # MLflow's INFO lines ("Creating initial MLflow database tables...") are not for users;
+    # read by MLflow when it is imported. `kb build -v` lets them through.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except CLIError as exc:

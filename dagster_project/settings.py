@@ -38,8 +38,9 @@ concurrency:
       - key: kb/writer
         limit: 1
   pools:
-    # A run holding an op of a full pool waits in the queue (granularity run), so
-    # assets declaring pool="kb_writer" also serialise ad-hoc UI materializations.
+    # No asset declares a pool today (writers are serialised by the kb/writer tag above
+    # and the $KB_HOME/.kb-writer.lock file lock); these are Dagster's settings for any
+    # pool one might declare later: one op of a pool at a time, queued per run.
     granularity: run
     default_limit: 1
 run_queue:

@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 from dagster_project.settings import Paths
+from kb_core.home import describe
 
 
 def register(sub) -> None:
@@ -74,7 +75,7 @@ def read_report(paths: Paths, fn):
 
     if not paths.db.exists():
         raise CLIError(f"no KB database at {paths.db}: nothing was ever built "
-                       f"(is KB_HOME={paths.home} right?)")
+                       f"(is {describe(paths.home)} right?)")
     timeout = float(os.environ.get("KB_AUDIT_LOCK_TIMEOUT_S", "60"))
     try:
         with KBStore(db_path=str(paths.db)).connect(read_only=True, timeout_s=timeout) as con:

@@ -135,9 +135,12 @@ def third_party_quiet(verbose: bool):
     off for the build (unless verbose). Set before MLflow is imported: it reads the level
     from MLFLOW_LOGGING_LEVEL when it configures its logger."""
     if verbose:
+        if os.environ.get("MLFLOW_LOGGING_LEVEL") == "WARNING":  # kb's default, not the user's
+            os.environ["MLFLOW_LOGGING_LEVEL"] = "INFO"
         yield
         return
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
+    if os.environ.get("MLFLOW_LOGGING_LEVEL", "WARNING").upper() == "WARNING":
+        os.environ["MLFLOW_LOGGING_LEVEL"] = "ERROR"  # its CloudPickle warning is not for users
     levels = {}
     for name in ("mlflow", "alembic", "py.warnings", "transformers", "sentence_transformers"):
         lg = logging.getLogger(name)
