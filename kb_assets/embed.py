@@ -16,7 +16,7 @@ from resources.store import KBStore, fetch_one
 from kb_core import progress
 
 from .chunks import cleaned_chunks
-from .faults import fault_point
+from kb_core.hooks import fault_point
 from .ingest import now
 
 # Texts per encode call and cache commit: a crash loses at most this much work.

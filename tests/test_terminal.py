@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from dagster_project.cli import build_parser, main
-from dagster_project.commands.build_terminal import ProgressRenderer, StepState, step_line
+from dagster_project.cli.build_terminal import ProgressRenderer, StepState, step_line
 from kb_core import progress
 from kb_core.home import MARKER, describe, find_home
 
@@ -210,7 +210,7 @@ def test_plain_progress_is_rate_limited_and_quiet_for_short_tasks():
 
 
 def test_progress_reporter_is_installed_only_while_shown():
-    from dagster_project.commands.build_terminal import progress_shown
+    from dagster_project.cli.build_terminal import progress_shown
 
     seen = []
     progress.report("x", 1, 2)  # no reporter: nothing, no error

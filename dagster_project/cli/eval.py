@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 
 from dagster_project.cli import kb_version_flag
-from dagster_project.serving import resolve
-from dagster_project.settings import Paths
 from kb_core.home import describe
+from kb_core.paths import Paths
+from kb_core.serving import resolve
 
 
 def register(sub) -> None:
@@ -25,7 +25,7 @@ def register(sub) -> None:
 
 
 def cmd_eval(args) -> int:
-    from dagster_project.cli import CLIError, UsageError
+    from kb_core.errors import CLIError, UsageError
     from kb_assets.golden import GoldenError
     from kb_assets.release import evaluate_release_of, gate_table, save_eval
     from kb_assets.metrics import comparison_rows

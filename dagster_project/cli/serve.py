@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from dagster_project.settings import Paths
 from kb_core.home import describe
+from kb_core.paths import Paths
 
 
 def register(sub) -> None:
@@ -26,9 +26,9 @@ def cmd_serve(args) -> int:
 
     import uvicorn
 
-    from dagster_project.cli import CLIError, UsageError
-    from dagster_project.serve import create_app
-    from dagster_project.serving import resolve
+    from dagster_project.api.server import create_app
+    from kb_core.errors import CLIError, UsageError
+    from kb_core.serving import resolve
 
     paths = Paths.from_env()
     serving = resolve(paths)

@@ -3,16 +3,15 @@ instance under $KB_HOME/dagster so the UI shows the run."""
 
 from __future__ import annotations
 
-import fcntl
 import json
 import shutil
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
-from dagster_project.settings import Paths
 from kb_core.home import find_home, mark_home
+from kb_core.paths import Paths
+from kb_core.writer_lock import instance_init_lock, writer_lock
 
 SAMPLE_DATA = Path(__file__).resolve().parents[2] / "sample_data"
 SAMPLE_INBOX = SAMPLE_DATA / "inbox"
@@ -74,31 +73,6 @@ def cmd_init(args) -> int:
     return 0
 
 
-@contextmanager
-def writer_lock(paths: Paths, wait_s: float = 3600):
-    """One KB writer at a time on this machine: a second `kb build` queues here."""
-    lock = open(paths.home / ".kb-writer.lock", "w")
-    deadline = time.monotonic() + wait_s
-    announced = False
-    while True:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            if not announced:
-                print("another build is writing the knowledge base: waiting for it",
-                      file=sys.stderr)
-                announced = True
-            if time.monotonic() > deadline:
-                raise TimeoutError("timed out waiting for the KB writer lock")
-            time.sleep(0.2)
-    try:
-        yield
-    finally:
-        fcntl.flock(lock, fcntl.LOCK_UN)
-        lock.close()
-
-
 def run_job(paths: Paths, job_name: str, tags: dict | None = None, run_id: str | None = None,
             logger_defs: dict | None = None):
     from dagster import DagsterInstance
@@ -111,13 +85,9 @@ def run_job(paths: Paths, job_name: str, tags: dict | None = None, run_id: str |
     if logger_defs is not None:  # replaces Dagster's console logger (its DEBUG stream)
         job = job.with_logger_defs(logger_defs)
         run_config = {"loggers": {name: {} for name in logger_defs}}
-    # Two first builds at once would both create the instance's SQLite schema ("table
-    # secondary_indexes already exists"): instance creation is serialised on its own lock.
-    with open(paths.home / ".kb-instance.lock", "w") as init_lock:
-        fcntl.flock(init_lock, fcntl.LOCK_EX)
+    with instance_init_lock(paths.home):
         instance = DagsterInstance.get()
-        fcntl.flock(init_lock, fcntl.LOCK_UN)
-    with instance, writer_lock(paths):
+    with instance, writer_lock(paths.home, announce=lambda msg: print(msg, file=sys.stderr)):
         return job.execute_in_process(run_config=run_config, instance=instance,
                                       raise_on_error=False, run_id=run_id,
                                       tags={"kb/trigger": "cli", **(tags or {})})
@@ -206,8 +176,8 @@ def cmd_build(args, job: str | None = None) -> int:
 
     from dagster._loggers import colored_console_logger
 
-    from dagster_project.commands.build_terminal import (StepPrinter, progress_shown,
-                                                         terminal_logger_def, third_party_quiet)
+    from dagster_project.cli.build_terminal import (StepPrinter, progress_shown,
+                                                    terminal_logger_def, third_party_quiet)
 
     paths = Paths.from_env().ensure()
     mark_home(paths.home)

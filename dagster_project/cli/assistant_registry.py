@@ -19,7 +19,7 @@ def _evals(store) -> dict[int, dict]:
 
 
 def cmd_versions(args) -> int:
-    from dagster_project.commands.registry import _context, _guard
+    from dagster_project.cli.registry import _context, _guard
     from kb_assets.report import md_table
 
     _, store, registry = _context()
@@ -52,7 +52,7 @@ def cmd_versions(args) -> int:
 
 
 def _check(store, version: int, force: bool, served_before: bool = False) -> None:
-    from dagster_project.cli import CLIError
+    from kb_core.errors import CLIError
     from resources.registry import registered_versions
 
     rows = {r["version"]: r for r in registered_versions(store, MODEL)}
@@ -70,7 +70,7 @@ def _check(store, version: int, force: bool, served_before: bool = False) -> Non
 
 
 def _move(store, registry, version: int, reason: str, force: bool, as_json: bool = False) -> int:
-    from dagster_project.commands.registry import _guard, move_json
+    from dagster_project.cli.registry import _guard, move_json
     from resources.registry import default_actor
 
     move = _guard(registry.move_alias, store, MODEL, "production", version,
@@ -93,12 +93,12 @@ def _move(store, registry, version: int, reason: str, force: bool, as_json: bool
 
 
 def cmd_promote(args) -> int:
-    from dagster_project.commands.registry import _context, _guard
+    from dagster_project.cli.registry import _context, _guard
 
     _, store, registry = _context()
     _check(store, args.version, args.force)
     if _guard(registry.get_alias, MODEL, "production") == args.version:
-        from dagster_project.commands.registry import move_json
+        from dagster_project.cli.registry import move_json
 
         print(move_json(MODEL, current=args.version) if args.json else
               f"kb-assistant version {args.version} is already production")
@@ -108,7 +108,7 @@ def cmd_promote(args) -> int:
 
 
 def cmd_rollback(args) -> int:
-    from dagster_project.commands.registry import (_context, _guard, rollback_choice,
+    from dagster_project.cli.registry import (_context, _guard, rollback_choice,
                                                    rollback_reason)
 
     _, store, registry = _context()

@@ -9,8 +9,8 @@ import os
 import re
 from pathlib import Path
 
-from dagster_project.settings import Paths
 from kb_core.home import describe
+from kb_core.paths import Paths
 
 
 def register(sub) -> None:
@@ -43,7 +43,7 @@ def register(sub) -> None:
 
 
 def version_number(text: str) -> int:
-    from dagster_project.cli import UsageError
+    from kb_core.errors import UsageError
 
     s = text.strip().lower().removeprefix("v")
     if not s.isdigit():
@@ -69,8 +69,8 @@ def read_report(paths: Paths, fn):
     store waits for its lock)."""
     import duckdb
 
-    from dagster_project.audit import Lineage
-    from dagster_project.cli import CLIError
+    from dagster_project.audit.report import Lineage
+    from kb_core.errors import CLIError
     from resources.store import KBStore
 
     if not paths.db.exists():
@@ -90,9 +90,9 @@ def read_report(paths: Paths, fn):
 
 
 def cmd_audit(args) -> int:
-    from dagster_project import audit, audit_format
-    from dagster_project.audit_runs import run_facts
-    from dagster_project.cli import CLIError, UsageError
+    from dagster_project.audit import format as audit_format, report as audit
+    from dagster_project.audit.runs import run_facts
+    from kb_core.errors import CLIError, UsageError
 
     paths = Paths.from_env()
     note = ""

@@ -6,9 +6,9 @@ import json
 import textwrap
 
 from dagster_project.cli import kb_version_flag
-from dagster_project.serving import resolve
-from dagster_project.settings import Paths
 from kb_core.home import describe
+from kb_core.paths import Paths
+from kb_core.serving import resolve
 
 
 def register(sub) -> None:
@@ -23,7 +23,7 @@ def register(sub) -> None:
 
 
 def open_searcher(paths: Paths, version: int | None = None):
-    from dagster_project.cli import CLIError
+    from kb_core.errors import CLIError
     from kb_assets.searcher import Searcher
 
     serving = resolve(paths)
@@ -49,7 +49,7 @@ def search_json(version: int, source: str, query: str, hits) -> dict:
 
 
 def cmd_search(args) -> int:
-    from dagster_project.cli import UsageError
+    from kb_core.errors import UsageError
     from kb_assets.retrieval import context_block
 
     if not args.query.strip():

@@ -1,4 +1,4 @@
-"""The `kb` command. Each area adds its subcommands from a module in `commands/`."""
+"""The `kb` command. Each area adds its subcommands from a module of this package."""
 
 from __future__ import annotations
 
@@ -6,26 +6,17 @@ import argparse
 import os
 import sys
 
-from dagster_project.settings import apply_offline_env
+from kb_core.errors import CLIError, UsageError
+from kb_core.paths import apply_offline_env
 
 COMMAND_MODULES = [
-    "dagster_project.commands.build",
-    "dagster_project.commands.search",
-    "dagster_project.commands.registry", "dagster_project.commands.eval",
-    "dagster_project.commands.golden", "dagster_project.commands.serve",
-    "dagster_project.commands.audit",
-    "dagster_project.commands.ask",
+    "dagster_project.cli.build",
+    "dagster_project.cli.search",
+    "dagster_project.cli.registry", "dagster_project.cli.eval",
+    "dagster_project.cli.golden", "dagster_project.cli.serve",
+    "dagster_project.cli.audit",
+    "dagster_project.cli.ask",
 ]
-
-
-class CLIError(Exception):
-    """A user-facing error: printed as one line, exit code 2, no traceback."""
-
-
-class UsageError(CLIError):
-    """A CLIError about the command line itself (an empty query, a bad -k): it does not
-    depend on KB_HOME, so it is printed without naming it."""
-
 
 # Commands that read the KB: their errors name the KB_HOME used and how it was found.
 READS_KB = {"search", "ask", "eval", "versions", "promote", "rollback", "audit", "golden",
@@ -99,11 +90,3 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-
-
-if __name__ == "__main__":
-    # Under `python -m` this file is `__main__`: use the importable module's main so that
-    # CLIError is the same class the commands raise.
-    from dagster_project.cli import main as cli_main
-
-    sys.exit(cli_main())

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 from dagster_project.cli import kb_version_flag
-from dagster_project.serving import resolve
-from dagster_project.settings import Paths
 from kb_core.home import describe
+from kb_core.paths import Paths
+from kb_core.serving import resolve
 
 
 def register(sub) -> None:
@@ -27,7 +27,7 @@ def register(sub) -> None:
 
 
 def cmd_suggest(args) -> int:
-    from dagster_project.cli import CLIError, UsageError
+    from kb_core.errors import CLIError, UsageError
     from kb_assets.eval_set import synthetic_questions
     from resources.vector_index import VersionStore
 
