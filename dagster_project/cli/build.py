@@ -177,7 +177,8 @@ def cmd_build(args, job: str | None = None) -> int:
     from dagster._loggers import colored_console_logger
 
     from dagster_project.cli.build_terminal import (StepPrinter, progress_shown,
-                                                    terminal_logger_def, third_party_quiet)
+                                                    terminal_logger_def, terminal_stream,
+                                                    third_party_quiet)
 
     paths = Paths.from_env().ensure()
     mark_home(paths.home)
@@ -185,16 +186,23 @@ def cmd_build(args, job: str | None = None) -> int:
     job_name = job or SELECTIONS[args.select]
     verbose, as_json = getattr(args, "verbose", False), getattr(args, "json", False)
     run_id = str(uuid.uuid4())  # known before the run starts, to print it first
-    printer = StepPrinter()
+    stream = terminal_stream()
+    printer = StepPrinter(stream)
     loggers = {"kb_terminal": terminal_logger_def(printer)}
     if verbose:
         loggers["console"] = colored_console_logger
-    print(f"kb {label}: run {run_id} of {job_name}, KB_HOME={paths.home}", file=sys.stderr,
+    print(f"kb {label}: run {run_id} of {job_name}, KB_HOME={paths.home}", file=stream,
           flush=True)
     t0 = time.perf_counter()
-    with third_party_quiet(verbose), progress_shown():
-        result = run_job(paths, job_name, run_id=run_id, logger_defs=loggers)
-    seconds = time.perf_counter() - t0
+    try:
+        with third_party_quiet(verbose), progress_shown(stream):
+            result = run_job(paths, job_name, run_id=run_id, logger_defs=loggers)
+        seconds = time.perf_counter() - t0
+        if printer.warnings:
+            print("warnings:\n" + "\n".join(f"  {w}" for w in printer.warnings), file=stream)
+    finally:
+        if stream is not sys.stderr:
+            stream.close()
     lines, ok = summarize(result)
     if as_json:
         out = summary_json(result, ok, label, seconds)
@@ -202,8 +210,6 @@ def cmd_build(args, job: str | None = None) -> int:
         out["warnings"] = printer.warnings
         print(json.dumps(out, indent=2, default=str))
         return 0 if ok else 1
-    if printer.warnings:
-        print("warnings:\n" + "\n".join(f"  {w}" for w in printer.warnings), file=sys.stderr)
     print(f"kb {label} run {result.run_id}: "
           f"{'succeeded' if ok else 'FAILED'} in {seconds:.1f}s")
     print("\n".join(lines))

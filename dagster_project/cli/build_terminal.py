@@ -21,6 +21,20 @@ STEP_EVENTS = {"STEP_START", "STEP_SUCCESS", "STEP_FAILURE", "STEP_SKIPPED",
 PLAIN_PROGRESS_EVERY_S = 30.0  # not a TTY: at most one progress line per task this often
 
 
+def terminal_stream():
+    """The terminal's stderr, bypassing Dagster's compute-log capture: during a run Dagster
+    redirects file descriptor 2 into the run's log files, and whatever sits in its pipe when
+    the run ends can be lost (the last step's line was). A duplicate of the descriptor taken
+    before the run keeps pointing at the terminal. Under a test's captured sys.stderr (no
+    descriptor 2), that object itself."""
+    try:
+        if sys.stderr.fileno() == 2:
+            return os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8", errors="replace")
+    except (AttributeError, OSError, ValueError):
+        pass
+    return sys.stderr
+
+
 @dataclass
 class StepState:
     started: float | None = None
