@@ -105,6 +105,7 @@ def test_eval_versions_golden_audit_ask_json(kb_env, capsys, tmp_path):
     rc, vs = run_json(capsys, "versions", "--json")
     assert rc == 0 and vs["production"] == 1
     assert {"serving_pointer", "pointer_repaired", "versions", "unregistered_on_disk"} <= set(vs)
+    assert {"version", "aliases", "status", "created_at", "tags"} <= set(vs["versions"][0])
     rc, gs = run_json(capsys, "golden", "suggest", "-n", "3", "--out",
                       str(tmp_path / "s.jsonl"), "--json")
     assert rc == 0 and gs == {"kb_version": 1, "out": str(tmp_path / "s.jsonl"), "n_questions": 3}
@@ -150,5 +151,5 @@ def test_serve_json_startup_line(built):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    assert line == {"url": f"http://127.0.0.1:{port}", "version": 1, "source": "production",
-                    "kb_home": str(home)}
+    assert line["url"] == f"http://127.0.0.1:{port}" and line["source"] == "production"
+    assert line["kb_home"] == str(home) and line["version"] >= 1

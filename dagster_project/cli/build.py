@@ -84,7 +84,9 @@ def run_job(paths: Paths, job_name: str, tags: dict | None = None, run_id: str |
     run_config = None
     if logger_defs is not None:  # replaces Dagster's console logger (its DEBUG stream)
         job = job.with_logger_defs(logger_defs)
-        run_config = {"loggers": {name: {} for name in logger_defs}}
+        # Dagster's console logger defaults to INFO when configured; its stream is DEBUG.
+        run_config = {"loggers": {name: {"config": {"log_level": "DEBUG"}} if name == "console"
+                                  else {} for name in logger_defs}}
     with instance_init_lock(paths.home):
         instance = DagsterInstance.get()
     with instance, writer_lock(paths.home, announce=lambda msg: print(msg, file=sys.stderr)):
@@ -187,12 +189,10 @@ def cmd_build(args, job: str | None = None) -> int:
     verbose, as_json = getattr(args, "verbose", False), getattr(args, "json", False)
     run_id = str(uuid.uuid4())  # known before the run starts, to print it first
     stream = terminal_stream()
-    printer = StepPrinter(stream)
+    printer = StepPrinter(stream, f"kb {label}: run {run_id} of {job_name}, KB_HOME={paths.home}")
     loggers = {"kb_terminal": terminal_logger_def(printer)}
     if verbose:
         loggers["console"] = colored_console_logger
-    print(f"kb {label}: run {run_id} of {job_name}, KB_HOME={paths.home}", file=stream,
-          flush=True)
     t0 = time.perf_counter()
     try:
         with third_party_quiet(verbose), progress_shown(stream):

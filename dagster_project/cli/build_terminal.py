@@ -65,8 +65,9 @@ def step_line(step: str, outcome: str, seconds: float | None, state: StepState,
 class StepPrinter:
     """Turns Dagster events into one line per finished step (and collects warnings)."""
 
-    def __init__(self, stream=None) -> None:
+    def __init__(self, stream=None, header: str = "") -> None:
         self.stream = stream or sys.stderr
+        self.header = header  # printed with the first event: a settings error comes alone
         self.steps: dict[str, StepState] = {}
         self.warnings: list[str] = []
 
@@ -75,6 +76,9 @@ class StepPrinter:
             print(line, file=self.stream, flush=True)
 
     def event(self, ev) -> None:
+        if self.header:
+            self._print(self.header)
+            self.header = ""
         kind, key = ev.event_type_value, ev.step_key
         if kind not in STEP_EVENTS or not key:
             return
