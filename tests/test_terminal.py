@@ -222,3 +222,21 @@ def test_progress_reporter_is_installed_only_while_shown():
         assert seen == [("x", 1, 2, "u")]
     finally:
         progress.set_reporter(previous)
+
+
+def test_embedding_reports_progress_per_slice_with_the_same_vectors():
+    import numpy as np
+
+    from kb_assets.embed import PROGRESS_EVERY, encode_slices
+    from resources.embedder import Embedder
+
+    texts = [f"policy number {i} about parking" for i in range(PROGRESS_EVERY + 2)]
+    embedder, seen = Embedder(), []
+    previous = progress.set_reporter(lambda *a: seen.append(a))
+    try:
+        vecs = encode_slices(embedder, texts, 1000, 5000)
+    finally:
+        progress.set_reporter(previous)
+    assert seen == [("embedding", 1000 + PROGRESS_EVERY, 5000, "chunks"),
+                    ("embedding", 1000 + len(texts), 5000, "chunks")]
+    assert np.allclose(vecs, embedder.encode(texts), atol=1e-5)
