@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from kb_core import settings
+
 from .golden import GoldenError, GoldenQuery, GoldenSet, load_golden
 from .synthetic_questions import (GENERATOR_VERSION, SourceDoc, SyntheticQuestion,
                                   pick_documents, question_for)
@@ -226,9 +228,8 @@ def load_eval_questions(store, golden_path: str | None = None,
                         kb_home: Path | None = None) -> tuple[str, list[EvalQuestion]]:
     """(kind, questions): the KB's evaluation questions (for fine-tuning data and ft_eval).
     Defaults: KB_GOLDEN from the environment, KB_HOME = the folder of the store's file."""
-    import os
-
-    golden_path = golden_path if golden_path is not None else os.environ.get("KB_GOLDEN", "")
+    
+    golden_path = golden_path if golden_path is not None else settings.get("KB_GOLDEN")
     kb_home = kb_home if kb_home is not None else Path(store.db_path).parent
     es = load_eval_set(store, golden_path, kb_home)
     return es.kind, es.questions

@@ -5,8 +5,9 @@ the nearest folder, from the current one upward, that is a KB home (or a project
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from kb_core import settings
 
 MARKER = ".kb-home"
 MARKER_TEXT = ("This folder is a kb-platform KB_HOME. `kb` commands run from here or any "
@@ -19,9 +20,9 @@ def is_home(folder: Path) -> bool:
 
 def find_home(env: dict | None = None, cwd: Path | None = None) -> tuple[Path, str]:
     """(KB_HOME, how it was found, in words for error messages)."""
-    env = os.environ if env is None else env
-    if env.get("KB_HOME"):
-        return Path(env["KB_HOME"]).expanduser().resolve(), "from the KB_HOME environment variable"
+    home = settings.get("KB_HOME", env, default="")
+    if home:
+        return Path(home).expanduser().resolve(), "from the KB_HOME environment variable"
     start = (cwd or Path.cwd()).resolve()
     for folder in (start, *start.parents):
         for candidate in (folder, folder / "data"):

