@@ -240,3 +240,22 @@ def test_embedding_reports_progress_per_slice_with_the_same_vectors():
     assert seen == [("embedding", 1000 + PROGRESS_EVERY, 5000, "chunks"),
                     ("embedding", 1000 + len(texts), 5000, "chunks")]
     assert np.allclose(vecs, embedder.encode(texts), atol=1e-5)
+
+
+def test_step_printer_collects_step_warnings_and_prints_the_header_once():
+    import logging
+
+    from dagster_project.cli.build_terminal import StepPrinter
+
+    out = io.StringIO()
+    printer = StepPrinter(out, header="kb build (kb): run r1 of kb_job")
+    rec = logging.makeLogRecord({"msg": "formatted", "levelno": logging.WARNING,
+                                 "dagster_meta": {"step_key": "raw_docs", "dagster_event": None,
+                                                  "orig_message": "3 files quarantined"}})
+    printer.log_record(rec)
+    info = logging.makeLogRecord({"msg": "x", "levelno": logging.INFO,
+                                  "dagster_meta": {"step_key": "raw_docs", "dagster_event": None,
+                                                   "orig_message": "chatter"}})
+    printer.log_record(info)
+    assert printer.warnings == ["raw_docs: 3 files quarantined"]
+    assert out.getvalue() == ""  # nothing before the first event
