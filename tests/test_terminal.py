@@ -259,3 +259,12 @@ def test_step_printer_collects_step_warnings_and_prints_the_header_once():
     printer.log_record(info)
     assert printer.warnings == ["raw_docs: 3 files quarantined"]
     assert out.getvalue() == ""  # nothing before the first event
+
+
+def test_tty_progress_draws_a_bar_and_closes_it_when_done():
+    out = io.StringIO()
+    r = ProgressRenderer(out, tty=True)
+    for i in range(0, 101, 10):
+        r("embedding", i, 100, "chunks")
+    assert "embedding:" in out.getvalue() and "chunks/s" in out.getvalue()
+    assert r.bars == {} and out.getvalue().endswith("\r")  # closed and cleared at 100%
