@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 
-KB_MODEL = "kb"
-ASSISTANT_MODEL = "kb-assistant"
+from kb_core.models import ASSISTANT_MODEL, KB_MODEL  # noqa: F401 - used via this module
+
 PRODUCTION = "production"
 # Registry tags naming the FT dataset a kb-assistant version was trained on (first found wins).
 DATASET_TAG_KEYS = ("ft_dataset_version", "dataset_version", "ft_dataset")

@@ -13,6 +13,7 @@ from collections import Counter
 import pandas as pd
 from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
 
+from kb_core.models import ASSISTANT_MODEL as ASSISTANT
 from resources.embedder import Embedder
 from resources.finetuner import FineTuneError, FineTuner, TrainJob
 from resources.ft_config import FTConfig
@@ -29,7 +30,6 @@ from .release import eval_set
 from .ingest import now
 from .report import md_table
 
-ASSISTANT = "kb-assistant"
 EVAL_ITEMS = "eval_items.jsonl"  # held-out items with contexts, references and key facts
 
 DOCS_SQL = """

@@ -53,6 +53,8 @@ from types import SimpleNamespace
 from dagster import ConfigurableResource
 from pydantic import PrivateAttr
 
+from kb_core.models import MODELS
+
 from .release_config import ReleaseConfig
 from .store import KBStore, fetch_one
 
@@ -321,7 +323,8 @@ class Registry(ConfigurableResource):
                    model_name, alias, str(row["mlflow_version"]))
         move = AliasMove(model_name, alias, current, version, actor, reason or "", bool(forced),
                          run_id, utcnow().isoformat(timespec="microseconds"))
-        if model_name == "kb" and alias == "production" and self.kb_home:
+        spec = MODELS.get(model_name)
+        if spec and spec.serving_pointer and alias == "production" and self.kb_home:
             # Serving follows right after MLflow; recording it (DuckDB may be briefly locked
             # by a build) must not delay a rollback.
             self.sync_serving_pointer(version)

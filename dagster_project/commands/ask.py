@@ -13,8 +13,7 @@ import textwrap
 from pathlib import Path
 
 from dagster_project.settings import Paths
-
-ASSISTANT = "kb-assistant"
+from kb_core.models import ASSISTANT_MODEL as ASSISTANT
 
 
 def register(sub) -> None:
