@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import DATASETS, machine  # noqa: E402
-from kb_assets.chunking import UNICODE, ChunkerConfig  # noqa: E402
+from kb_core.chunking import UNICODE, ChunkerConfig  # noqa: E402
 from kb_assets.chunks import chunk_document  # noqa: E402
 from kb_assets.parsing import parse_file  # noqa: E402
 from resources.embedder import Embedder  # noqa: E402

@@ -15,8 +15,8 @@ from kb_assets.ft_plan import find_leaks, question_of, validate_line
 from kb_assets.ft_release import ft_eval
 from kb_assets.ingest import now
 from kb_assets.report import md_table
-from kb_assets.text import find_pii
 from kb_core.models import ASSISTANT
+from kb_core.text import find_pii
 from resources.ft_config import FTConfig
 from resources.registry import Registry
 from resources.store import KBStore

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dagster import AssetSelection, Definitions, define_asset_job
 
 from checks import ALL_CHECKS
-from dagster_project.settings import Paths
+from kb_core.paths import Paths
 from dagster_project.writer_executor import kb_writer_executor
 from kb_assets.defs import KB_ASSETS
 from resources import default_resources

@@ -14,7 +14,7 @@ from resources.embedder import Embedder
 from resources.store import KBStore, fetch_one
 
 from .chunks import cleaned_chunks
-from .faults import fault_point
+from kb_core.hooks import fault_point
 from .ingest import now
 
 # Texts per encode call and cache commit: a crash loses at most this much work.

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import faiss
 
-from dagster_project.settings import Paths
+from kb_core.paths import Paths
 from resources.embedder import Embedder
 from resources.vector_index import KBVersion, VersionStore
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from checks.thresholds import QualityThresholds
-from dagster_project.settings import Paths
+from resources.quality_config import QualityThresholds
+from kb_core.paths import Paths
 
 from .config import KBConfig
 from .embedder import Embedder

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from dagster import ConfigurableResource
 
-from dagster_project.cli import CLIError
-from kb_assets.ft_data import DEFAULT_ANSWER_TEMPLATE, DEFAULT_SYSTEM_PROMPT, DatasetSettings
+from kb_core.errors import CLIError
+from kb_core.ft_data import DEFAULT_ANSWER_TEMPLATE, DEFAULT_SYSTEM_PROMPT, DatasetSettings
 
 from .finetuner import LocalLoRAFineTuner, OpenAIFineTuner
 from .llm import DEFAULT_OPENAI_MODEL, LLM

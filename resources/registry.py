@@ -336,7 +336,7 @@ class Registry(ConfigurableResource):
 
     def sync_serving_pointer(self, version: int) -> None:
         """Point `kb search` / `kb serve` at `version` (after the MLflow alias moved)."""
-        from dagster_project.serving import write_pointer
+        from kb_core.serving import write_pointer
 
         # write_pointer only needs `.home`.
         write_pointer(SimpleNamespace(home=Path(self.kb_home)), int(version))

@@ -12,7 +12,7 @@ from checks.gx_suites import Expect, validate
 from checks.metrics import (centroid_reference, chunk_drift, cosine, is_empty_text_reason,
                             pii_frame, ratio_gate, redact, relative_change, vector_frame)
 from checks.state import declared_model_dim
-from checks.thresholds import QualityThresholds
+from resources.quality_config import QualityThresholds
 from resources.embedder import packaged_model_path
 
 Q = QualityThresholds()

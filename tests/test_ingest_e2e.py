@@ -10,9 +10,9 @@ import time
 import duckdb
 import pytest
 
-from checks.thresholds import QualityThresholds
+from resources.quality_config import QualityThresholds
 from dagster_project.cli import main as kb
-from kb_assets.chunking import UNICODE
+from kb_core.chunking import UNICODE
 from kb_assets.chunks import rechunk
 from resources.config import KBConfig
 from resources.store import KBStore

@@ -9,7 +9,7 @@ import os
 import re
 from pathlib import Path
 
-from dagster_project.settings import Paths
+from kb_core.paths import Paths
 
 
 def register(sub) -> None:
@@ -40,7 +40,7 @@ def register(sub) -> None:
 
 
 def version_number(text: str) -> int:
-    from dagster_project.cli import CLIError
+    from kb_core.errors import CLIError
 
     s = text.strip().lower().removeprefix("v")
     if not s.isdigit():
@@ -66,8 +66,8 @@ def read_report(paths: Paths, fn):
     store waits for its lock)."""
     import duckdb
 
-    from dagster_project.audit import Lineage
-    from dagster_project.cli import CLIError
+    from dagster_project.audit.report import Lineage
+    from kb_core.errors import CLIError
     from resources.store import KBStore
 
     if not paths.db.exists():
@@ -87,9 +87,9 @@ def read_report(paths: Paths, fn):
 
 
 def cmd_audit(args) -> int:
-    from dagster_project import audit, audit_format
-    from dagster_project.audit_runs import run_facts
-    from dagster_project.cli import CLIError
+    from dagster_project.audit import format as audit_format, report as audit
+    from dagster_project.audit.runs import run_facts
+    from kb_core.errors import CLIError
 
     paths = Paths.from_env()
     note = ""

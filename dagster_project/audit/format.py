@@ -1,4 +1,4 @@
-"""Render audit reports (dicts from `dagster_project.audit`) as JSON or as markdown sections
+"""Render audit reports (dicts from `dagster_project.audit.report`) as JSON or as markdown sections
 ready to paste into a postmortem. Pure: no I/O."""
 
 from __future__ import annotations
@@ -6,9 +6,8 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-from dagster_project.audit import fmt_time
-
-ROWS = 200  # table rows shown in markdown; JSON always has everything
+from kb_core.markdown import ROWS, fmt_time, short, table  # noqa: F401  (re-exported)
+from kb_core.models import ASSISTANT_MODEL, KB_MODEL
 
 
 def to_json(report: dict) -> str:
@@ -18,31 +17,6 @@ def to_json(report: dict) -> str:
         return str(o)
 
     return json.dumps(report, default=default, ensure_ascii=False, indent=2, sort_keys=False)
-
-
-def table(rows: list, columns: list[str], limit: int = ROWS) -> str:
-    if not rows:
-        return "_none_"
-
-    def cell(v) -> str:
-        if isinstance(v, datetime):
-            v = fmt_time(v)
-        elif isinstance(v, bool):
-            v = "yes" if v else "no"
-        elif isinstance(v, float):
-            v = f"{v:.4g}"
-        s = "—" if v is None or v == "" else str(v)
-        return s.replace("|", "\\|").replace("\n", " ")
-
-    out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    out += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows[:limit]]
-    if len(rows) > limit:
-        out.append(f"\n_… and {len(rows) - limit} more rows (use `--format json` for all)_")
-    return "\n".join(out)
-
-
-def short(h: str | None, n: int = 12) -> str | None:
-    return h[:n] if h else h
 
 
 def code(v) -> str:
@@ -98,7 +72,7 @@ def md_at(r: dict, note: str = "", runs: dict | None = None) -> str:
                      code(m.get("built_by_run")) if m.get("built_by_run") else None))
     out.append(table(rows, ["model", "version", "basis", f"held `{r['alias']}` since", "until",
                             "moved there by", "forced", "reason", "built by Dagster run"]))
-    kb = r["models"].get("kb") or {}
+    kb = r["models"].get(KB_MODEL) or {}
     if kb.get("kb_version"):
         v = kb["kb_version"]
         reg = kb.get("registry") or {}
@@ -114,7 +88,7 @@ def md_at(r: dict, note: str = "", runs: dict | None = None) -> str:
                        f"{code((reg.get('tags') or {}).get('dagster_run_id'))}, status "
                        f"{reg.get('status')})")
         out.append(f"- Details: `kb audit version {v['version']}`")
-    asst = r["models"].get("kb-assistant") or {}
+    asst = r["models"].get(ASSISTANT_MODEL) or {}
     if asst.get("version") is not None:
         reg = asst.get("registry") or {}
         ds = asst.get("ft_dataset") or {}

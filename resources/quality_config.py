@@ -12,7 +12,7 @@ import os
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from dagster_project.cli import CLIError
+from kb_core.errors import CLIError
 
 ENV_PREFIX = "KB_QUALITY_"
 ACCEPT_DRIFT_ENV = "KB_ACCEPT_DRIFT"

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import sys
 
-from dagster_project.serving import pointer_path, write_pointer
-from dagster_project.settings import Paths
-from kb_core.models import KB, MODELS, ModelSpec, spec_of
+from kb_core.serving import pointer_path, write_pointer
+from kb_core.paths import Paths
+from kb_core.models import ASSISTANT, KB, MODELS, ModelSpec, spec_of
 
 MODEL = KB.name  # the default --model
 
@@ -52,7 +52,7 @@ def _context():
 
 def _guard(fn, *args, **kwargs):
     """Registry errors become one-line CLI errors."""
-    from dagster_project.cli import CLIError
+    from kb_core.errors import CLIError
     from resources.registry import RegistryError
 
     try:
@@ -106,7 +106,7 @@ def _assistant_table(rows: list[dict]) -> tuple[list[tuple], list[str]]:
 
 
 # The columns `kb versions` shows per model: what each model's evaluation measures.
-VERSION_TABLES = {KB.name: _kb_table, "kb-assistant": _assistant_table}
+VERSION_TABLES = {KB.name: _kb_table, ASSISTANT.name: _assistant_table}
 
 
 def _kb_counts(store) -> dict[int, dict]:
@@ -187,7 +187,7 @@ def check_promotable(spec: ModelSpec, paths: Paths, store, version: int, force: 
                      served_before: bool = False) -> None:
     """Refuse a version that is not registered, failed its gate, or never ran one (unless
     forced, or a rollback to a version that already served)."""
-    from dagster_project.cli import CLIError
+    from kb_core.errors import CLIError
     from resources.registry import registered_versions
 
     rows = {r["version"]: r for r in registered_versions(store, spec.name)}
@@ -242,7 +242,7 @@ def cmd_promote(args) -> int:
 def rollback_choice(store, spec: ModelSpec, current: int | None, to: int | None) -> int:
     """The version a rollback goes to (`--to` or the previous production one); one-line
     errors for nothing in production, no earlier version, or already there."""
-    from dagster_project.cli import CLIError
+    from kb_core.errors import CLIError
     from resources.registry import alias_history, rollback_target
 
     if current is None:
@@ -264,7 +264,7 @@ def rollback_reason(reason: str | None, current: int) -> str:
 def _serving_production(paths: Paths) -> int | None:
     """Production as the serving pointer says (the mirror of the MLflow alias): read without
     importing MLflow, so a rollback switches serving first."""
-    from dagster_project.serving import resolve
+    from kb_core.serving import resolve
 
     serving = resolve(paths)
     return serving.version if serving.source == "production" else None
