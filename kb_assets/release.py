@@ -24,7 +24,6 @@ from .report import md_table
 from .retrieval import RetrievalConfig
 from .searcher import Searcher
 
-MODEL = KB.name
 
 
 # -- plain helpers (also used by `kb eval`) ---------------------------------------------------
@@ -76,7 +75,7 @@ def save_eval(store: KBStore, version: int, run_id: str, trigger: str, ev: Relea
     metrics = dict(ev.candidate.metrics) if ev.candidate else {}
     with store.transaction() as con:
         con.execute("INSERT INTO eval_results VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [MODEL, version, run_id, utc_now(),
+                    [KB.name, version, run_id, utc_now(),
                      json.dumps(metrics), passed, json.dumps(details, default=str)])
     return passed
 
@@ -104,7 +103,7 @@ def _candidate(store: KBStore) -> int | None:
                             AND e.version = r.version
                             AND json_extract_string(e.details, '$.trigger') = 'dagster')
             AND r.version = (SELECT max(version) FROM registry_versions WHERE model_name = ?)
-            """, [MODEL, MODEL])
+            """, [KB.name, KB.name])
     return None if row is None else int(row[0])
 
 
@@ -148,10 +147,11 @@ def kb_release(context: AssetExecutionContext, store: KBStore, versions: Version
 
         tags = _tags(latest, context.run_id)
         mv = registry.register_version(
-            store, MODEL, n, KBSearchModel(), {ARTIFACT_KEY: str(versions.path / str(n))},
+            store, KB.name, n, KBSearchModel(), {ARTIFACT_KEY: str(versions.path / str(n))},
             tags, run_id=context.run_id, pip_requirements=PIP_REQUIREMENTS,
             signature=signature())
-        move = registry.move_alias(store, MODEL, "staging", n, actor=f"dagster:{context.run_id}",
+        move = registry.move_alias(store, KB.name, KB.candidate_alias, n,
+                                   actor=f"dagster:{context.run_id}",
                                    reason="new candidate registered", run_id=context.run_id)
     except RegistryError as exc:
         raise Failure(description=f"{exc}; KB version {n} on disk is intact") from None
@@ -160,7 +160,7 @@ def kb_release(context: AssetExecutionContext, store: KBStore, versions: Version
     return MaterializeResult(metadata={
         **release_metadata(store, n),
         "kb_version": n, "mlflow_version": mv, "registered": True,
-        "model_uri": f"models:/{MODEL}/{mv}",
+        "model_uri": f"models:/{KB.name}/{mv}",
         "summary": MetadataValue.md(f"Registered **KB version {n}** as MLflow `kb` version "
                                     f"{mv}; alias `staging` moved {move.from_version} -> {n}."),
         "tags": MetadataValue.md(md_table(sorted((k, v) for k, v in tags.items()
@@ -172,7 +172,7 @@ def kb_release(context: AssetExecutionContext, store: KBStore, versions: Version
 def registry_rows(store: KBStore) -> list[dict]:
     from resources.registry import registered_versions
 
-    return registered_versions(store, MODEL)
+    return registered_versions(store, KB.name)
 
 
 @asset(deps=[faiss_index], group_name="release", kinds={"duckdb", "python"},
@@ -224,7 +224,7 @@ def retrieval_eval(context: AssetExecutionContext, store: KBStore, versions: Ver
         return MaterializeResult(metadata={"evaluated": False, "summary": MetadataValue.md(
             "No new candidate: the latest registered KB version was already evaluated.")})
     try:
-        production = registry.get_alias(MODEL, "production")
+        production = registry.get_alias(KB.name, "production")
         ev = evaluate_release_of(versions, embedder, store, release_config,
                                  release_config.eval_k, candidate, production)
     except (GoldenError, FileNotFoundError, RegistryError) as exc:
@@ -234,9 +234,9 @@ def retrieval_eval(context: AssetExecutionContext, store: KBStore, versions: Ver
     passed = save_eval(store, candidate, context.run_id, "dagster", ev, release_config.eval_k)
     metrics = dict(ev.candidate.metrics) if ev.candidate else {}
     try:
-        registry.log_metrics(store, MODEL, candidate,
+        registry.log_metrics(store, KB.name, candidate,
                              {k: v for k, v in metrics.items() if k != "n_queries"})
-        registry.log_eval_dataset(store, MODEL, candidate, ev.eval_set.frame(),
+        registry.log_eval_dataset(store, KB.name, candidate, ev.eval_set.frame(),
                                   f"kb-eval-{ev.kind}", ev.eval_set.sha256, ev.eval_set.source)
     except RegistryError as exc:
         context.log.warning(f"evaluation not fully logged to MLflow: {exc}")

@@ -14,6 +14,7 @@ class ModelSpec:
     eval_asset: str  # scores a candidate and stores the scores in eval_results
     gate_check: str  # the blocking check on eval_asset that decides whether it may be promoted
     promotion_asset: str  # moves `production`; CLI moves are reported as observations of it
+    candidate_alias: str | None  # the alias a newly registered version gets (None: none)
     # `production` is mirrored by $KB_HOME's serving pointer: a rollback switches the pointer
     # first (no MLflow import), and `versions` repairs it when it disagrees with MLflow.
     serving_pointer: bool
@@ -33,13 +34,15 @@ class ModelSpec:
 
 KB = ModelSpec(
     name="kb", label="KB version", eval_asset="retrieval_eval", gate_check="promotion_gate",
-    promotion_asset="kb_promotion", serving_pointer=True, gate_trigger="dagster",
-    no_production="nothing promoted", none_in_production="nothing", rejected_means="failed its evaluation gate",
+    promotion_asset="kb_promotion", candidate_alias="staging", serving_pointer=True, gate_trigger="dagster",
+    no_production="nothing promoted", none_in_production="nothing",
+    rejected_means="failed its evaluation gate",
     unevaluated_means="has not passed an evaluation gate yet", none_version=None)
 
 ASSISTANT = ModelSpec(
     name="kb-assistant", label="kb-assistant version", eval_asset="ft_eval",
-    gate_check="ft_beats_base", promotion_asset="assistant_release", serving_pointer=False,
+    gate_check="ft_beats_base", promotion_asset="assistant_release", candidate_alias=None,
+    serving_pointer=False,
     gate_trigger=None, no_production="the base model answers",
     none_in_production="no kb-assistant version",
     rejected_means="did not beat its base model and the extractive answer",

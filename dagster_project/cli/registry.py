@@ -14,7 +14,7 @@ from kb_core.serving import pointer_path, write_pointer
 from kb_core.paths import Paths
 from kb_core.models import ASSISTANT, KB, MODELS, ModelSpec, spec_of
 
-MODEL = KB.name  # the default --model
+DEFAULT_MODEL = KB.name
 
 
 def register(sub) -> None:
@@ -34,12 +34,12 @@ def register(sub) -> None:
     p.add_argument("--reason", default="", help="why (recorded in alias_history)")
     p.set_defaults(func=cmd_rollback)
     for name in ("versions", "promote", "rollback"):
-        sub.choices[name].add_argument("--model", choices=list(MODELS), default=MODEL,
+        sub.choices[name].add_argument("--model", choices=list(MODELS), default=DEFAULT_MODEL,
                                        help="registered model (default kb)")
 
 
 def _spec(args) -> ModelSpec:
-    return spec_of(getattr(args, "model", MODEL))
+    return spec_of(getattr(args, "model", DEFAULT_MODEL))
 
 
 def _context():
