@@ -11,9 +11,9 @@ from dagster import (AssetCheckExecutionContext, AssetCheckResult, AssetCheckSev
 from kb_assets.finetune import ft_dataset, latest_dataset
 from kb_assets.ft_plan import find_leaks, question_of, validate_line
 from kb_assets.ft_release import eval_for_run, ft_eval
-from kb_assets.ingest import now
 from kb_assets.report import md_table
 from kb_assets.text import find_pii
+from resources import persistence
 from resources.ft_config import FTConfig
 from resources.store import KBStore
 
@@ -105,8 +105,8 @@ def ft_beats_base(context: AssetCheckExecutionContext, store: KBStore) -> AssetC
 def record(store: KBStore, run_id: str, asset: str, name: str, passed: bool, desc: str) -> None:
     """The audit trail of every check result, beside the other checks' rows."""
     with store.transaction() as con:
-        con.execute("INSERT INTO check_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [run_id, now(), asset, name, passed, "ERROR", True, desc[:500], None, "{}"])
+        persistence.record_check_result(con, run_id=run_id, asset=asset, check_name=name,
+                                        passed=passed, description=desc[:500])
 
 
 FT_CHECKS = [ft_dataset_valid, ft_beats_base]

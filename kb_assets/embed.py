@@ -10,12 +10,13 @@ import numpy as np
 import pandas as pd
 from dagster import AssetExecutionContext, MaterializeResult, asset
 
+from kb_core.clock import utc_now
+from resources import persistence
 from resources.embedder import Embedder
 from resources.store import KBStore, fetch_one
 
 from .chunks import cleaned_chunks
 from .faults import fault_point
-from .ingest import now
 
 # Texts per encode call and cache commit: a crash loses at most this much work.
 COMMIT_EVERY = int(os.environ.get("KB_EMBED_COMMIT_EVERY", "512"))
@@ -44,10 +45,9 @@ def embed_missing(store: KBStore, embedder: Embedder, log=None) -> dict:
         vecs = embedder.encode([t for _, t in part])
         encode_s += time.perf_counter() - t1
         df = pd.DataFrame({"model_id": model_id, "text_hash": [h for h, _ in part],
-                           "vector": [v.tobytes() for v in vecs], "created_at": now()})
+                           "vector": [v.tobytes() for v in vecs], "created_at": utc_now()})
         with store.connect() as con:
-            con.register("new_vecs", df)
-            con.execute("INSERT OR IGNORE INTO embedding_cache SELECT * FROM new_vecs")
+            persistence.cache_embeddings(con, df)
         fault_point("embedding:after_first_batch")
         if log:
             done = start + len(part)

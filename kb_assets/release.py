@@ -3,10 +3,10 @@
 (move `production` to it when its blocking gate check passed and auto-promotion is on)."""
 
 import json
-from datetime import datetime, timezone
 
 from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
 
+from resources import persistence
 from resources.embedder import Embedder
 from resources.registry import Registry, RegistryError, ReleaseConfig, alias_history
 from resources.store import KBStore, fetch_one
@@ -86,9 +86,8 @@ def save_eval(store: KBStore, version: int, run_id: str, trigger: str, ev: Relea
                "per_query": ev.candidate.per_query if ev.candidate else []}
     metrics = dict(ev.candidate.metrics) if ev.candidate else {}
     with store.transaction() as con:
-        con.execute("INSERT INTO eval_results VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [MODEL, version, run_id, datetime.now(timezone.utc).replace(tzinfo=None),
-                     json.dumps(metrics), passed, json.dumps(details, default=str)])
+        persistence.record_eval_result(con, model_name=MODEL, version=version, run_id=run_id,
+                                       metrics=metrics, passed=passed, details=details)
     return passed
 
 

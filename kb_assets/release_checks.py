@@ -1,12 +1,11 @@
 """The promotion gate: a blocking check on retrieval_eval. When it fails, kb_promotion does
 not run and `production` stays where it is."""
 
-import json
-from datetime import datetime, timezone
 
 from dagster import (AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity,
                      MetadataValue, asset_check)
 
+from resources import persistence
 from resources.store import KBStore
 
 from .release import eval_for_run, gate_table, retrieval_eval
@@ -30,10 +29,10 @@ def promotion_gate(context: AssetCheckExecutionContext, store: KBStore) -> Asset
                 "production_version": ev["details"].get("production_version"),
                 "gate": MetadataValue.md(gate_table(ev["details"]["gate"]))}
     with store.transaction() as con:  # the audit trail of every check, beside the others'
-        con.execute("INSERT INTO check_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [run_id, datetime.now(timezone.utc).replace(tzinfo=None), "retrieval_eval",
-                     "promotion_gate", ev["passed"], "ERROR", True, desc[:500], ev["version"],
-                     json.dumps({"gate": ev["details"]["gate"]}, default=str)])
+        persistence.record_check_result(
+            con, run_id=run_id, asset="retrieval_eval", check_name="promotion_gate",
+            passed=ev["passed"], description=desc[:500], kb_version=ev["version"],
+            metadata={"gate": ev["details"]["gate"]})
     return AssetCheckResult(passed=ev["passed"], severity=AssetCheckSeverity.ERROR,
                             description=desc[:1000], metadata=metadata)
 

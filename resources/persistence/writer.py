@@ -7,7 +7,8 @@ Functions take an open connection, so several writes share the caller's transact
 from __future__ import annotations
 
 import itertools
-from typing import Iterable, Mapping
+from contextlib import contextmanager
+from typing import Iterable, Iterator, Mapping
 
 import pandas as pd
 
@@ -50,12 +51,9 @@ def insert_frame(con, table: str, frame: pd.DataFrame,
     if frame is None or len(frame) == 0:
         return 0
     columns = check_columns(table, [str(c) for c in frame.columns])
-    view = _register(con, frame)
-    try:
+    with registered(con, frame) as view:
         con.execute(f"{_CONFLICT[on_conflict]} INTO {table} ({', '.join(columns)}) "
                     f"SELECT {', '.join(columns)} FROM {view}")
-    finally:
-        con.unregister(view)
     return len(frame)
 
 
@@ -75,20 +73,24 @@ def delete_in(con, table: str, column: str, values: Iterable) -> None:
     if not values:
         return
     (column,) = check_columns(table, [column])
-    view = _register(con, pd.DataFrame({"v": values}))
-    try:
-        con.execute(f"DELETE FROM {table} WHERE {column} IN (SELECT v FROM {view})")
-    finally:
-        con.unregister(view)
+    with values_in(con, values) as selected:
+        con.execute(f"DELETE FROM {table} WHERE {column} IN {selected}")
 
 
-def values_view(con, values: Iterable) -> str:
-    """A registered one-column (`v`) frame for `... IN (SELECT v FROM <name>)`; the caller
-    unregisters it."""
-    return _register(con, pd.DataFrame({"v": list(values)}))
-
-
-def _register(con, frame: pd.DataFrame) -> str:
+@contextmanager
+def registered(con, frame: pd.DataFrame) -> Iterator[str]:
+    """The frame as a uniquely named view for the duration of the block."""
     name = f"_kb_write_{next(_names)}"
     con.register(name, frame)
-    return name
+    try:
+        yield name
+    finally:
+        con.unregister(name)
+
+
+@contextmanager
+def values_in(con, values: Iterable) -> Iterator[str]:
+    """`(SELECT v FROM <view>)` over the values, for `... WHERE col IN <that>`: a long list
+    costs one statement."""
+    with registered(con, pd.DataFrame({"v": list(values)})) as name:
+        yield f"(SELECT v FROM {name})"
