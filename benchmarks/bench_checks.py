@@ -93,7 +93,7 @@ def one_scale(chunks: int, home: str) -> dict:
     from dagster import AssetSelection, DagsterInstance, Definitions, define_asset_job
 
     from checks.kb_checks import KB_CHECKS
-    from dagster_project.settings import Paths
+    from kb_core.paths import Paths
     from kb_assets.chunks import cleaned_chunks
     from kb_assets.embed import embeddings
     from kb_assets.index import faiss_index

@@ -1,4 +1,4 @@
-"""Chunking throughput (issue 16): documents per second through `chunk_document` (normalise,
+"""Chunking throughput: documents per second through `chunk_document` (normalise,
 PII masking, chunking) in the embedder's tokens and in the old Unicode unit, on 300 scifact
 abstracts + 100 Traditional Chinese FAQ entries, and the worst case of 5 MB runs without
 spaces. Prints a table; run with .venv/bin/python benchmarks/bench_chunking.py."""
@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import DATASETS, machine  # noqa: E402
-from kb_assets.chunking import UNICODE, ChunkerConfig  # noqa: E402
+from kb_core.chunking import UNICODE, ChunkerConfig  # noqa: E402
 from kb_assets.chunks import chunk_document  # noqa: E402
 from kb_assets.parsing import parse_file  # noqa: E402
 from resources.embedder import Embedder  # noqa: E402

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dagster_project.settings import apply_offline_env  # noqa: E402
+from kb_core.paths import apply_offline_env  # noqa: E402
 
 apply_offline_env()
 
@@ -56,7 +56,7 @@ def run_dataset(name: str, args) -> dict:
     from dagster import AssetSelection, DagsterInstance, Definitions, define_asset_job
 
     from checks import ALL_CHECKS
-    from dagster_project.settings import Paths
+    from kb_core.paths import Paths
     from kb_assets.defs import KB_ASSETS
     from resources import default_resources
     from resources.finetuner import LocalLoRAFineTuner

@@ -67,7 +67,7 @@ def published_at(instance, run_id: str) -> float | None:
 
 
 def served_contains(paths, embedder, cache: dict, token: str, rel: str) -> tuple[bool, int | None]:
-    from dagster_project.serving import resolve
+    from kb_core.serving import resolve
     from kb_assets.searcher import Searcher
 
     number = resolve(paths).version
@@ -82,7 +82,7 @@ def served_contains(paths, embedder, cache: dict, token: str, rel: str) -> tuple
 def run_config(interval: int, trials: int, root: Path, embedder) -> dict:
     from dagster import DagsterInstance
 
-    from dagster_project.settings import Paths
+    from kb_core.paths import Paths
     from tests.ui_stack import UIStack
 
     home = root / f"kb-interval-{interval}"

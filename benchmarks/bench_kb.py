@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from benchmarks.common import DATASETS, load_beir, md_row, median, pct, write_section  # noqa: E402
-from dagster_project.settings import Paths  # noqa: E402
+from kb_core.paths import Paths  # noqa: E402
 
 
 def fresh_paths(root: Path, name: str) -> Paths:
@@ -117,7 +117,7 @@ def bench_throughput(paths: Paths, n: int, repeats: int = 2) -> dict:
 def bench_latency(n_chunks: int, queries: list[str], vocab_texts: list[str]) -> dict:
     import faiss
 
-    from kb_assets.lexical import BM25Index
+    from kb_core.lexical import BM25Index
     from kb_assets.retrieval import RetrievalConfig, hybrid_search
     from resources.embedder import Embedder
     from resources.vector_index import KBVersion, build_faiss_index
@@ -163,7 +163,7 @@ def bench_quality(paths: Paths, queries: dict[str, str], qrels: dict, label: str
     from kb_assets.retrieval import RetrievalConfig
     from kb_assets.searcher import Searcher
 
-    from dagster_project.serving import resolve
+    from kb_core.serving import resolve
 
     searcher = Searcher.open(paths, resolve(paths).version)
     ungated = RetrievalConfig(min_dense_score=-1.0, min_lexical_score=0.0, min_lexical_coverage=0.0)

@@ -157,7 +157,7 @@ def published_version(home: Path) -> tuple[int | None, bool]:
 
 # --- measuring ------------------------------------------------------------------------------------
 def open_searcher(home: Path, version: int, embedder):
-    from dagster_project.settings import Paths
+    from kb_core.paths import Paths
     from kb_assets.searcher import Searcher
 
     os.environ["KB_HOME"] = str(home)

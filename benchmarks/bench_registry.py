@@ -41,7 +41,7 @@ def setup(root: Path):
     os.environ["KB_HOME"] = str(root / "kb")
     for var in ("DAGSTER_HOME", "KB_INBOX", "MLFLOW_TRACKING_URI"):
         os.environ.pop(var, None)
-    from dagster_project.settings import Paths
+    from kb_core.paths import Paths
     from resources.registry import ReleaseConfig
     from tests.kbtest import materialized, run_job
 
@@ -177,7 +177,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=20)
     ap.add_argument("--seconds", type=float, default=30)
     args = ap.parse_args()
-    from dagster_project.serve import free_port
+    from tests.serve_thread import free_port
     from kb_assets.golden import load_golden
 
     root = Path(tempfile.mkdtemp(prefix="bench-registry-"))

@@ -28,7 +28,7 @@ NEW_DOC = ("hr/sabbatical_en.md", "# Sabbatical leave\nAfter seven years of serv
            "take a sabbatical of up to twelve weeks, half of it paid, once approved by HR.\n")
 BUILD_V3 = """
 from resources.release_config import ReleaseConfig
-from dagster_project.settings import Paths
+from kb_core.paths import Paths
 from tests.kbtest import materialized, run_job
 # Latency SLO relaxed: 50 clients saturate this 2-core machine on purpose.
 r = run_job(Paths.from_env(), "kb_job",
@@ -88,7 +88,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=50)
     ap.add_argument("--seconds", type=float, default=60)
     args = ap.parse_args()
-    from dagster_project.serve import free_port
+    from tests.serve_thread import free_port
     from kb_assets.golden import load_golden
 
     root = Path(tempfile.mkdtemp(prefix="bench-load-"))

@@ -19,7 +19,7 @@ from . import state
 from .gx_suites import Expect, validate
 from .metrics import DriftReport, chunk_drift, pii_frame
 from .outcome import CheckDef, CheckOutcome, guarded, record
-from .thresholds import QualityThresholds
+from resources.quality_config import QualityThresholds
 
 ASSET = "cleaned_chunks"
 UNIQUE = CheckDef(ASSET, "chunks_unique_ids", True,

@@ -14,7 +14,7 @@ from . import state
 from .gx_suites import Expect, validate
 from .metrics import centroid_reference, cosine, vector_frame
 from .outcome import CheckDef, CheckOutcome, guarded, record
-from .thresholds import QualityThresholds
+from resources.quality_config import QualityThresholds
 
 ASSET = "embeddings"
 DIMENSION = CheckDef(ASSET, "embeddings_dimension", True,

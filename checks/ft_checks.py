@@ -12,7 +12,7 @@ from kb_assets.finetune import ft_dataset, latest_dataset
 from kb_assets.ft_plan import find_leaks, question_of, validate_line
 from kb_assets.ft_release import eval_for_run, ft_eval
 from kb_assets.report import md_table
-from kb_assets.text import find_pii
+from kb_core.text import find_pii
 from resources import persistence
 from resources.ft_config import FTConfig
 from resources.store import KBStore

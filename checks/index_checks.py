@@ -12,7 +12,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 from dagster import AssetCheckExecutionContext, AssetCheckSpec, multi_asset_check
 
-from kb_assets.lexical import BM25Index, lexical_tokens
+from kb_core.lexical import BM25Index, lexical_tokens
 from kb_assets.retrieval import hybrid_search
 from resources.embedder import Embedder
 from resources.store import KBStore, fetch_one
@@ -20,7 +20,7 @@ from resources.vector_index import INDEX_FILE, INFO_FILE, MANIFEST_FILE, KBVersi
 
 from .gx_suites import Expect, validate
 from .outcome import CheckDef, CheckOutcome, attach_version, guarded, record
-from .thresholds import QualityThresholds
+from resources.quality_config import QualityThresholds
 
 ASSET = "faiss_index"
 SIZE = CheckDef(ASSET, "faiss_index_size", True,

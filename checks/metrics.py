@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from kb_assets.pii import find_pii
+from kb_core.pii import find_pii
 
 # Quarantine reasons (kb_assets/parsing.py) that mean "this record had no text".
 EMPTY_TEXT_REASON = re.compile(

@@ -11,7 +11,7 @@ from . import state
 from .gx_suites import Expect, validate
 from .metrics import is_empty_text_reason, ratio, ratio_gate
 from .outcome import CheckDef, CheckOutcome, guarded, record
-from .thresholds import QualityThresholds
+from resources.quality_config import QualityThresholds
 
 ASSET = "raw_docs"
 REQUIRED = CheckDef(ASSET, "raw_docs_required_fields", True,

@@ -5,8 +5,8 @@ Why an executor: the lock must cover a whole run, whichever assets it selects (a
 "Materialize all" uses Dagster's implicit asset job, which carries no run tags), and it must
 be taken by the process that writes. The executor is the one piece every launched run passes
 through, once, in its run worker. `execute_in_process` (`kb build`, the tests) never uses
-it: `kb build` takes the lock itself (commands/build.py `writer_lock`). In one process the
-steps also skip re-importing torch per step (STACK.md: ~3 s instead of ~10 s)."""
+it: `kb build` takes the lock itself (kb_core/writer_lock.py). In one process the
+steps also skip re-importing torch per step (measured ~3 s instead of ~10 s per step)."""
 
 from __future__ import annotations
 
@@ -21,19 +21,19 @@ from dagster._core.definitions.executor_definition import (  # pinned dagster==1
 from dagster._core.events import DagsterEvent, EngineEventData
 from dagster._core.executor.in_process import InProcessExecutor
 
-from dagster_project.commands.build import writer_lock
-from dagster_project.settings import Paths
+from kb_core.paths import Paths
+from kb_core.writer_lock import writer_lock, writer_lock_path
 
 
 class WriterLockedExecutor(InProcessExecutor):
     def execute(self, plan_context, execution_plan) -> Iterator[DagsterEvent]:
         paths = Paths.from_env()
-        lock_file = paths.home / ".kb-writer.lock"
+        lock_file = writer_lock_path(paths.home)
         yield DagsterEvent.engine_event(
             plan_context, f"Taking the KB writer lock {lock_file} (waits while another run "
                           "or `kb build` writes the knowledge base)", EngineEventData())
         t0 = time.monotonic()
-        with writer_lock(paths):
+        with writer_lock(paths.home):
             yield DagsterEvent.engine_event(
                 plan_context, f"Holding the KB writer lock (waited {time.monotonic() - t0:.1f}s)",
                 EngineEventData())

@@ -18,11 +18,11 @@ from resources.embedder import Embedder
 from resources.store import KBStore, fetch_one
 
 from .budget import BudgetExceeded, Deadline, budget_for
-from .chunking import UNICODE, ChunkerConfig, chunk_id, chunk_text
+from kb_core.chunking import UNICODE, ChunkerConfig, chunk_id, chunk_text
 from .ingest import raw_docs
 from .parsing import Problem
 from .report import bar_chart, histogram, md_table
-from .text import PII_LABELS, mask_pii, normalise, sha256_text
+from kb_core.text import PII_LABELS, mask_pii, normalise, sha256_text
 
 LENGTH_BINS = [0, 25, 50, 100, 150, 200, 300, 500]
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from kb_core import settings
 from kb_core.clock import utc_now
 from resources import persistence
 
@@ -220,9 +221,8 @@ def load_eval_questions(store, golden_path: str | None = None,
                         kb_home: Path | None = None) -> tuple[str, list[EvalQuestion]]:
     """(kind, questions): the KB's evaluation questions (for fine-tuning data and ft_eval).
     Defaults: KB_GOLDEN from the environment, KB_HOME = the folder of the store's file."""
-    import os
-
-    golden_path = golden_path if golden_path is not None else os.environ.get("KB_GOLDEN", "")
+    
+    golden_path = golden_path if golden_path is not None else settings.get("KB_GOLDEN")
     kb_home = kb_home if kb_home is not None else Path(store.db_path).parent
     es = load_eval_set(store, golden_path, kb_home)
     return es.kind, es.questions

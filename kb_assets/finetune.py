@@ -23,7 +23,7 @@ from resources.registry import Registry, RegistryError, registered_versions
 from resources.store import KBStore, fetch_one
 from resources.vector_index import VersionStore
 
-from .ft_data import SourceDoc, eligible, split_group, split_sections
+from kb_core.ft_data import SourceDoc, eligible, split_group, split_sections
 from .ft_plan import plan_questions
 from .ft_questions import build_question_examples, kb_questions
 from .index import faiss_index

@@ -16,10 +16,10 @@ import re
 import statistics
 from dataclasses import dataclass
 
-from .ft_data import _BULLET, _CJK_ENUM, _HEADING_MD, _SENTENCE, _STOP, clean_for_export, \
+from kb_core.ft_data import _BULLET, _CJK_ENUM, _HEADING_MD, _SENTENCE, _STOP, clean_for_export, \
     first_sentences, is_cjk, shingles
 from .ft_scoring import key_facts
-from .text import CJK_CHAR, TOKEN
+from kb_core.text import CJK_CHAR, TOKEN
 
 REFUSAL_EN = "The context does not answer this question."
 REFUSAL_ZH = "提供的資料沒有回答這個問題。"

@@ -9,7 +9,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
-from .ft_data import DatasetSettings, Example, _unit_hash, shingles, with_distractors
+from kb_core.ft_data import DatasetSettings, Example, _unit_hash, shingles, with_distractors
 
 # -- split and leakage --------------------------------------------------------------------
 def eval_groups(groups: list[str], s: DatasetSettings) -> set[str]:

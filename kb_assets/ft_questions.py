@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .ft_answer import answer_facts, best_sentences, cite, refusal_text, sentence_scores
-from .ft_data import (DatasetSettings, Example, SourceDoc, _unit_hash, build_examples,
+from kb_core.ft_data import (DatasetSettings, Example, SourceDoc, _unit_hash, build_examples,
                       chat_messages, clean_for_export, eligible, example_key, focus_passage,
                       split_group, split_sections, user_prompt)
 from .ft_plan import eval_groups

@@ -18,9 +18,9 @@ from resources.store import KBStore, fetch_one
 from resources.vector_index import SOURCES_FILE, KBVersion, VersionStore, build_faiss_index
 
 from .embed import embeddings, load_vectors
-from .faults import fault_point
+from kb_core.hooks import fault_point
 from .eval_set import synthetic_questions
-from .lexical import LEXICAL_VERSION, BM25Index
+from kb_core.lexical import LEXICAL_VERSION, BM25Index
 from .relevance import Calibration, calibrate_version
 from .report import md_table
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from .text import CJK_CLASS
+from kb_core.text import CJK_CLASS
 
 FLAG = "prompt_injection"
 

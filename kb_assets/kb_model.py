@@ -26,7 +26,7 @@ def load_version_dir(path: Path, number: int | None = None):
 
     from resources.vector_index import INDEX_FILE, INFO_FILE, MANIFEST_FILE, KBVersion
 
-    from .lexical import BM25Index
+    from kb_core.lexical import BM25Index
 
     info = json.loads((path / INFO_FILE).read_text(encoding="utf-8"))
     return KBVersion(int(number if number is not None else info.get("version", 0)), path, info,

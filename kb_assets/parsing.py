@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 from .budget import BudgetExceeded, Deadline, budget_for
-from .html_extract import HTMLTooDeep, html_to_text
+from kb_core.html_extract import HTMLTooDeep, html_to_text
 from .injection import injection_flags
-from .text import CJK_CHAR, content_hash, normalise
+from kb_core.text import CJK_CHAR, content_hash, normalise
 
 SUPPORTED_EXTENSIONS = (".jsonl", ".md", ".txt", ".html", ".htm")
 

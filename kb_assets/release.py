@@ -184,7 +184,7 @@ def kb_release(context: AssetExecutionContext, store: KBStore, versions: Version
                                    reason="new candidate registered", run_id=context.run_id)
     except RegistryError as exc:
         raise Failure(description=f"{exc}; KB version {n} on disk is intact") from None
-    from dagster_project.audit_metadata import release_metadata  # audit links for the UI
+    from kb_assets.release_metadata import release_metadata  # audit links for the UI
 
     return MaterializeResult(metadata={
         **release_metadata(store, n),

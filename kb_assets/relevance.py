@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .text import cjk_ratio
+from kb_core.text import cjk_ratio
 
 CALIBRATION_METHOD = "null-quantile-v1"
 NULL_QUESTIONS_FILE = Path(__file__).with_name("data") / "unrelated_questions.txt"

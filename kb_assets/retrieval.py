@@ -9,9 +9,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .fusion import dense_weight, rrf_fuse
+from kb_core.fusion import dense_weight, rrf_fuse
 from .relevance import CJK_QUERY_THRESHOLD, Calibration, readable_dense_top
-from .text import cjk_ratio
+from kb_core.text import cjk_ratio
 
 
 def evidence_weights(version, t, dense_rows, dense_scores, lex_scores) -> list[float] | None:

@@ -6,14 +6,14 @@ from dataclasses import dataclass, field
 
 import faiss
 
-from dagster_project.settings import Paths
+from kb_core.paths import Paths
 from resources.embedder import Embedder
 from resources.vector_index import KBVersion, VersionStore
 
 from .retrieval import Hit, RetrievalConfig, hybrid_search
 from .untrusted import mark_untrusted
 
-# One thread per query: with two, a single FAISS query was 3-4x slower here (STACK.md).
+# One thread per query: with two, a single FAISS query was 3-4x slower on a busy 2-core box.
 faiss.omp_set_num_threads(1)
 
 

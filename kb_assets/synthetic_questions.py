@@ -14,8 +14,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .lexical import lexical_tokens
-from .text import CJK_CHAR, TOKEN, cjk_ratio
+from kb_core.lexical import lexical_tokens
+from kb_core.text import CJK_CHAR, TOKEN, cjk_ratio
 
 GENERATOR_VERSION = "known-item-v1"
 _SENTENCES = re.compile(r"[^.!?;。！？；\n]+[.!?;。！？；]?")

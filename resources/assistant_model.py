@@ -38,7 +38,7 @@ class AssistantModel(mlflow.pyfunc.PythonModel):
             self.ref = AssistantRef("local", card["base_model"], context.artifacts.get("adapter"))
 
     def predict(self, context, model_input, params=None):
-        from kb_assets.ft_data import chat_messages, user_prompt
+        from kb_core.ft_data import chat_messages, user_prompt
 
         rows = model_input.to_dict("records") if hasattr(model_input, "to_dict") else model_input
         convs = [chat_messages(self.system_prompt, user_prompt(r["question"], r.get("context", "")))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from dagster import ConfigurableResource
 
-from kb_assets.chunking import TOKENIZER_NAME, ChunkerConfig
+from kb_core.chunking import TOKENIZER_NAME, ChunkerConfig
 
 
 class KBConfig(ConfigurableResource):
@@ -24,8 +24,8 @@ class KBConfig(ConfigurableResource):
     token_unit: str = "model"
 
     def chunk_tokenizer(self, embedder):
-        """What the chunker counts with this setting (kb_assets.token_units)."""
-        from kb_assets.chunking import UNICODE
+        """What the chunker counts with this setting (kb_core.token_units)."""
+        from kb_core.chunking import UNICODE
 
         if self.token_unit not in ("model", "unicode"):
             raise ValueError(f"token_unit must be 'model' or 'unicode', got {self.token_unit!r}")

@@ -11,11 +11,10 @@ from pathlib import Path
 import numpy as np
 from dagster import ConfigurableResource
 
+from kb_core.paths import apply_offline_env
+
 PACKAGED_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 _LOAD_LOCK = threading.Lock()
-# Texts encoded per model id in this process. Dagster may re-instantiate resources, so the
-# count lives at module level; tests read it to prove only uncached chunks were encoded.
-ENCODED_TEXTS: dict[str, int] = {}
 
 
 def packaged_model_path() -> Path:
@@ -26,6 +25,7 @@ def packaged_model_path() -> Path:
 
 @lru_cache(maxsize=4)
 def _load(path: str):
+    apply_offline_env()
     from sentence_transformers import SentenceTransformer
 
     if not Path(path).is_dir():
@@ -61,19 +61,17 @@ class Embedder(ConfigurableResource):
         return int(get_dim())
 
     def tokenizer(self):
-        """The model's own tokenizer (kb_assets.token_units.ModelTokens), loaded from the
+        """The model's own tokenizer (kb_core.token_units.ModelTokens), loaded from the
         model folder without loading the weights: what the chunker counts."""
-        from kb_assets.token_units import model_tokens
+        from kb_core.token_units import model_tokens
 
         return model_tokens(self.resolved_path)
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        if texts:
-            ENCODED_TEXTS[self.model_id] = ENCODED_TEXTS.get(self.model_id, 0) + len(texts)
         return self.encode_questions(texts)
 
     def encode_questions(self, texts: list[str]) -> np.ndarray:
-        """Encode without counting: questions (evaluation, calibration), not KB passages."""
+        """Questions (evaluation, calibration), not KB passages: `encode` is for passages."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         vecs = self.model().encode(texts, batch_size=self.batch_size, convert_to_numpy=True,

@@ -53,6 +53,7 @@ from dagster import ConfigurableResource
 from pydantic import PrivateAttr
 
 from kb_core.clock import utc_from_timestamp, utc_now
+from kb_core.paths import apply_offline_env
 from resources import persistence
 
 from .release_config import ReleaseConfig
@@ -132,6 +133,7 @@ class Registry(ConfigurableResource):
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
             os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+            apply_offline_env()  # telemetry off before MLflow is imported
             self._check_reachable()
             from mlflow import MlflowClient
 
@@ -331,7 +333,7 @@ class Registry(ConfigurableResource):
 
     def sync_serving_pointer(self, version: int) -> None:
         """Point `kb search` / `kb serve` at `version` (after the MLflow alias moved)."""
-        from dagster_project.serving import write_pointer
+        from kb_core.serving import write_pointer
 
         # write_pointer only needs `.home`.
         write_pointer(SimpleNamespace(home=Path(self.kb_home)), int(version))

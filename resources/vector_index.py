@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 from dagster import ConfigurableResource
 
-from dagster_project.serving import version_numbers
-from kb_assets.faults import fault_point
-from kb_assets.lexical import BM25Index
+from kb_core.serving import version_numbers
+from kb_core.hooks import fault_point
+from kb_core.lexical import BM25Index
 
 INDEX_FILE = "index.faiss"
 MANIFEST_FILE = "manifest.parquet"

@@ -12,7 +12,7 @@ import os
 import time
 from pathlib import Path
 
-from dagster_project.settings import Paths
+from kb_core.paths import Paths
 
 IN_PROGRESS = ("STARTING", "STARTED", "CANCELING")
 NO_PID_GRACE_S = 120  # a run this young may simply not have reported its worker yet

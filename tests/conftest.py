@@ -1,6 +1,6 @@
 import pytest
 
-from dagster_project.settings import Paths
+from kb_core.paths import Paths
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from dagster import DagsterInstance
 
-from dagster_project.settings import Paths
+from kb_core.paths import Paths
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_INBOX = REPO / "sample_data" / "inbox"

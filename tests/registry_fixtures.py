@@ -72,7 +72,7 @@ def publish_damaged(versions_root: Path, source: int, number: int) -> Path:
     rotated onto the wrong chunks: every file is well-formed, retrieval is garbage. Its
     fingerprint is the source's, so the next faiss_index run adopts it (as it would a
     version whose publisher crashed) without publishing another."""
-    from kb_assets.lexical import BM25Index
+    from kb_core.lexical import BM25Index
     from resources.vector_index import SOURCES_FILE, VersionStore, build_faiss_index
 
     store = VersionStore(root=str(versions_root))

@@ -7,8 +7,8 @@ from datetime import datetime
 
 import pytest
 
-from dagster_project import audit, audit_format
-from dagster_project.audit import AuditError, Lineage, parse_time, production_windows
+from dagster_project.audit import format as audit_format, report as audit
+from dagster_project.audit.report import AuditError, Lineage, parse_time, production_windows
 from resources import persistence
 from resources.store import KBStore
 
@@ -351,7 +351,7 @@ def test_table_escapes_and_truncates():
 
 # ---------------------------------------------------------------------------- UI metadata
 def test_release_metadata_links_run_mlflow_and_changes(lineage, kb_paths):
-    from dagster_project.audit_metadata import release_metadata
+    from kb_assets.release_metadata import release_metadata
 
     store = KBStore(db_path=str(kb_paths.db))
     md = release_metadata(store, 2)

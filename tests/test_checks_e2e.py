@@ -16,9 +16,9 @@ from dagster import (AssetSelection, DagsterInstance, Definitions, MaterializeRe
                      define_asset_job)
 
 from checks.kb_checks import KB_CHECKS
-from checks.thresholds import QualityThresholds
-from dagster_project.commands.build import summarize
-from dagster_project.serving import resolve
+from resources.quality_config import QualityThresholds
+from dagster_project.cli.build import summarize
+from kb_core.serving import resolve
 from kb_assets.chunks import cleaned_chunks
 from kb_assets.embed import embeddings
 from kb_assets.index import faiss_index

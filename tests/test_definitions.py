@@ -27,7 +27,7 @@ BLOCKING = {"raw_docs:raw_docs_required_fields", "cleaned_chunks:chunks_unique_i
 
 @pytest.fixture(scope="module")
 def graph(tmp_path_factory):
-    from dagster_project.settings import Paths
+    from kb_core.paths import Paths
 
     home = tmp_path_factory.mktemp("defs")
     paths = Paths(home, home / "inbox", home / "kb.duckdb", home / "versions", home / "dagster",

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 
-from dagster_project.serving import resolve
+from kb_core.serving import resolve
 from kb_assets.searcher import Searcher
 from resources.embedder import Embedder
 from tests.kbtest import REPO, write

@@ -11,7 +11,7 @@ import pytest
 from kb_assets.eval_set import (CURATED, SYNTHETIC, EvalQuestion, EvalSet, applicable,
                                 coverage, curated_location, load_curated)
 from kb_assets.golden import GoldenError
-from kb_assets.lexical import lexical_tokens
+from kb_core.lexical import lexical_tokens
 from kb_assets.metrics import GateThresholds
 from kb_assets.relevance import Calibration, Evidence, calibrate, null_questions
 from kb_assets.release_eval import SyntheticFloors, release_gate

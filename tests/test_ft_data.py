@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from kb_assets.ft_data import (DatasetSettings, SourceDoc, build_examples, clean_for_export,
+from kb_core.ft_data import (DatasetSettings, SourceDoc, build_examples, clean_for_export,
                                first_sentences, focus_passage, split_group, split_sections,
                                template_questions, with_distractors)
 from kb_assets.ft_plan import (eval_groups, find_leaks, plan_dataset, select_replay,
@@ -225,7 +225,7 @@ def test_nothing_changed_means_same_content_hash():
 
 
 def test_prompt_injection_documents_are_not_eligible():
-    from kb_assets.ft_data import eligible
+    from kb_core.ft_data import eligible
 
     assert not eligible(doc("x.md", flags=("prompt_injection",)), S)
     assert eligible(doc("x.md", flags=("prompt_injection",)), DatasetSettings(exclude_flags=()))
@@ -304,7 +304,7 @@ def test_pick_eval_round_robins_documents():
     ("Hybrid Working Policy (UK)", "Hybrid Working Policy"),
 ])
 def test_short_title(title, short):
-    from kb_assets.ft_data import short_title
+    from kb_core.ft_data import short_title
 
     assert short_title(title) == short
 

@@ -7,7 +7,7 @@ import json
 
 from dagster import AssetSelection, DagsterInstance, Definitions, define_asset_job
 
-from kb_assets.ft_data import DatasetSettings, split_group
+from kb_core.ft_data import DatasetSettings, split_group
 from kb_assets.ft_plan import eval_groups
 from tests.kbtest import write
 

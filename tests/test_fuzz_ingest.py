@@ -10,12 +10,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kb_assets.chunking import UNICODE, ChunkerConfig, chunk_text
-from kb_assets.html_extract import HTMLTooDeep, html_to_text
+from kb_core.chunking import UNICODE, ChunkerConfig, chunk_text
+from kb_core.html_extract import HTMLTooDeep, html_to_text
 from kb_assets.injection import injection_hits
 from kb_assets.parsing import parse_file
-from kb_assets.pii import find_pii, mask_pii
-from kb_assets.text import TOKEN, normalise
+from kb_core.pii import find_pii, mask_pii
+from kb_core.text import TOKEN, normalise
 from resources.embedder import Embedder
 
 LIMIT_S = 3.0  # per call, on inputs up to ~200 KB, on a busy 2-core machine

@@ -8,10 +8,10 @@ import time
 import pytest
 
 from kb_assets.budget import BudgetExceeded, Deadline
-from kb_assets.html_extract import MAX_DEPTH, html_to_text
+from kb_core.html_extract import MAX_DEPTH, html_to_text
 from kb_assets.injection import is_injection
 from kb_assets.parsing import parse_file
-from kb_assets.pii import card_ok, luhn_ok, mask_pii, tw_id_ok
+from kb_core.pii import card_ok, luhn_ok, mask_pii, tw_id_ok
 
 
 # --- PII -------------------------------------------------------------------------------------

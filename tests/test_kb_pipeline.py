@@ -8,8 +8,9 @@ import pytest
 
 from kb_assets.searcher import Searcher
 from resources.config import KBConfig
-from resources.embedder import ENCODED_TEXTS, PACKAGED_MODEL_ID
+from resources.embedder import PACKAGED_MODEL_ID
 from resources.vector_index import VersionStore
+from tests.counting_embedder import ENCODED_TEXTS, CountingEmbedder
 from tests.kbtest import GOLDEN, copy_samples, materialized, run_job, write
 
 LEAVE = "# Annual Leave\n\nEmployees receive 20 days of paid annual leave each calendar year."
@@ -21,6 +22,7 @@ def encoded() -> int:
 
 
 def build(paths, **overrides):
+    overrides.setdefault("embedder", CountingEmbedder())
     result = run_job(paths, "index_job", **overrides)
     assert result.success, [e.message for e in result.all_events if e.is_failure]
     return materialized(result)
@@ -144,7 +146,7 @@ def test_empty_inbox_is_explicit(kb_paths):
 @pytest.fixture(scope="module")
 def sample_kb(tmp_path_factory):
     """The bundled sample documents built once for the golden-question tests."""
-    from dagster_project.settings import Paths
+    from kb_core.paths import Paths
 
     home = tmp_path_factory.mktemp("sample_kb")
     old = {k: os.environ.get(k) for k in ("KB_HOME", "DAGSTER_HOME", "KB_INBOX")}

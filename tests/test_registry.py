@@ -9,7 +9,7 @@ import mlflow.pyfunc
 import pytest
 
 from dagster_project.cli import main
-from dagster_project.serving import pointer_path, resolve
+from kb_core.serving import pointer_path, resolve
 from resources.registry import (Registry, RegistryError, RegistryUnavailable, alias_history,
                                 registered_versions, rollback_target)
 from resources.store import KBStore

@@ -13,8 +13,8 @@ import pytest
 from dagster import AssetKey, DagsterEventType, DagsterInstance, EventRecordsFilter
 
 from dagster_project.cli import main
-from dagster_project.serve import ServerThread
-from dagster_project.serving import resolve
+from tests.serve_thread import ServerThread
+from kb_core.serving import resolve
 from resources.registry import Registry, ReleaseConfig, alias_history, registered_versions
 from resources.store import KBStore
 from tests.kbtest import materialized, run_job, write

@@ -13,12 +13,14 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from dagster_project.serving import resolve
+from kb_core.serving import resolve
 from kb_assets.searcher import Searcher
 from resources.vector_index import VersionStore
 from tests.kbtest import materialized, run_job, write
 
 KB = str(Path(sys.executable).with_name("kb"))
+ROOT = Path(__file__).resolve().parents[1]
+HOOKS = ROOT / "tests" / "hooks"
 
 
 def kb(paths, *args, env=None, **kw):
@@ -92,7 +94,9 @@ def crash_at(paths, point: str, tmp_path) -> None:
     """Run `kb build --select index` until it reaches `point`, then SIGKILL it."""
     marker = tmp_path / f"{point.replace(':', '_')}.reached"
     env = {**os.environ, "KB_HOME": str(paths.home), "KB_FAULT_POINT": point,
-           "KB_FAULT_MARKER": str(marker), "KB_EMBED_COMMIT_EVERY": "16"}
+           "KB_FAULT_MARKER": str(marker), "KB_EMBED_COMMIT_EVERY": "16",
+           # tests/hooks/sitecustomize.py installs the fault hook in the build process.
+           "PYTHONPATH": os.pathsep.join([str(HOOKS), str(ROOT), os.environ.get("PYTHONPATH", "")])}
     env.pop("DAGSTER_HOME", None)
     proc = subprocess.Popen([KB, "build", "--select", "index"], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 
 from dagster_project.cli import main
-from dagster_project.serve import ServerThread, free_port
-from dagster_project.serving import write_pointer
-from kb_assets.lexical import BM25Index
+from tests.serve_thread import ServerThread, free_port
+from kb_core.serving import write_pointer
+from kb_core.lexical import BM25Index
 from resources.embedder import Embedder
 from resources.vector_index import VersionStore, build_faiss_index
 from tests.test_registry_e2e import Hammer, _wait_for_version

@@ -2,10 +2,10 @@
 
 import pytest
 
-from kb_assets.chunking import ChunkerConfig, chunk_id, chunk_text
-from kb_assets.fusion import dense_weight, rrf_fuse
-from kb_assets.lexical import BM25Index, lexical_tokens
-from kb_assets.text import content_hash, html_to_text, mask_pii, normalise
+from kb_core.chunking import ChunkerConfig, chunk_id, chunk_text
+from kb_core.fusion import dense_weight, rrf_fuse
+from kb_core.lexical import BM25Index, lexical_tokens
+from kb_core.text import content_hash, html_to_text, mask_pii, normalise
 
 
 @pytest.mark.parametrize("raw, expected", [

@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 
 from checks.chunk_checks import evaluate
-from checks.thresholds import QualityThresholds
-from kb_assets.chunking import UNICODE, ChunkerConfig, chunk_text
+from resources.quality_config import QualityThresholds
+from kb_core.chunking import UNICODE, ChunkerConfig, chunk_text
 from kb_assets.chunks import chunk_document
 from kb_assets.parsing import parse_file
-from kb_assets.token_units import MAX_WORD_CHARS, ModelTokens
+from kb_core.token_units import MAX_WORD_CHARS, ModelTokens
 from resources.config import KBConfig
 from resources.embedder import Embedder, packaged_model_path
 
@@ -131,7 +131,7 @@ def test_bounds_check_recounts_with_the_model_and_catches_a_unit_mismatch(tok):
 
 
 def test_chunks_end_before_headings(tok):
-    _, text = __import__("kb_assets.html_extract", fromlist=["x"]).html_to_text(
+    _, text = __import__("kb_core.html_extract", fromlist=["x"]).html_to_text(
         "".join(f"<h2>Section {i}</h2><p>" + "Staff may claim travel costs. " * (5 + i % 4)
                 + "</p>" for i in range(12)))
     cfg = ChunkerConfig(size=60, overlap=0, tokenizer=tok.name)

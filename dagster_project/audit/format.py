@@ -1,4 +1,4 @@
-"""Render audit reports (dicts from `dagster_project.audit`) as JSON or as markdown sections
+"""Render audit reports (dicts from `dagster_project.audit.report`) as JSON or as markdown sections
 ready to paste into a postmortem. Pure: no I/O."""
 
 from __future__ import annotations
@@ -6,9 +6,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-from dagster_project.audit import fmt_time
-
-ROWS = 200  # table rows shown in markdown; JSON always has everything
+from kb_core.markdown import ROWS, fmt_time, short, table  # noqa: F401  (re-exported)
 
 
 def to_json(report: dict) -> str:
@@ -18,31 +16,6 @@ def to_json(report: dict) -> str:
         return str(o)
 
     return json.dumps(report, default=default, ensure_ascii=False, indent=2, sort_keys=False)
-
-
-def table(rows: list, columns: list[str], limit: int = ROWS) -> str:
-    if not rows:
-        return "_none_"
-
-    def cell(v) -> str:
-        if isinstance(v, datetime):
-            v = fmt_time(v)
-        elif isinstance(v, bool):
-            v = "yes" if v else "no"
-        elif isinstance(v, float):
-            v = f"{v:.4g}"
-        s = "—" if v is None or v == "" else str(v)
-        return s.replace("|", "\\|").replace("\n", " ")
-
-    out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    out += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows[:limit]]
-    if len(rows) > limit:
-        out.append(f"\n_… and {len(rows) - limit} more rows (use `--format json` for all)_")
-    return "\n".join(out)
-
-
-def short(h: str | None, n: int = 12) -> str | None:
-    return h[:n] if h else h
 
 
 def code(v) -> str:

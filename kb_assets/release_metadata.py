@@ -4,9 +4,9 @@ version and run, and what changed from the previous version."""
 
 from __future__ import annotations
 
-from dagster_project.audit_diff import diff_versions
-from dagster_project.audit_format import short, table
-from dagster_project.audit_query import KB_MODEL, Lineage, kb_version_row, registry_row
+from resources.lineage.diff import diff_versions
+from kb_core.markdown import short, table
+from resources.lineage.query import KB_MODEL, Lineage, kb_version_row, registry_row
 
 
 def md_changes_brief(d: dict, limit: int = 20) -> str:

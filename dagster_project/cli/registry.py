@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 import sys
 
-from dagster_project.serving import pointer_path, write_pointer
-from dagster_project.settings import Paths
+from kb_core.serving import pointer_path, write_pointer
+from kb_core.paths import Paths
 
 MODEL = "kb"
 
@@ -45,7 +45,7 @@ def _context():
 
 def _guard(fn, *args, **kwargs):
     """Registry errors become one-line CLI errors."""
-    from dagster_project.cli import CLIError
+    from kb_core.errors import CLIError
     from resources.registry import RegistryError
 
     try:
@@ -92,7 +92,7 @@ def _assistant(args):
     """`--model kb-assistant`: handled by commands/assistant_registry.py."""
     if getattr(args, "model", MODEL) == MODEL:
         return None
-    from dagster_project.commands import assistant_registry
+    from dagster_project.cli import assistant_registry
 
     return getattr(assistant_registry, args.func.__name__)(args)
 
@@ -159,7 +159,7 @@ def report_move(move) -> None:
 
 def _check_promotable(paths: Paths, store, version: int, force: bool,
                       served_before: bool = False) -> None:
-    from dagster_project.cli import CLIError
+    from kb_core.errors import CLIError
     from resources.registry import registered_versions
     from resources.vector_index import VersionStore
 
@@ -207,7 +207,7 @@ def rollback_choice(store, model: str, current: int | None, to: int | None, labe
                     none_yet: str) -> int:
     """The version a rollback of `model` goes to (`--to` or the previous production one);
     one-line errors for nothing in production, no earlier version, or already there."""
-    from dagster_project.cli import CLIError
+    from kb_core.errors import CLIError
     from resources.registry import alias_history, rollback_target
 
     if current is None:
@@ -229,7 +229,7 @@ def rollback_reason(reason: str | None, current: int) -> str:
 def cmd_rollback(args) -> int:
     if (rc := _assistant(args)) is not None:
         return rc
-    from dagster_project.serving import resolve
+    from kb_core.serving import resolve
 
     paths, store, registry = _context()
     # Read production from the serving pointer (the mirror of the MLflow alias) so the

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from dagster_project.audit_diff import chunk_stats, diff_versions
-from dagster_project.audit_query import (ASSISTANT_MODEL, DATASET_TAG_KEYS, KB_MODEL,
+from resources.lineage.diff import chunk_stats, diff_versions
+from resources.lineage.query import (ASSISTANT_MODEL, DATASET_TAG_KEYS, KB_MODEL,
                                          PRODUCTION, AuditError, Lineage, alias_moves, as_int,
                                          assistant_lineage, fmt_time, kb_version_row, loads,
                                          move_brief, parse_time, production_windows,

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dagster_project.serving import resolve
-from dagster_project.settings import Paths
+from kb_core.serving import resolve
+from kb_core.paths import Paths
 
 
 def register(sub) -> None:
@@ -24,7 +24,7 @@ def register(sub) -> None:
 
 
 def cmd_suggest(args) -> int:
-    from dagster_project.cli import CLIError
+    from kb_core.errors import CLIError
     from kb_assets.eval_set import synthetic_questions
     from resources.vector_index import VersionStore
 

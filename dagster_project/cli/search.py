@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import textwrap
 
-from dagster_project.serving import resolve
-from dagster_project.settings import Paths
+from kb_core.serving import resolve
+from kb_core.paths import Paths
 
 
 def register(sub) -> None:
@@ -19,7 +19,7 @@ def register(sub) -> None:
 
 
 def open_searcher(paths: Paths, version: int | None = None):
-    from dagster_project.cli import CLIError
+    from kb_core.errors import CLIError
     from kb_assets.searcher import Searcher
 
     serving = resolve(paths)
@@ -34,7 +34,7 @@ def open_searcher(paths: Paths, version: int | None = None):
 
 
 def cmd_search(args) -> int:
-    from dagster_project.cli import CLIError
+    from kb_core.errors import CLIError
     from kb_assets.retrieval import context_block
 
     if not args.query.strip():

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 
-from dagster_project.serving import resolve
-from dagster_project.settings import Paths
+from kb_core.serving import resolve
+from kb_core.paths import Paths
 
 
 def register(sub) -> None:
@@ -22,7 +22,7 @@ def register(sub) -> None:
 
 
 def cmd_eval(args) -> int:
-    from dagster_project.cli import CLIError
+    from kb_core.errors import CLIError
     from kb_assets.golden import GoldenError
     from kb_assets.release import evaluate_release_of, gate_table, save_eval
     from kb_assets.metrics import comparison_rows

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dagster_project.settings import Paths
+from kb_core.paths import Paths
 
 
 def register(sub) -> None:
@@ -21,9 +21,9 @@ def cmd_serve(args) -> int:
 
     import uvicorn
 
-    from dagster_project.cli import CLIError
-    from dagster_project.serve import create_app
-    from dagster_project.serving import resolve
+    from kb_core.errors import CLIError
+    from dagster_project.api.server import create_app
+    from kb_core.serving import resolve
 
     paths = Paths.from_env()
     serving = resolve(paths)

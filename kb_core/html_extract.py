@@ -12,7 +12,7 @@ import re
 
 from selectolax.lexbor import LexborHTMLParser
 
-from .text import normalise
+from kb_core.text import normalise
 
 # Spec-compliant parsers walk the stack of open elements for many start tags, so parse time
 # grows with depth x tags (measured: 40,000 nested divs 2.9 s, 100,000 22 s). Real pages nest

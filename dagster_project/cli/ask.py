@@ -12,7 +12,7 @@ import json
 import textwrap
 from pathlib import Path
 
-from dagster_project.settings import Paths
+from kb_core.paths import Paths
 
 ASSISTANT = "kb-assistant"
 
@@ -36,7 +36,7 @@ def resolve_assistant(paths: Paths, llm, resources: dict, contender: str = "auto
     """(contender, AssistantRef or None, system prompt, note, assistant version or None).
     auto: the production kb-assistant when one was promoted (its gate passed, or an operator
     forced it), else the extractive answer; "base" forces the configured base model."""
-    from dagster_project.cli import CLIError
+    from kb_core.errors import CLIError
     from resources.llm import AssistantRef
     from resources.registry import RegistryError, registered_versions
 
@@ -77,12 +77,12 @@ def resolve_assistant(paths: Paths, llm, resources: dict, contender: str = "auto
 
 
 def cmd_ask(args) -> int:
-    from dagster_project.cli import CLIError
-    from dagster_project.commands.search import open_searcher
+    from kb_core.errors import CLIError
+    from dagster_project.cli.search import open_searcher
     from dataclasses import replace
 
     from kb_assets.ft_answer import extractive_answer, is_refusal, sanitize_citations
-    from kb_assets.ft_data import chat_messages, focus_passage, user_prompt
+    from kb_core.ft_data import chat_messages, focus_passage, user_prompt
     from kb_assets.retrieval import context_block
     from resources import default_resources
     from resources.llm import LLMError

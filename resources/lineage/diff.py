@@ -3,7 +3,7 @@ and evaluations (kb_version_members / kb_version_sources / kb_versions / eval_re
 
 from __future__ import annotations
 
-from dagster_project.audit_query import KB_MODEL, Lineage, kb_version_row, loads
+from resources.lineage.query import KB_MODEL, Lineage, kb_version_row, loads
 
 # ---------------------------------------------------------------------------- diff
 def doc_changes(lin: Lineage, a: int, b: int) -> list[dict]:

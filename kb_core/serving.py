@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from dagster_project.settings import Paths
+from kb_core.paths import Paths
 
 POINTER_FILE = "serving.json"
 

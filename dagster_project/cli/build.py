@@ -3,13 +3,12 @@ instance under $KB_HOME/dagster so the UI shows the run."""
 
 from __future__ import annotations
 
-import fcntl
 import shutil
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
-from dagster_project.settings import Paths
+from kb_core.paths import Paths
+from kb_core.writer_lock import instance_init_lock, writer_lock
 
 SAMPLE_DATA = Path(__file__).resolve().parents[2] / "sample_data"
 SAMPLE_INBOX = SAMPLE_DATA / "inbox"
@@ -51,30 +50,6 @@ def cmd_init(args) -> int:
     return 0
 
 
-@contextmanager
-def writer_lock(paths: Paths, wait_s: float = 3600):
-    """One KB writer at a time on this machine: a second `kb build` queues here."""
-    lock = open(paths.home / ".kb-writer.lock", "w")
-    deadline = time.monotonic() + wait_s
-    announced = False
-    while True:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            if not announced:
-                print("another build is writing the knowledge base: waiting for it")
-                announced = True
-            if time.monotonic() > deadline:
-                raise TimeoutError("timed out waiting for the KB writer lock")
-            time.sleep(0.2)
-    try:
-        yield
-    finally:
-        fcntl.flock(lock, fcntl.LOCK_UN)
-        lock.close()
-
-
 def run_job(paths: Paths, job_name: str, tags: dict | None = None):
     from dagster import DagsterInstance
 
@@ -82,13 +57,9 @@ def run_job(paths: Paths, job_name: str, tags: dict | None = None):
 
     defs = build_definitions(paths)
     job = defs.resolve_job_def(job_name)
-    # Two first builds at once would both create the instance's SQLite schema ("table
-    # secondary_indexes already exists"): instance creation is serialised on its own lock.
-    with open(paths.home / ".kb-instance.lock", "w") as init_lock:
-        fcntl.flock(init_lock, fcntl.LOCK_EX)
+    with instance_init_lock(paths.home):
         instance = DagsterInstance.get()
-        fcntl.flock(init_lock, fcntl.LOCK_UN)
-    with instance, writer_lock(paths):
+    with instance, writer_lock(paths.home):
         return job.execute_in_process(instance=instance, raise_on_error=False,
                                       tags={"kb/trigger": "cli", **(tags or {})})
 

@@ -5,11 +5,11 @@ event log for the runs named)."""
 from __future__ import annotations
 
 import argparse
-import os
 import re
 from pathlib import Path
 
-from dagster_project.settings import Paths
+from kb_core import settings
+from kb_core.paths import Paths
 
 
 def register(sub) -> None:
@@ -40,7 +40,7 @@ def register(sub) -> None:
 
 
 def version_number(text: str) -> int:
-    from dagster_project.cli import CLIError
+    from kb_core.errors import CLIError
 
     s = text.strip().lower().removeprefix("v")
     if not s.isdigit():
@@ -66,14 +66,14 @@ def read_report(paths: Paths, fn):
     store waits for its lock)."""
     import duckdb
 
-    from dagster_project.audit import Lineage
-    from dagster_project.cli import CLIError
+    from dagster_project.audit.report import Lineage
+    from kb_core.errors import CLIError
     from resources.store import KBStore
 
     if not paths.db.exists():
         raise CLIError(f"no KB database at {paths.db}: nothing was ever built "
                        f"(is KB_HOME={paths.home} right?)")
-    timeout = float(os.environ.get("KB_AUDIT_LOCK_TIMEOUT_S", "60"))
+    timeout = settings.get("KB_AUDIT_LOCK_TIMEOUT_S")
     try:
         with KBStore(db_path=str(paths.db)).connect(read_only=True, timeout_s=timeout) as con:
             return fn(Lineage(con))
@@ -87,9 +87,9 @@ def read_report(paths: Paths, fn):
 
 
 def cmd_audit(args) -> int:
-    from dagster_project import audit, audit_format
-    from dagster_project.audit_runs import run_facts
-    from dagster_project.cli import CLIError
+    from dagster_project.audit import format as audit_format, report as audit
+    from dagster_project.audit.runs import run_facts
+    from kb_core.errors import CLIError
 
     paths = Paths.from_env()
     note = ""

@@ -8,6 +8,7 @@ import json
 from datetime import datetime, timezone
 
 from kb_core.clock import utc_now
+from kb_core.markdown import fmt_time  # noqa: F401  (re-exported)
 
 KB_MODEL = "kb"
 ASSISTANT_MODEL = "kb-assistant"
@@ -163,7 +164,3 @@ def assistant_lineage(lin: Lineage, version: int) -> dict:
             "mlflow_run_id": (reg or {}).get("run_id"), "ft_dataset": ds, "kb_version": kb_no,
             "parent_version": as_int(tags.get("parent_version"))}
 
-
-# ---------------------------------------------------------------------------- formatting aid
-def fmt_time(t: datetime | None) -> str:
-    return "" if t is None else t.strftime("%Y-%m-%d %H:%M:%S UTC")

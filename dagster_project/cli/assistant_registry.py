@@ -19,7 +19,7 @@ def _evals(store) -> dict[int, dict]:
 
 
 def cmd_versions(args) -> int:
-    from dagster_project.commands.registry import _context, _guard
+    from dagster_project.cli.registry import _context, _guard
     from kb_assets.report import md_table
 
     _, store, registry = _context()
@@ -52,7 +52,7 @@ def cmd_versions(args) -> int:
 
 
 def _check(store, version: int, force: bool, served_before: bool = False) -> None:
-    from dagster_project.cli import CLIError
+    from kb_core.errors import CLIError
     from resources.registry import registered_versions
 
     rows = {r["version"]: r for r in registered_versions(store, MODEL)}
@@ -70,7 +70,7 @@ def _check(store, version: int, force: bool, served_before: bool = False) -> Non
 
 
 def _move(store, registry, version: int, reason: str, force: bool) -> int:
-    from dagster_project.commands.registry import _guard
+    from dagster_project.cli.registry import _guard
     from resources.registry import default_actor
 
     move = _guard(registry.move_alias, store, MODEL, "production", version,
@@ -93,7 +93,7 @@ def _move(store, registry, version: int, reason: str, force: bool) -> int:
 
 
 def cmd_promote(args) -> int:
-    from dagster_project.commands.registry import _context, _guard
+    from dagster_project.cli.registry import _context, _guard
 
     _, store, registry = _context()
     _check(store, args.version, args.force)
@@ -104,7 +104,7 @@ def cmd_promote(args) -> int:
 
 
 def cmd_rollback(args) -> int:
-    from dagster_project.commands.registry import (_context, _guard, rollback_choice,
+    from dagster_project.cli.registry import (_context, _guard, rollback_choice,
                                                    rollback_reason)
 
     _, store, registry = _context()

@@ -1,1 +1,0 @@
-"""`kb` subcommands, one module per area; each exposes `register(subparsers)`."""
