@@ -175,3 +175,19 @@ def test_store_insert_commits_its_own_transaction(tmp_path):
     assert store.insert("kb_version_sources", [{"path": "a", "version": 7, "n_docs": 2}]) == 1
     with store.connect(read_only=True) as con:
         assert con.execute("SELECT * FROM kb_version_sources").fetchall() == [(7, "a", None, 2)]
+
+
+def test_threads_opening_a_new_file_at_once_migrate_it_once(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = KBStore(db_path=str(tmp_path / "kb.duckdb"))
+
+    def open_and_write(i):
+        with store.transaction() as con:
+            persistence.insert(con, "kb_version_sources", {"version": i, "path": f"p{i}"})
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(open_and_write, range(8)))
+    with store.connect(read_only=True) as con:
+        assert con.execute("SELECT version FROM schema_version ORDER BY 1").fetchall() == \
+            [(v,) for v in range(1, SCHEMA_VERSION + 1)]
+        assert con.execute("SELECT count(*) FROM kb_version_sources").fetchall() == [(8,)]

@@ -3,7 +3,12 @@
 A file with no `schema_version` table was written before migrations existed: its schema is
 version 1 (or older: issue 16 added `doc_chunk_state.pii_counts`). Step 1 is idempotent, so
 it is applied to such a file as to an empty one and brings both to version 1; later steps
-follow. Append new steps to MIGRATIONS; never edit an applied one."""
+follow. Append new steps to MIGRATIONS; never edit an applied one.
+
+To add a column: add it to its Table in schema.py (a new file gets it from step 1) and
+append a step `ALTER TABLE t ADD COLUMN IF NOT EXISTS c TYPE` (an existing file gets it on
+its next read-write open). Read-only connections never migrate, so a reader of a new column
+must tolerate a file not yet opened for writing (resources/lineage does)."""
 
 from __future__ import annotations
 
