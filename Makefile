@@ -29,10 +29,12 @@ run: setup
 	$(KB) search "請問特休假一年有幾天？" -k 3
 
 test: setup
+	$(VENV)/bin/lint-imports --no-cache  # one direction of imports (ARCHITECTURE.md)
 	bash scripts/ensure_chromium.sh
 	$(VENV)/bin/pytest -q
 
 test-fast: setup
+	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/pytest -q -m "not slow"
 
 ui: setup

@@ -1,4 +1,4 @@
-"""Chunking throughput (issue 16): documents per second through `chunk_document` (normalise,
+"""Chunking throughput: documents per second through `chunk_document` (normalise,
 PII masking, chunking) in the embedder's tokens and in the old Unicode unit, on 300 scifact
 abstracts + 100 Traditional Chinese FAQ entries, and the worst case of 5 MB runs without
 spaces. Prints a table; run with .venv/bin/python benchmarks/bench_chunking.py."""

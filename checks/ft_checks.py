@@ -13,10 +13,10 @@ from kb_assets.finetune import ft_dataset, latest_dataset
 from kb_assets.ft_answer import ContenderSummary, three_way_gate
 from kb_assets.ft_plan import find_leaks, question_of, validate_line
 from kb_assets.ft_release import ft_eval
-from kb_assets.ingest import now
 from kb_assets.report import md_table
 from kb_core.models import ASSISTANT
 from kb_core.text import find_pii
+from resources import persistence
 from resources.ft_config import FTConfig
 from resources.registry import Registry
 from resources.store import KBStore
@@ -125,8 +125,8 @@ def ft_beats_base(context: AssetCheckExecutionContext, store: KBStore, ft_config
 def record(store: KBStore, run_id: str, asset: str, name: str, passed: bool, desc: str) -> None:
     """The audit trail of every check result, beside the other checks' rows."""
     with store.transaction() as con:
-        con.execute("INSERT INTO check_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [run_id, now(), asset, name, passed, "ERROR", True, desc[:500], None, "{}"])
+        persistence.record_check_result(con, run_id=run_id, asset=asset, check_name=name,
+                                        passed=passed, description=desc[:500])
 
 
 FT_CHECKS = [ft_dataset_valid, ft_beats_base]

@@ -3,15 +3,13 @@ asset stored (this run's `eval_results` row) and the release_config thresholds. 
 kb_promotion does not run and `production` stays where it is; either way the version's
 registry status records the verdict."""
 
-import json
-
 from dagster import (AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity,
                      MetadataValue, asset_check)
 
 from kb_assets.evals import eval_for_run
 from kb_assets.release import gate_table, retrieval_eval
-from kb_core.clock import utc_now
 from kb_core.models import KB
+from resources import persistence
 from resources.registry import Registry, RegistryError
 from resources.release_config import ReleaseConfig
 from resources.store import KBStore
@@ -41,9 +39,9 @@ def promotion_gate(context: AssetCheckExecutionContext, store: KBStore, registry
                 "production_version": ev["details"].get("production_version"),
                 "gate": MetadataValue.md(gate_table(gate))}
     with store.transaction() as con:  # the audit trail of every check, beside the others'
-        con.execute("INSERT INTO check_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [run_id, utc_now(), KB.eval_asset, KB.gate_check, ok, "ERROR", True,
-                     desc[:500], version, json.dumps({"gate": gate}, default=str)])
+        persistence.record_check_result(
+            con, run_id=run_id, asset=KB.eval_asset, check_name=KB.gate_check, passed=ok,
+            description=desc[:500], kb_version=version, metadata={"gate": gate})
     try:
         registry.set_status(store, KB.name, version, "passed" if ok else "rejected")
     except RegistryError as exc:  # the verdict stands (check_results); MLflow lags behind

@@ -9,7 +9,7 @@ from kb_core.paths import Paths
 from dagster_project.writer_executor import kb_writer_executor
 from kb_assets.defs import KB_ASSETS
 from resources import default_resources
-from sensors import ALL_SCHEDULES, ALL_SENSORS
+from sensors import build_schedules, build_sensors
 
 KB_GROUPS = ("ingest", "index", "release")
 
@@ -35,13 +35,13 @@ all_job = define_asset_job(
 
 
 def build_definitions(paths: Paths | None = None, **resource_overrides) -> Definitions:
-    paths = (paths or Paths.from_env()).ensure()
+    paths = paths or Paths.from_env()  # pure: `kb init`, `kb build` and `make ui` create the folders
     return Definitions(
         assets=KB_ASSETS,
         asset_checks=ALL_CHECKS,
         jobs=[kb_job, index_job, ft_job, all_job],
-        sensors=ALL_SENSORS,
-        schedules=ALL_SCHEDULES,
+        sensors=build_sensors(),
+        schedules=build_schedules(),
         resources=default_resources(paths, **resource_overrides),
         # Launched runs (daemon, UI) execute in one process under the KB writer lock.
         executor=kb_writer_executor,

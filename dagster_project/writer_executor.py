@@ -6,7 +6,7 @@ Why an executor: the lock must cover a whole run, whichever assets it selects (a
 be taken by the process that writes. The executor is the one piece every launched run passes
 through, once, in its run worker. `execute_in_process` (`kb build`, the tests) never uses
 it: `kb build` takes the lock itself (kb_core/writer_lock.py). In one process the
-steps also skip re-importing torch per step (STACK.md: ~3 s instead of ~10 s)."""
+steps also skip re-importing torch per step (measured ~3 s instead of ~10 s per step)."""
 
 from __future__ import annotations
 

@@ -3,22 +3,22 @@ id, chunk text hash). Only texts the cache lacks are encoded; each batch is comm
 finishes, so a crashed run loses at most one batch of work."""
 
 
-import os
 import time
 
 import numpy as np
 import pandas as pd
 from dagster import AssetExecutionContext, MaterializeResult, asset
 
+from kb_core import settings
+from kb_core.clock import utc_now
+from resources import persistence
 from resources.embedder import Embedder
 from resources.store import KBStore, fetch_one
 
 from .chunks import cleaned_chunks
 from kb_core.hooks import fault_point
-from .ingest import now
 
 # Texts per encode call and cache commit: a crash loses at most this much work.
-COMMIT_EVERY = int(os.environ.get("KB_EMBED_COMMIT_EVERY", "512"))
 
 
 def missing_texts(store: KBStore, model_id: str) -> tuple[list[tuple[str, str]], int]:
@@ -38,16 +38,16 @@ def embed_missing(store: KBStore, embedder: Embedder, log=None) -> dict:
     todo.sort(key=lambda r: len(r[1]))
     t0 = time.perf_counter()
     encode_s = 0.0
-    for start in range(0, len(todo), COMMIT_EVERY):
-        part = todo[start:start + COMMIT_EVERY]
+    commit_every = settings.get("KB_EMBED_COMMIT_EVERY")
+    for start in range(0, len(todo), commit_every):
+        part = todo[start:start + commit_every]
         t1 = time.perf_counter()
         vecs = embedder.encode([t for _, t in part])
         encode_s += time.perf_counter() - t1
         df = pd.DataFrame({"model_id": model_id, "text_hash": [h for h, _ in part],
-                           "vector": [v.tobytes() for v in vecs], "created_at": now()})
+                           "vector": [v.tobytes() for v in vecs], "created_at": utc_now()})
         with store.connect() as con:
-            con.register("new_vecs", df)
-            con.execute("INSERT OR IGNORE INTO embedding_cache SELECT * FROM new_vecs")
+            persistence.cache_embeddings(con, df)
         fault_point("embedding:after_first_batch")
         if log:
             done = start + len(part)

@@ -9,6 +9,7 @@ import time
 
 from dagster import AssetExecutionContext, AssetKey, Failure, MaterializeResult, MetadataValue, asset
 
+from resources import persistence
 from resources.embedder import Embedder
 from resources.ft_config import FTConfig
 from resources.llm import LLM, AssistantRef, LLMError
@@ -21,7 +22,6 @@ from .finetune import EVAL_ITEMS, fine_tuned_model, ft_dataset
 from .ft_answer import (ContenderSummary, extractive_answer, judge, summarize_contender,
                         table_rows, three_way_gate)
 from .ft_scoring import pick_eval
-from .ingest import now
 from .promotion import promotion_step
 from .report import md_table
 
@@ -146,9 +146,9 @@ def evaluate(store, cfg: FTConfig, llm: LLM, embedder: Embedder, registry: Regis
                "table": table, "contenders": ["fine-tuned", "base", "extractive"],
                "worth_it": passed}
     with store.transaction() as con:
-        con.execute("INSERT INTO eval_results VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [ASSISTANT, version, run_id, now(), json.dumps(metrics), passed,
-                     json.dumps(details, ensure_ascii=False)])
+        persistence.record_eval_result(con, model_name=ASSISTANT, version=version,
+                                       run_id=run_id, metrics=metrics, passed=passed,
+                                       details=details)
     try:
         registry.log_metrics(store, ASSISTANT, version, metrics)
         log_table(registry, row["run_id"], details)

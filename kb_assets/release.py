@@ -7,8 +7,8 @@ import json
 from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
 
 from checks.release_gate import GateResult, floors_of, thresholds_of
-from kb_core.clock import utc_now
 from kb_core.models import KB
+from resources import persistence
 from resources.embedder import Embedder
 from resources.registry import Registry, RegistryError, ReleaseConfig
 from resources.store import KBStore, fetch_one
@@ -74,9 +74,8 @@ def save_eval(store: KBStore, version: int, run_id: str, trigger: str, ev: Relea
                "per_query": ev.candidate.per_query if ev.candidate else []}
     metrics = dict(ev.candidate.metrics) if ev.candidate else {}
     with store.transaction() as con:
-        con.execute("INSERT INTO eval_results VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [KB.name, version, run_id, utc_now(),
-                     json.dumps(metrics), passed, json.dumps(details, default=str)])
+        persistence.record_eval_result(con, model_name=KB.name, version=version, run_id=run_id,
+                                       metrics=metrics, passed=passed, details=details)
     return passed
 
 

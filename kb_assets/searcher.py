@@ -13,7 +13,7 @@ from resources.vector_index import KBVersion, VersionStore
 from .retrieval import Hit, RetrievalConfig, hybrid_search
 from .untrusted import mark_untrusted
 
-# One thread per query: with two, a single FAISS query was 3-4x slower here (STACK.md).
+# One thread per query: with two, a single FAISS query was 3-4x slower on a busy 2-core box.
 faiss.omp_set_num_threads(1)
 
 

@@ -5,8 +5,9 @@ it holds for KB versions built before this existed. Pure."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
+
+from kb_core import settings
 
 from .injection import is_injection
 
@@ -25,11 +26,7 @@ def mark_untrusted(hits: list) -> list:
 def ask_policy(environ: dict | None = None) -> str:
     """KB_ASK_UNTRUSTED: `mark` (default) keeps untrusted passages in `kb ask` prompts,
     marked; `omit` leaves them out."""
-    value = (environ if environ is not None else os.environ).get("KB_ASK_UNTRUSTED", "mark")
-    value = value.strip().lower() or "mark"
-    if value not in POLICIES:
-        raise ValueError(f"KB_ASK_UNTRUSTED must be one of {', '.join(POLICIES)}, got {value!r}")
-    return value
+    return settings.get("KB_ASK_UNTRUSTED", environ)
 
 
 def for_prompt(hits: list, policy: str) -> list:

@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from kb_core import settings
+
 OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
@@ -63,8 +65,8 @@ class Paths:
 
     @classmethod
     def from_env(cls) -> "Paths":
-        home = Path(os.environ.get("KB_HOME", "data")).expanduser().resolve()
-        inbox = Path(os.environ.get("KB_INBOX", home / "inbox")).expanduser().resolve()
+        home = Path(settings.get("KB_HOME")).expanduser().resolve()
+        inbox = Path(settings.get("KB_INBOX") or home / "inbox").expanduser().resolve()
         uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
         return cls(home=home, inbox=inbox, db=home / "kb.duckdb", versions=home / "versions",
                    dagster_home=Path(os.environ.get("DAGSTER_HOME", home / "dagster")).resolve(),
@@ -83,5 +85,3 @@ class Paths:
         os.environ["DAGSTER_HOME"] = str(self.dagster_home)
         return self
 
-
-apply_offline_env()

@@ -79,6 +79,9 @@ class ModelTokens:
             raw = path.read_bytes()
             self._tok = Tokenizer.from_str(raw.decode("utf-8"))
         else:  # only vocab files: let transformers build the fast tokenizer, offline
+            from kb_core.paths import apply_offline_env
+
+            apply_offline_env()
             from transformers import AutoTokenizer
 
             fast = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, use_fast=True)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
-from resources.quality_config import QualityThresholds
+from kb_core import settings
 from kb_core.paths import Paths
 
 from .config import KBConfig
+from .quality_config import QualityThresholds
 from .embedder import Embedder
 from .ft_config import ft_resources
 from .registry import registry_resources
@@ -22,8 +21,8 @@ def default_resources(paths: Paths | None = None, **overrides) -> dict:
         "store": KBStore(db_path=str(paths.db)),
         "versions": VersionStore(root=str(paths.versions)),
         "embedder": Embedder(),
-        "kb_config": KBConfig(inbox=str(paths.inbox), doc_time_budget_s=float(
-            os.environ.get("KB_DOC_TIME_BUDGET_S") or 30.0)),
+        "kb_config": KBConfig(inbox=str(paths.inbox),
+                              doc_time_budget_s=settings.get("KB_DOC_TIME_BUDGET_S")),
         **registry_resources(paths),  # registry (MLflow), release_config (gate policy)
         **ft_resources(paths),  # finetuner (local LoRA | OpenAI), llm, ft_config
         "quality": QualityThresholds.from_env(),  # data-quality check thresholds

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 from dagster import ConfigurableResource
 
+from kb_core.paths import apply_offline_env
+
 PACKAGED_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 _LOAD_LOCK = threading.Lock()
 
@@ -23,6 +25,7 @@ def packaged_model_path() -> Path:
 
 @lru_cache(maxsize=4)
 def _load(path: str):
+    apply_offline_env()
     from sentence_transformers import SentenceTransformer
 
     if not Path(path).is_dir():

@@ -5,20 +5,16 @@ Defaults keep `kb build` fast."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from dagster import ConfigurableResource
 
-from kb_core.errors import CLIError
+from kb_core import settings
+from kb_core.settings import SettingError  # noqa: F401  (re-exported)
 from kb_core.ft_data import DEFAULT_ANSWER_TEMPLATE, DEFAULT_SYSTEM_PROMPT, DatasetSettings
 
 from .finetuner import LocalLoRAFineTuner, OpenAIFineTuner
 from .llm import DEFAULT_OPENAI_MODEL, LLM
-
-
-class SettingError(CLIError, ValueError):
-    """A bad KB_FT_* setting: one line for the `kb` command, a clear load error in Dagster."""
 
 
 class FTConfig(ConfigurableResource):
@@ -75,46 +71,37 @@ class FTConfig(ConfigurableResource):
         return self.root_path / "models" / str(assistant_version)
 
 
-def _env(env, name: str, kind, default):
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return kind(raw)
-    except ValueError:
-        raise SettingError(f"{name} must be {kind.__name__}, got {raw!r}") from None
-
-
 def ft_resources(paths, env=None) -> dict:
     """`finetuner`, `llm` and `ft_config` for this environment. KB_FT_PROVIDER=openai (with
     OPENAI_API_KEY) selects OpenAI; KB_FT_* variables tune the defaults (see README)."""
-    env = os.environ if env is None else env
-    provider = env.get("KB_FT_PROVIDER", "local").strip().lower() or "local"
-    if provider not in ("local", "openai"):
-        raise SettingError(f"KB_FT_PROVIDER must be 'local' or 'openai', got {provider!r}")
-    base = env.get("KB_FT_BASE_MODEL", "")
+
+    def var(name: str, default=...):
+        return settings.get(name, env, default)
+
+    provider = var("KB_FT_PROVIDER")
+    base = var("KB_FT_BASE_MODEL")
     if provider == "openai":
         tuner = OpenAIFineTuner(base_model_name=base or DEFAULT_OPENAI_MODEL,
-                                n_epochs=_env(env, "KB_FT_EPOCHS", int, 0))
-        llm = LLM(provider="openai", openai_model=env.get("KB_OPENAI_CHAT_MODEL") or base
+                                n_epochs=var("KB_FT_EPOCHS", 0))
+        llm = LLM(provider="openai", openai_model=var("KB_OPENAI_CHAT_MODEL") or base
                   or DEFAULT_OPENAI_MODEL)
     else:
         tuner = LocalLoRAFineTuner(
-            base_model_path=base, epochs=_env(env, "KB_FT_EPOCHS", int, 1),
-            max_steps=_env(env, "KB_FT_MAX_STEPS", int, 30),
-            batch_size=_env(env, "KB_FT_BATCH_SIZE", int, 4),
-            learning_rate=_env(env, "KB_FT_LEARNING_RATE", float, 1e-3),
-            lora_rank=_env(env, "KB_FT_LORA_RANK", int, 8),
-            max_seq_len=_env(env, "KB_FT_MAX_SEQ_LEN", int, 384),
-            num_threads=_env(env, "KB_FT_THREADS", int, 0))
+            base_model_path=base, epochs=var("KB_FT_EPOCHS", 1),
+            max_steps=var("KB_FT_MAX_STEPS"),
+            batch_size=var("KB_FT_BATCH_SIZE"),
+            learning_rate=var("KB_FT_LEARNING_RATE"),
+            lora_rank=var("KB_FT_LORA_RANK"),
+            max_seq_len=var("KB_FT_MAX_SEQ_LEN"),
+            num_threads=var("KB_FT_THREADS"))
         llm = LLM(provider="local", base_model_path=base)
     cfg = FTConfig(root=str(paths.home / "ft"),
-                   eval_max_questions=_env(env, "KB_FT_EVAL_QUESTIONS", int, 24),
-                   eval_max_new_tokens=_env(env, "KB_FT_EVAL_MAX_NEW_TOKENS", int, 96),
-                   gate_margin=_env(env, "KB_FT_GATE_MARGIN", float, 0.02),
-                   min_examples=_env(env, "KB_FT_MIN_EXAMPLES", int, 20),
-                   replay_share=_env(env, "KB_FT_REPLAY_SHARE", float, 0.2),
-                   refusal_share=_env(env, "KB_FT_REFUSAL_SHARE", float, 0.25),
-                   max_questions_per_doc=_env(env, "KB_FT_QUESTIONS_PER_DOC", int, 3),
-                   golden_path=env.get("KB_GOLDEN", ""))
+                   eval_max_questions=var("KB_FT_EVAL_QUESTIONS"),
+                   eval_max_new_tokens=var("KB_FT_EVAL_MAX_NEW_TOKENS"),
+                   gate_margin=var("KB_FT_GATE_MARGIN"),
+                   min_examples=var("KB_FT_MIN_EXAMPLES"),
+                   replay_share=var("KB_FT_REPLAY_SHARE"),
+                   refusal_share=var("KB_FT_REFUSAL_SHARE"),
+                   max_questions_per_doc=var("KB_FT_QUESTIONS_PER_DOC"),
+                   golden_path=var("KB_GOLDEN"))
     return {"finetuner": tuner, "llm": llm, "ft_config": cfg}

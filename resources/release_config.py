@@ -3,14 +3,9 @@
 
 from __future__ import annotations
 
-import os
-
 from dagster import ConfigurableResource
 
-
-def _env_bool(name: str, default: bool) -> bool:
-    raw = os.environ.get(name)
-    return default if raw is None else raw.strip().lower() in ("1", "true", "yes", "on")
+from kb_core import settings
 
 
 class ReleaseConfig(ConfigurableResource):
@@ -40,5 +35,5 @@ class ReleaseConfig(ConfigurableResource):
 
     @classmethod
     def from_env(cls, kb_home: str = "") -> "ReleaseConfig":
-        return cls(golden_path=os.environ.get("KB_GOLDEN", ""), kb_home=kb_home,
-                   auto_promote=_env_bool("KB_AUTO_PROMOTE", True))
+        return cls(golden_path=settings.get("KB_GOLDEN"), kb_home=kb_home,
+                   auto_promote=settings.get("KB_AUTO_PROMOTE"))

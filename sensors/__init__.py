@@ -1,7 +1,12 @@
-"""Sensors and schedules."""
+"""Sensors and schedules, built from the environment of the process loading the code."""
 
-from .inbox_sensor import inbox_sensor
-from .schedules import nightly_fine_tune
+from .inbox_sensor import build_inbox_sensor
+from .schedules import build_fine_tune_schedule
 
-ALL_SENSORS: list = [inbox_sensor]
-ALL_SCHEDULES: list = [nightly_fine_tune]
+
+def build_sensors() -> list:
+    return [build_inbox_sensor()]
+
+
+def build_schedules() -> list:
+    return [build_fine_tune_schedule()]

@@ -7,18 +7,19 @@ the UI under Automation). The decision logic lives in inbox_state.py.
 The daemon evaluates sensors on a 5 s loop: the cadence is KB_SENSOR_INTERVAL_S rounded up
 to a multiple of 5 s (see daemon_interval)."""
 
-import os
 import time
 from dataclasses import dataclass
 
 from dagster import (
     DefaultSensorStatus,
     RunRequest,
+    SensorDefinition,
     SensorEvaluationContext,
     SensorResult,
     sensor,
 )
 
+from kb_core import settings
 from resources.config import KBConfig
 
 from .inbox_state import InboxCursor, evaluate_inbox
@@ -29,19 +30,6 @@ KB_JOB = "kb_job"
 MAX_IN_TICK_WAIT_S = 10.0
 
 
-def _env_float(name: str, default: float, minimum: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a number of seconds") from None
-    if value < minimum:
-        raise ValueError(f"{name}={raw!r} must be at least {minimum:g} seconds")
-    return value
-
-
 @dataclass(frozen=True)
 class SensorSettings:
     interval_s: int
@@ -50,12 +38,9 @@ class SensorSettings:
 
     @classmethod
     def from_env(cls) -> "SensorSettings":
-        return cls(interval_s=int(_env_float("KB_SENSOR_INTERVAL_S", 30, 1)),
-                   settle_s=_env_float("KB_SENSOR_SETTLE_S", 5, 0),
-                   max_wait_s=_env_float("KB_SENSOR_MAX_WAIT_S", 600, 0))
-
-
-SETTINGS = SensorSettings.from_env()
+        return cls(interval_s=int(settings.get("KB_SENSOR_INTERVAL_S")),
+                   settle_s=settings.get("KB_SENSOR_SETTLE_S"),
+                   max_wait_s=settings.get("KB_SENSOR_MAX_WAIT_S"))
 
 
 def daemon_interval(interval_s: int) -> int:
@@ -65,29 +50,35 @@ def daemon_interval(interval_s: int) -> int:
     return max(1, interval_s - 1)
 
 
-@sensor(
-    name="inbox_sensor",
-    job_name=KB_JOB,
-    minimum_interval_seconds=daemon_interval(SETTINGS.interval_s),
-    default_status=(DefaultSensorStatus.STOPPED
-                    if os.environ.get("KB_SENSOR", "").strip().lower() in {"off", "0", "false", "no"}
-                    else DefaultSensorStatus.RUNNING),
-    description=(f"Starts one kb_job run per new stable inbox state (new, changed or removed "
-                 f"files, confirmed by content hash) every {SETTINGS.interval_s}s at most; "
-                 f"files still being written wait until they settle."),
-)
-def inbox_sensor(context: SensorEvaluationContext, kb_config: KBConfig) -> SensorResult:
-    settings = SensorSettings.from_env()
+def build_inbox_sensor() -> SensorDefinition:
+    """The sensor, with its cadence and default status from the environment of the process
+    building the definitions (read here, not at import)."""
+    interval_s = SensorSettings.from_env().interval_s
+    return sensor(
+        name="inbox_sensor",
+        job_name=KB_JOB,
+        minimum_interval_seconds=daemon_interval(interval_s),
+        default_status=(DefaultSensorStatus.RUNNING if settings.enabled("KB_SENSOR")
+                        else DefaultSensorStatus.STOPPED),
+        description=(f"Starts one kb_job run per new stable inbox state (new, changed or "
+                     f"removed files, confirmed by content hash) every {interval_s}s at most; "
+                     f"files still being written wait until they settle."),
+    )(inbox_tick)
+
+
+def inbox_tick(context: SensorEvaluationContext, kb_config: KBConfig) -> SensorResult:
+    """One tick: request a run for a new stable inbox state."""
+    tick = SensorSettings.from_env()
     cursor = InboxCursor.loads(context.cursor)
     ev = evaluate_inbox(kb_config.inbox_path, cursor, time.time(),
-                        settle_s=settings.settle_s, max_wait_s=settings.max_wait_s)
-    if ev.blocking and settings.settle_s <= MAX_IN_TICK_WAIT_S:
+                        settle_s=tick.settle_s, max_wait_s=tick.max_wait_s)
+    if ev.blocking and tick.settle_s <= MAX_IN_TICK_WAIT_S:
         # Look again, within this tick, once the young files are settle_s old. Evaluated
         # against the tick's own cursor, so only that age rule can settle them now: a
         # file written to meanwhile has a new mtime and keeps waiting.
         time.sleep(max(0.1, ev.settle_wait_s + 0.05))
         ev = evaluate_inbox(kb_config.inbox_path, cursor, time.time(),
-                            settle_s=settings.settle_s, max_wait_s=settings.max_wait_s)
+                            settle_s=tick.settle_s, max_wait_s=tick.max_wait_s)
     if ev.settling:
         context.log.info(f"settling (not ingested yet): {', '.join(ev.settling[:10])}")
     if ev.run_key is None:

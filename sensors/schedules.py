@@ -3,28 +3,24 @@
 timezone come from KB_FT_SCHEDULE_CRON (default "0 2 * * *") and KB_FT_SCHEDULE_TZ
 (default UTC). It starts `all_job`: refresh the KB, then the dataset, model and eval."""
 
-import os
-
 from dagster import DefaultScheduleStatus, ScheduleDefinition
 
+from kb_core import settings
+
 FT_JOB = "all_job"
-ENABLED_VALUES = {"1", "on", "true", "yes", "running"}
 
 
-def _enabled() -> bool:
-    return os.environ.get("KB_FT_SCHEDULE", "").strip().lower() in ENABLED_VALUES
-
-
-CRON = os.environ.get("KB_FT_SCHEDULE_CRON", "").strip() or "0 2 * * *"
-TIMEZONE = os.environ.get("KB_FT_SCHEDULE_TZ", "").strip() or "UTC"
-
-nightly_fine_tune = ScheduleDefinition(
-    name="nightly_fine_tune",
-    job_name=FT_JOB,
-    cron_schedule=CRON,
-    execution_timezone=TIMEZONE,
-    default_status=DefaultScheduleStatus.RUNNING if _enabled() else DefaultScheduleStatus.STOPPED,
-    tags={"kb/trigger": "schedule"},
-    description=f"Refresh the KB and re-run fine-tuning ({CRON} {TIMEZONE}); "
-                "stopped unless KB_FT_SCHEDULE=on or switched on in the UI.",
-)
+def build_fine_tune_schedule() -> ScheduleDefinition:
+    """The schedule, from the environment of the process building the definitions."""
+    cron, tz = settings.get("KB_FT_SCHEDULE_CRON"), settings.get("KB_FT_SCHEDULE_TZ")
+    return ScheduleDefinition(
+        name="nightly_fine_tune",
+        job_name=FT_JOB,
+        cron_schedule=cron,
+        execution_timezone=tz,
+        default_status=(DefaultScheduleStatus.RUNNING if settings.get("KB_FT_SCHEDULE")
+                        else DefaultScheduleStatus.STOPPED),
+        tags={"kb/trigger": "schedule"},
+        description=f"Refresh the KB and re-run fine-tuning ({cron} {tz}); "
+                    "stopped unless KB_FT_SCHEDULE=on or switched on in the UI.",
+    )

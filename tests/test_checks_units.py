@@ -35,7 +35,7 @@ def test_thresholds_defaults_documented_and_env_overrides():
     ({"KB_ACCEPT_DRIFT": "maybe"}, "KB_ACCEPT_DRIFT='maybe': expected 1/0"),
     ({"KB_QUALITY_MAX_CHUNK_DRIFT": "a lot"}, "KB_QUALITY_MAX_CHUNK_DRIFT='a lot': expected a number"),
     ({"KB_QUALITY_MIN_BATCH_RECORDS": "2.5"}, "expected an integer"),
-    ({"KB_QUALITY_MAX_DUPLICATE_RATIO": "-1"}, "must not be negative"),
+    ({"KB_QUALITY_MAX_DUPLICATE_RATIO": "-1"}, "must be at least 0"),
 ])
 def test_thresholds_bad_env_is_one_clear_line(env, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):

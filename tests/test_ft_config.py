@@ -32,9 +32,9 @@ def test_local_knobs(kb_paths, env, field, value):
 
 
 @pytest.mark.parametrize("env,message", [
-    ({"KB_FT_PROVIDER": "azure"}, "KB_FT_PROVIDER must be 'local' or 'openai', got 'azure'"),
-    ({"KB_FT_MAX_STEPS": "many"}, "KB_FT_MAX_STEPS must be int, got 'many'"),
-    ({"KB_FT_GATE_MARGIN": "high"}, "KB_FT_GATE_MARGIN must be float, got 'high'"),
+    ({"KB_FT_PROVIDER": "azure"}, "KB_FT_PROVIDER='azure': expected one of local, openai"),
+    ({"KB_FT_MAX_STEPS": "many"}, "KB_FT_MAX_STEPS='many': expected an integer"),
+    ({"KB_FT_GATE_MARGIN": "high"}, "KB_FT_GATE_MARGIN='high': expected a number"),
 ])
 def test_bad_settings_are_one_line_errors(kb_paths, env, message):
     with pytest.raises(SettingError, match=message):
@@ -45,4 +45,4 @@ def test_bad_setting_in_the_cli_is_exit_2_without_traceback(kb_paths, monkeypatc
     monkeypatch.setenv("KB_FT_EVAL_QUESTIONS", "lots")
     assert kb(["build", "--select", "kb"]) == 2
     err = capsys.readouterr().err
-    assert "KB_FT_EVAL_QUESTIONS must be int, got 'lots'" in err and "Traceback" not in err
+    assert "KB_FT_EVAL_QUESTIONS='lots': expected an integer" in err and "Traceback" not in err

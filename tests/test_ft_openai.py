@@ -168,7 +168,7 @@ def test_missing_key_is_a_clear_error(kb_paths, monkeypatch):
     assert "OPENAI_API_KEY is not set" in step_failures(r)["fine_tuned_model"]
 
 
-# --- issue 16: the job id is recorded before polling; a re-run resumes the job -----------------
+# --- the job id is recorded before polling; a re-run resumes the job -----------------
 class CrashAfterCreate:
     """A logger that dies when the job was created, as a crash or restart would right after
     `jobs.create` returned (polling may last hours)."""

@@ -1,7 +1,6 @@
 """The inbox sensor, evaluated with Dagster's build_sensor_context against a real inbox
 directory; the pure decision function is exercised directly for the timing edge cases."""
 
-import importlib
 import json
 import os
 import time
@@ -10,7 +9,7 @@ import pytest
 from dagster import DefaultScheduleStatus, DefaultSensorStatus, SensorResult, build_sensor_context
 
 from resources.config import KBConfig
-from sensors.inbox_sensor import SensorSettings, daemon_interval, inbox_sensor
+from sensors.inbox_sensor import SensorSettings, build_inbox_sensor, daemon_interval
 from sensors.inbox_state import InboxCursor, evaluate_inbox, state_hash
 from tests.kbtest import write
 
@@ -31,7 +30,7 @@ def drop(paths, rel: str, content: str, seconds_old: float = OLD):
 def evaluate(paths, cursor: str | None) -> SensorResult:
     ctx = build_sensor_context(cursor=cursor,
                                resources={"kb_config": KBConfig(inbox=str(paths.inbox))})
-    result = inbox_sensor(ctx)
+    result = build_inbox_sensor()(ctx)
     assert isinstance(result, SensorResult)
     return result
 
@@ -234,8 +233,8 @@ def test_state_hash_depends_on_content_not_stat(kb_paths):
 
 
 @pytest.mark.parametrize("env, message", [
-    ({"KB_SENSOR_INTERVAL_S": "soon"}, "KB_SENSOR_INTERVAL_S='soon' is not a number of seconds"),
-    ({"KB_SENSOR_SETTLE_S": "-1"}, "KB_SENSOR_SETTLE_S='-1' must be at least 0 seconds"),
+    ({"KB_SENSOR_INTERVAL_S": "soon"}, "KB_SENSOR_INTERVAL_S='soon': expected a number"),
+    ({"KB_SENSOR_SETTLE_S": "-1"}, "KB_SENSOR_SETTLE_S='-1': must be at least 0"),
 ])
 def test_bad_settings_name_the_variable(monkeypatch, env, message):
     for k, v in env.items():
@@ -268,15 +267,10 @@ def test_definitions_wire_sensor_and_schedule(kb_paths):
 
 
 def test_schedule_can_be_switched_on_by_env(monkeypatch):
-    import sensors.schedules as schedules
+    from sensors.schedules import build_fine_tune_schedule
 
     monkeypatch.setenv("KB_FT_SCHEDULE", "on")
     monkeypatch.setenv("KB_FT_SCHEDULE_CRON", "30 3 * * 1-5")
-    try:
-        mod = importlib.reload(schedules)
-        assert mod.nightly_fine_tune.default_status == DefaultScheduleStatus.RUNNING
-        assert mod.nightly_fine_tune.cron_schedule == "30 3 * * 1-5"
-    finally:
-        monkeypatch.delenv("KB_FT_SCHEDULE")
-        monkeypatch.delenv("KB_FT_SCHEDULE_CRON")
-        importlib.reload(schedules)
+    schedule = build_fine_tune_schedule()
+    assert schedule.default_status == DefaultScheduleStatus.RUNNING
+    assert schedule.cron_schedule == "30 3 * * 1-5"

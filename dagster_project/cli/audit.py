@@ -5,10 +5,10 @@ event log for the runs named)."""
 from __future__ import annotations
 
 import argparse
-import os
 import re
 from pathlib import Path
 
+from kb_core import settings
 from kb_core.paths import Paths
 
 
@@ -73,7 +73,7 @@ def read_report(paths: Paths, fn):
     if not paths.db.exists():
         raise CLIError(f"no KB database at {paths.db}: nothing was ever built "
                        f"(is KB_HOME={paths.home} right?)")
-    timeout = float(os.environ.get("KB_AUDIT_LOCK_TIMEOUT_S", "60"))
+    timeout = settings.get("KB_AUDIT_LOCK_TIMEOUT_S")
     try:
         with KBStore(db_path=str(paths.db)).connect(read_only=True, timeout_s=timeout) as con:
             return fn(Lineage(con))

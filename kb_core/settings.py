@@ -1,0 +1,136 @@
+"""Every KB_* environment variable in one table, read by one typed parser.
+
+Values are read when they are used, never at import: a process sees the environment it runs
+with. A bad value raises SettingError naming the variable, the value and what was expected
+(`kb` prints it as one line, exit code 2; Dagster shows it as the load or step error).
+The README's table of variables is checked against VARIABLES by tests/test_settings.py."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from kb_core.errors import CLIError
+
+TRUE = frozenset({"1", "true", "yes", "on", "running"})
+FALSE = frozenset({"0", "false", "no", "off", "stopped"})
+
+
+class SettingError(CLIError, ValueError):
+    """A bad KB_* value."""
+
+
+@dataclass(frozen=True)
+class Var:
+    name: str
+    kind: type  # str, int, float or bool
+    default: object
+    doc: str
+    minimum: float | None = None
+    choices: tuple[str, ...] = ()
+
+
+VARIABLES: tuple[Var, ...] = (
+    # --- where state lives
+    Var("KB_HOME", str, "data", "Folder holding the KB (inbox, DuckDB, versions, MLflow, Dagster)."),
+    Var("KB_INBOX", str, "", "The inbox folder (default $KB_HOME/inbox)."),
+    # --- ingestion and data-quality gates
+    Var("KB_DOC_TIME_BUDGET_S", float, 30.0, "Seconds one document may take to parse before "
+        "it is quarantined.", minimum=0.001),
+    Var("KB_EMBED_COMMIT_EVERY", int, 512, "Embeddings written to the cache per commit "
+        "(a crash loses at most this many).", minimum=1),
+    Var("KB_ACCEPT_DRIFT", bool, False, "Accept an intended chunking change for one run."),
+    Var("KB_ACCEPT_SHRINK", bool, False, "Accept an intended large removal of documents for "
+        "one run."),
+    # KB_QUALITY_<FIELD> overrides any field of resources/quality_config.py (a family).
+    # --- release
+    Var("KB_GOLDEN", str, "", "A curated golden set (project jsonl or BEIR folder); default "
+        "$KB_HOME/golden/, else questions made from the KB."),
+    Var("KB_AUTO_PROMOTE", bool, True, "Move `production` when a candidate passes the gate."),
+    # --- answering
+    Var("KB_ASK_UNTRUSTED", str, "mark", "Untrusted passages (possible prompt injection) in "
+        "answers: mark them or omit them.", choices=("mark", "omit")),
+    # --- inbox sensor and fine-tune schedule (read by the process that loads the code)
+    Var("KB_SENSOR", str, "on", "`off` (or 0/false/no) makes the inbox sensor start stopped."),
+    Var("KB_SENSOR_INTERVAL_S", float, 30.0, "Seconds between inbox sensor ticks.", minimum=1),
+    Var("KB_SENSOR_SETTLE_S", float, 5.0, "Seconds a file must stay unchanged before it is "
+        "ingested.", minimum=0),
+    Var("KB_SENSOR_MAX_WAIT_S", float, 600.0, "Longest a still-changing file delays a run.",
+        minimum=0),
+    Var("KB_FT_SCHEDULE", bool, False, "Start the nightly fine-tune schedule running."),
+    Var("KB_FT_SCHEDULE_CRON", str, "0 2 * * *", "Cron of the fine-tune schedule."),
+    Var("KB_FT_SCHEDULE_TZ", str, "UTC", "Timezone of the fine-tune schedule."),
+    # --- fine-tuning
+    Var("KB_FT_PROVIDER", str, "local", "Fine-tune locally (LoRA) or with OpenAI.",
+        choices=("local", "openai")),
+    Var("KB_FT_BASE_MODEL", str, "", "Base model: a local folder or .gguf file (local) or an "
+        "OpenAI model name; default the packaged SmolLM2 / gpt-4o-mini."),
+    Var("KB_OPENAI_CHAT_MODEL", str, "", "OpenAI chat model for answers (default the base)."),
+    Var("KB_FT_EPOCHS", int, None, "Epochs (local default 1; OpenAI default: its own).",
+        minimum=0),
+    Var("KB_FT_MAX_STEPS", int, 30, "Optimiser steps of a local fine-tune.", minimum=1),
+    Var("KB_FT_BATCH_SIZE", int, 4, "Examples per local training step.", minimum=1),
+    Var("KB_FT_LEARNING_RATE", float, 1e-3, "Learning rate of a local fine-tune.", minimum=0),
+    Var("KB_FT_LORA_RANK", int, 8, "LoRA rank of a local fine-tune.", minimum=1),
+    Var("KB_FT_MAX_SEQ_LEN", int, 384, "Tokens per training example (longer are cut).",
+        minimum=16),
+    Var("KB_FT_THREADS", int, 0, "Torch threads for local training (0: torch's default).",
+        minimum=0),
+    Var("KB_FT_EVAL_QUESTIONS", int, 24, "Held-out questions scored per fine-tune.", minimum=1),
+    Var("KB_FT_EVAL_MAX_NEW_TOKENS", int, 96, "Answer length cap during evaluation.",
+        minimum=1),
+    Var("KB_FT_GATE_MARGIN", float, 0.02, "Score a fine-tune must beat base and extractive "
+        "answers by.", minimum=0),
+    Var("KB_FT_MIN_EXAMPLES", int, 20, "Fewest training examples worth a fine-tune.",
+        minimum=1),
+    Var("KB_FT_REPLAY_SHARE", float, 0.2, "Share of examples replayed from earlier datasets.",
+        minimum=0),
+    Var("KB_FT_REFUSAL_SHARE", float, 0.25, "Share of examples whose context lacks the "
+        "answer.", minimum=0),
+    Var("KB_FT_QUESTIONS_PER_DOC", int, 3, "Evaluation questions used per document.",
+        minimum=1),
+    # --- operations
+    Var("KB_AUDIT_LOCK_TIMEOUT_S", float, 60.0, "Seconds `kb audit` waits for a writer to "
+        "release the DuckDB file.", minimum=0),
+)
+BY_NAME: dict[str, Var] = {v.name: v for v in VARIABLES}
+QUALITY_PREFIX = "KB_QUALITY_"  # + a field of resources.quality_config.QualityThresholds
+
+
+def parse(name: str, raw: str, kind: type, minimum: float | None = None,
+          choices: tuple[str, ...] = ()) -> object:
+    """The one typed parser: `raw` (from variable `name`) as `kind`, or SettingError."""
+    text = raw.strip()
+    if kind is bool:
+        low = text.lower()
+        if low in TRUE | FALSE:
+            return low in TRUE
+        raise SettingError(f"{name}={raw!r}: expected 1/0, true/false, yes/no, on/off")
+    if kind in (int, float):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise SettingError(f"{name}={raw!r}: expected a"
+                               f"{'n integer' if kind is int else ' number'}") from None
+        if minimum is not None and value < minimum:
+            raise SettingError(f"{name}={raw!r}: must be at least {minimum:g}")
+        return value
+    if choices and text.lower() not in choices:
+        raise SettingError(f"{name}={raw!r}: expected one of {', '.join(choices)}")
+    return text.lower() if choices else text
+
+
+def get(name: str, environ: Mapping[str, str] | None = None, default: object = ...) -> object:
+    """The typed value of variable `name` (its table default when unset or empty)."""
+    var = BY_NAME[name]
+    raw = (os.environ if environ is None else environ).get(name)
+    if raw is None or not raw.strip():
+        return var.default if default is ... else default
+    return parse(name, raw, var.kind, var.minimum, var.choices)
+
+
+def enabled(name: str, environ: Mapping[str, str] | None = None) -> bool:
+    """For on/off variables with free spelling (KB_SENSOR): anything but an off word is on."""
+    value = get(name, environ)
+    return bool(value) if isinstance(value, bool) else str(value).lower() not in FALSE
