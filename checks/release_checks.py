@@ -8,13 +8,13 @@ from dagster import (AssetCheckExecutionContext, AssetCheckResult, AssetCheckSev
 
 from kb_assets.evals import eval_for_run
 from kb_assets.release import gate_table, retrieval_eval
+from kb_assets.release_gate import floors_of, passed, stored_verdict, thresholds_of
 from kb_core.models import KB
 from resources import persistence
 from resources.registry import Registry, RegistryError
 from resources.release_config import ReleaseConfig
 from resources.store import KBStore
 
-from .release_gate import floors_of, passed, stored_verdict, thresholds_of
 
 
 @asset_check(asset=retrieval_eval, name=KB.gate_check, blocking=True,

@@ -1,5 +1,5 @@
 """Retrieval metrics, as pure functions (the promotion gate built on them is
-checks/release_gate.py).
+kb_assets/release_gate.py).
 
 A query's result is the ranked list of doc ids of the returned passages (several passages may
 come from one document). A document counts once, at the rank of its first passage; `k` cuts

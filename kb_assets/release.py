@@ -6,7 +6,6 @@ import json
 
 from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
 
-from checks.release_gate import GateResult, floors_of, thresholds_of
 from kb_core.models import KB
 from resources import persistence
 from resources.embedder import Embedder
@@ -20,6 +19,7 @@ from .index import faiss_index
 from .metrics import comparison_rows
 from .promotion import promotion_step
 from .release_eval import ReleaseEvaluation, evaluate_release
+from .release_gate import GateResult, floors_of, thresholds_of
 from .report import md_table
 from .retrieval import RetrievalConfig
 from .searcher import Searcher

@@ -1,17 +1,16 @@
 """Score a candidate KB version (and production, on the same questions) with the KB's own
 evaluation set, and apply the gate that fits the set: absolute SLOs on a curated golden set;
 integrity, floors calibrated for synthetic questions and no regression on a synthetic one
-(the rule: checks/release_gate.py). Used by the `retrieval_eval` asset and by `kb eval`."""
+(the rule: kb_assets/release_gate.py). Used by the `retrieval_eval` asset and by `kb eval`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from checks.release_gate import (GateResult, GateThresholds, SyntheticFloors, no_questions,
-                                 release_gate)
-
 from .eval_set import EvalQuestion, EvalSet, applicable, coverage
 from .golden import EvalReport, evaluate
+from .release_gate import (GateResult, GateThresholds, SyntheticFloors, no_questions,
+                           release_gate)
 
 
 @dataclass

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from checks.release_gate import GateThresholds, SyntheticFloors, release_gate
+from kb_assets.release_gate import GateThresholds, SyntheticFloors, release_gate
 from kb_assets.eval_set import (CURATED, SYNTHETIC, EvalQuestion, EvalSet, applicable,
                                 coverage, curated_location, load_curated)
 from kb_assets.golden import GoldenError

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from checks.release_gate import GateThresholds, gate
+from kb_assets.release_gate import GateThresholds, gate
 from kb_assets.metrics import (comparison_rows, first_ranks, ndcg_at_k, percentile, recall_at_k,
                                reciprocal_rank, summarize)
 

@@ -4,7 +4,7 @@ deciding from stored scores (what the blocking checks do), not from a stored ver
 import pytest
 
 from checks.ft_checks import ft_verdict
-from checks.release_gate import (GateThresholds, SyntheticFloors, passed, release_gate,
+from kb_assets.release_gate import (GateThresholds, SyntheticFloors, passed, release_gate,
                                  stored_verdict)
 from kb_assets.ft_answer import ContenderSummary
 from kb_core.models import ASSISTANT, KB, MODELS, spec_of

@@ -1,15 +1,16 @@
 """The KB promotion gate's rule, as pure functions: the thresholds (from the release_config
 resource), the SLO / floor / no-regression tests, and the verdict on a stored evaluation.
-`promotion_gate` (checks/release_checks.py) decides with it; `retrieval_eval` and `kb eval`
-show the same rule's result next to the scores."""
+The `promotion_gate` check (checks/release_checks.py) decides with it from the stored scores;
+`retrieval_eval` and `kb eval` show the same rule's result next to the scores. (It lives
+below checks/ because assets may not import checks: the layers in pyproject.toml.)"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from kb_assets.eval_set import CURATED, SYNTHETIC
-from kb_assets.metrics import higher_is_better, is_metric
+from .eval_set import CURATED, SYNTHETIC
+from .metrics import higher_is_better, is_metric
 
 
 @dataclass(frozen=True)
