@@ -10,13 +10,13 @@ import pandas as pd
 from dagster import AssetExecutionContext, MaterializeResult, asset
 
 from kb_core import progress, settings
-
+from kb_core.clock import utc_now
+from resources import persistence
 from resources.embedder import Embedder
 from resources.store import KBStore, fetch_one
 
 from .chunks import cleaned_chunks
 from kb_core.hooks import fault_point
-from .ingest import now
 
 PROGRESS_EVERY = 128  # texts per encode call: how often a terminal progress bar moves
 
@@ -54,10 +54,9 @@ def embed_missing(store: KBStore, embedder: Embedder, log=None) -> dict:
         vecs = encode_slices(embedder, [t for _, t in part], start, len(todo))
         encode_s += time.perf_counter() - t1
         df = pd.DataFrame({"model_id": model_id, "text_hash": [h for h, _ in part],
-                           "vector": [v.tobytes() for v in vecs], "created_at": now()})
+                           "vector": [v.tobytes() for v in vecs], "created_at": utc_now()})
         with store.connect() as con:
-            con.register("new_vecs", df)
-            con.execute("INSERT OR IGNORE INTO embedding_cache SELECT * FROM new_vecs")
+            persistence.cache_embeddings(con, df)
         fault_point("embedding:after_first_batch")
         if log:
             done = start + len(part)

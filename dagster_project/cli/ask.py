@@ -12,9 +12,8 @@ import json
 import textwrap
 from pathlib import Path
 
+from kb_core.models import ASSISTANT_MODEL as ASSISTANT
 from kb_core.paths import Paths
-
-ASSISTANT = "kb-assistant"
 
 
 def register(sub) -> None:
