@@ -67,6 +67,9 @@ def seed_cache(store, model_id: str, dim: int) -> int:
     import numpy as np
     import pandas as pd
 
+    from kb_core.clock import utc_now
+    from resources import persistence
+
     with store.connect() as con:
         hashes = [r[0] for r in con.execute(
             "SELECT DISTINCT text_hash FROM chunks WHERE text_hash NOT IN "
@@ -76,11 +79,9 @@ def seed_cache(store, model_id: str, dim: int) -> int:
             part = hashes[k:k + 20000]
             v = rng.normal(size=(len(part), dim)).astype(np.float32)
             v /= np.linalg.norm(v, axis=1, keepdims=True)
-            con.register("seed", pd.DataFrame({"model_id": model_id, "text_hash": part,
-                                               "vector": [row.tobytes() for row in v],
-                                               "created_at": pd.Timestamp.utcnow().tz_localize(None)}))
-            con.execute("INSERT INTO embedding_cache SELECT * FROM seed")
-            con.unregister("seed")
+            persistence.cache_embeddings(con, pd.DataFrame({
+                "model_id": model_id, "text_hash": part, "vector": [row.tobytes() for row in v],
+                "created_at": utc_now()}))
     return len(hashes)
 
 

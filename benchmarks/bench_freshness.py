@@ -143,7 +143,8 @@ def run_config(interval: int, trials: int, root: Path, embedder) -> dict:
             out = subprocess.run([*kb, "search", "--json", "-k", "3",
                                   f"How many credits is the {token} allowance?"], cwd=REPO,
                                  capture_output=True, text=True, env=dict(os.environ), timeout=300)
-            confirmed = any(h["doc_id"] == rel for h in json.loads(out.stdout or "[]"))
+            found = json.loads(out.stdout)["hits"] if out.returncode == 0 else []
+            confirmed = any(h["doc_id"] == rel for h in found)
     finally:
         leftovers = stack.stop()
     if leftovers:

@@ -87,6 +87,7 @@ def bench_noop(root: Path, n_files: int, repeats: int = 3) -> dict:
 # --- 3. embedding throughput: pipeline vs bare encode ---------------------------------------
 def bench_throughput(paths: Paths, n: int, repeats: int = 2) -> dict:
     from kb_assets.embed import embed_missing
+    from resources import persistence
     from resources.embedder import Embedder
     from resources.store import KBStore
 
@@ -103,8 +104,7 @@ def bench_throughput(paths: Paths, n: int, repeats: int = 2) -> dict:
                      convert_to_numpy=True, show_progress_bar=False)
         bare.append(time.perf_counter() - t0)
         with store.connect() as con:
-            con.register("drop", pd.DataFrame({"text_hash": [h for h, _ in rows]}))
-            con.execute("DELETE FROM embedding_cache WHERE text_hash IN (SELECT text_hash FROM drop)")
+            persistence.delete_in(con, "embedding_cache", "text_hash", [h for h, _ in rows])
         t0 = time.perf_counter()
         r = embed_missing(store, embedder)
         pipe.append(time.perf_counter() - t0)

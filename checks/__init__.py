@@ -1,6 +1,6 @@
 """Asset checks (Great Expectations suites and custom checks)."""
 
-from kb_assets.release_checks import RELEASE_CHECKS
+from checks.release_checks import RELEASE_CHECKS
 from checks.ft_checks import FT_CHECKS
 from checks.kb_checks import KB_CHECKS
 

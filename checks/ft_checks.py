@@ -8,13 +8,18 @@ import json
 from dagster import (AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity,
                      MetadataValue, asset_check)
 
+from kb_assets.evals import eval_for_run
 from kb_assets.finetune import ft_dataset, latest_dataset
+from kb_assets.ft_answer import ContenderSummary, three_way_gate
 from kb_assets.ft_plan import find_leaks, question_of, validate_line
-from kb_assets.ft_release import eval_for_run, ft_eval
-from kb_assets.ingest import now
+from kb_assets.ft_release import ft_eval
 from kb_assets.report import md_table
+from kb_core.models import ASSISTANT
 from kb_core.text import find_pii
+from resources import persistence
 from resources.ft_config import FTConfig
+from resources.registry import Registry, RegistryError
+from resources.registry_pages import tag_validation
 from resources.store import KBStore
 
 
@@ -81,21 +86,41 @@ def ft_dataset_valid(context: AssetCheckExecutionContext, store: KBStore,
                             severity=AssetCheckSeverity.ERROR)
 
 
-@asset_check(asset=ft_eval, blocking=True,
+def contender(metrics: dict, name: str, prefix: str) -> ContenderSummary:
+    """A contender's summary as ft_eval stored it (metrics `<prefix><field>`)."""
+    fields = [f for f in ContenderSummary.__dataclass_fields__ if f != "name"]
+    return ContenderSummary(name, **{f: metrics[prefix + f] for f in fields})
+
+
+def ft_verdict(metrics: dict, margin: float) -> tuple[bool, str]:
+    """The gate on a stored three-way evaluation: the fine-tune beats both others by margin."""
+    return three_way_gate(contender(metrics, "fine-tuned", "ft_"),
+                          [contender(metrics, "base", "base_"),
+                           contender(metrics, "extractive", "extractive_")], margin)
+
+
+@asset_check(asset=ft_eval, name=ASSISTANT.gate_check, blocking=True,
              description="The fine-tune beats both its base model and the retrieval-only "
                          "extractive answer (same questions, same contexts) by the configured "
                          "margin; otherwise it is not promoted and `kb ask` stays extractive.")
-def ft_beats_base(context: AssetCheckExecutionContext, store: KBStore) -> AssetCheckResult:
+def ft_beats_base(context: AssetCheckExecutionContext, store: KBStore, ft_config: FTConfig,
+                  registry: Registry) -> AssetCheckResult:
     run_id = context.run.run_id
-    ev = eval_for_run(store, run_id)
+    ev = eval_for_run(store, ASSISTANT, run_id)
     if ev is None:
         return AssetCheckResult(passed=True, metadata={"evaluated": False},
                                 description="no new fine-tune evaluated in this run")
     m = ev["metrics"]
-    desc = f"kb-assistant version {ev['version']}: {ev['details']['reason']}"
-    record(store, run_id, "ft_eval", "ft_beats_base", ev["passed"], desc)
+    passed, reason = ft_verdict(m, ft_config.gate_margin)
+    desc = f"kb-assistant version {ev['version']}: {reason}"
+    record(store, run_id, ASSISTANT.eval_asset, ASSISTANT.gate_check, passed, desc)
+    registry.set_status(store, ASSISTANT.name, ev["version"], "passed" if passed else "rejected")
+    try:  # the MLflow page says it too; the verdict stands without it
+        tag_validation(registry, store, ASSISTANT.name, ev["version"], passed)
+    except RegistryError as exc:
+        context.log.warning(f"validation_status not tagged in MLflow: {exc}")
     return AssetCheckResult(
-        passed=ev["passed"], severity=AssetCheckSeverity.ERROR, description=desc,
+        passed=passed, severity=AssetCheckSeverity.ERROR, description=desc,
         metadata={"assistant_version": ev["version"], "evaluated": True,
                   "ft_score": m["ft_score_mean"], "base_score": m["base_score_mean"],
                   "extractive_score": m.get("extractive_score_mean", 0.0),
@@ -105,8 +130,8 @@ def ft_beats_base(context: AssetCheckExecutionContext, store: KBStore) -> AssetC
 def record(store: KBStore, run_id: str, asset: str, name: str, passed: bool, desc: str) -> None:
     """The audit trail of every check result, beside the other checks' rows."""
     with store.transaction() as con:
-        con.execute("INSERT INTO check_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [run_id, now(), asset, name, passed, "ERROR", True, desc[:500], None, "{}"])
+        persistence.record_check_result(con, run_id=run_id, asset=asset, check_name=name,
+                                        passed=passed, description=desc[:500])
 
 
 FT_CHECKS = [ft_dataset_valid, ft_beats_base]

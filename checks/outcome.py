@@ -6,12 +6,10 @@ from __future__ import annotations
 import json
 import traceback
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Callable
 
-import pandas as pd
-
 from kb_assets.report import md_table
+from resources import persistence
 
 from .gx_suites import SuiteResult
 
@@ -95,30 +93,21 @@ def guarded(checks: list[CheckDef], evaluate: Callable[[], list[CheckOutcome]],
     return outcomes
 
 
-def now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
-
-
 def record(store, run_id: str, outcomes: list[CheckOutcome], kb_version: int | None = None,
            log=None) -> None:
     """Append the outcomes to check_results. Recording must not turn a verdict into a
     crash: a failure to write is logged and the verdict still reaches Dagster."""
     if not outcomes:
         return
-    at = now()
-    df = pd.DataFrame([{
-        "run_id": run_id, "event_at": at, "asset": o.check.asset, "check_name": o.check.name,
+    rows = [{
+        "run_id": run_id, "asset": o.check.asset, "check_name": o.check.name,
         "passed": o.passed, "severity": o.severity, "blocking": o.check.blocking,
         "description": o.description, "kb_version": kb_version,
         "metadata": json.dumps(o.structured(), ensure_ascii=False, default=str),
-    } for o in outcomes])
-    df["kb_version"] = df["kb_version"].astype("Int64")
+    } for o in outcomes]
     try:
         with store.connect() as con:
-            con.register("new_check_results", df)
-            con.execute("INSERT INTO check_results SELECT run_id, event_at, asset, check_name, "
-                        "passed, severity, blocking, description, kb_version, "
-                        "CAST(metadata AS JSON) FROM new_check_results")
+            persistence.record_check_results(con, rows)
     except Exception as exc:  # noqa: BLE001
         if log:
             log.error(f"could not record check results in DuckDB: {exc}")
@@ -127,5 +116,4 @@ def record(store, run_id: str, outcomes: list[CheckOutcome], kb_version: int | N
 def attach_version(store, run_id: str, kb_version: int) -> None:
     """This run's earlier check rows gated `kb_version`: say so, for audits per version."""
     with store.connect() as con:
-        con.execute("UPDATE check_results SET kb_version = ? WHERE run_id = ? AND kb_version IS NULL",
-                    [kb_version, run_id])
+        persistence.attach_check_results_version(con, run_id, kb_version)

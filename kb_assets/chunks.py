@@ -11,13 +11,15 @@ from dataclasses import dataclass, field
 import pandas as pd
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
+from kb_core.clock import utc_now
+from resources import persistence
 from resources.config import KBConfig
 from resources.embedder import Embedder
 from resources.store import KBStore, fetch_one
 
 from .budget import BudgetExceeded, Deadline, budget_for
 from kb_core.chunking import UNICODE, ChunkerConfig, chunk_id, chunk_text
-from .ingest import now, raw_docs
+from .ingest import raw_docs
 from .parsing import Problem
 from .report import bar_chart, histogram, md_table
 from kb_core.text import PII_LABELS, mask_pii, normalise, sha256_text
@@ -86,30 +88,21 @@ def rechunk(store: KBStore, cfg: ChunkerConfig, run_id: str, tokenizer=UNICODE,
             states.append((doc_key, chash, cfg.version, len(doc.rows), json.dumps(doc.pii)))
             if doc.pii:
                 pii_by_doc[doc_key] = doc.pii
-        touched = pd.DataFrame({"doc_key": [s[0] for s in states] + [d[0] for d in dropped]})
-        if len(touched):
-            con.register("touched_docs", touched)
-            con.execute("DELETE FROM chunks WHERE doc_key IN (SELECT doc_key FROM touched_docs)")
-            con.execute("DELETE FROM doc_chunk_state WHERE doc_key IN (SELECT doc_key FROM touched_docs)")
-        if rows:
-            con.register("new_chunks", pd.DataFrame(rows, columns=[
+        # Two docs with identical content hash get distinct chunk ids (doc_key is in the id).
+        persistence.replace_chunks(
+            con, [s[0] for s in states] + [d[0] for d in dropped],
+            pd.DataFrame(rows, columns=[
                 "chunk_id", "doc_key", "ordinal", "text", "text_hash", "n_tokens",
-                "doc_content_hash", "chunker_version", "pii_masked", "created_run_id"]))
-            # Two docs with identical content hash to distinct ids (doc_key is in the id).
-            con.execute("INSERT INTO chunks SELECT * FROM new_chunks")
-        if states:
-            con.register("new_states", pd.DataFrame(states, columns=[
+                "doc_content_hash", "chunker_version", "pii_masked", "created_run_id"]),
+            pd.DataFrame(states, columns=[
                 "doc_key", "content_hash", "chunker_version", "n_chunks", "pii_counts"]))
-            con.execute("INSERT INTO doc_chunk_state (doc_key, content_hash, chunker_version, "
-                        "n_chunks, pii_counts) SELECT * FROM new_states")
         if problems:
-            at = now()
-            con.register("chunk_problems", pd.DataFrame(
+            at = utc_now()
+            persistence.quarantine(con, pd.DataFrame(
                 [(run_id, at, p.source_path, p.line, p.reason, shas[p.source_path], True, None)
                  for p in problems],
                 columns=["run_id", "event_at", "source_path", "line", "reason", "file_sha256",
                          "active", "resolved_at"]))
-            con.execute("INSERT INTO quarantine SELECT * FROM chunk_problems")
         lengths = [r[0] for r in con.execute("SELECT n_tokens FROM chunks").fetchall()]
         masked = con.execute("""
             SELECT d.doc_id, s.pii_counts FROM doc_chunk_state s JOIN documents d USING (doc_key)

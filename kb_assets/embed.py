@@ -9,16 +9,25 @@ import numpy as np
 import pandas as pd
 from dagster import AssetExecutionContext, MaterializeResult, asset
 
-from kb_core import settings
-
+from kb_core import progress, settings
+from kb_core.clock import utc_now
+from resources import persistence
 from resources.embedder import Embedder
 from resources.store import KBStore, fetch_one
 
 from .chunks import cleaned_chunks
 from kb_core.hooks import fault_point
-from .ingest import now
 
-# Texts per encode call and cache commit: a crash loses at most this much work.
+PROGRESS_EVERY = 128  # texts per encode call: how often a terminal progress bar moves
+
+
+def encode_slices(embedder: Embedder, texts: list[str], done: int, total: int) -> np.ndarray:
+    """`embedder.encode(texts)` in slices, reporting progress after each (same vectors)."""
+    out = []
+    for i in range(0, len(texts), PROGRESS_EVERY):
+        out.append(embedder.encode(texts[i:i + PROGRESS_EVERY]))
+        progress.report("embedding", done + i + len(out[-1]), total, "chunks")
+    return np.concatenate(out) if out else embedder.encode([])
 
 
 def missing_texts(store: KBStore, model_id: str) -> tuple[list[tuple[str, str]], int]:
@@ -42,13 +51,12 @@ def embed_missing(store: KBStore, embedder: Embedder, log=None) -> dict:
     for start in range(0, len(todo), commit_every):
         part = todo[start:start + commit_every]
         t1 = time.perf_counter()
-        vecs = embedder.encode([t for _, t in part])
+        vecs = encode_slices(embedder, [t for _, t in part], start, len(todo))
         encode_s += time.perf_counter() - t1
         df = pd.DataFrame({"model_id": model_id, "text_hash": [h for h, _ in part],
-                           "vector": [v.tobytes() for v in vecs], "created_at": now()})
+                           "vector": [v.tobytes() for v in vecs], "created_at": utc_now()})
         with store.connect() as con:
-            con.register("new_vecs", df)
-            con.execute("INSERT OR IGNORE INTO embedding_cache SELECT * FROM new_vecs")
+            persistence.cache_embeddings(con, df)
         fault_point("embedding:after_first_batch")
         if log:
             done = start + len(part)

@@ -8,12 +8,13 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 
 from kb_core import settings
+from kb_core.clock import utc_now
+from resources import persistence
 
 from .golden import GoldenError, GoldenQuery, GoldenSet, load_golden
 from .synthetic_questions import (GENERATOR_VERSION, SourceDoc, SyntheticQuestion,
@@ -183,23 +184,15 @@ def refresh_synthetic(store, version, run_id: str, n: int = DEFAULT_SYNTHETIC_QU
     new = [q for q in questions if q.qid not in {e.qid for e in existing.values()}]
     keep_ids = {q.qid for q in questions}
     retired = [e.qid for e in existing.values() if e.qid not in keep_ids]
-    at = datetime.now(timezone.utc).replace(tzinfo=None)
+    at = utc_now()
     with store.transaction() as con:
-        if retired:
-            con.register("retired_q", pd.DataFrame({"qid": retired}))
-            con.execute("UPDATE eval_questions SET active = false, retired_at = ? "
-                        "WHERE qid IN (SELECT qid FROM retired_q)", [at])
-        if new:
-            con.register("new_q", pd.DataFrame([{
-                "qid": q.qid, "doc_key": q.doc_key, "doc_id": q.doc_id,
-                "content_hash": q.content_hash, "question": q.question, "answer": q.answer,
-                "source_chunk_id": q.source_chunk_id, "generator": GENERATOR_VERSION,
-                "created_at": at, "created_run_id": run_id, "active": True,
-                "retired_at": None} for q in new]))
-            con.execute("DELETE FROM eval_questions WHERE qid IN (SELECT qid FROM new_q)")
-            con.execute("INSERT INTO eval_questions SELECT qid, doc_key, doc_id, content_hash, "
-                        "question, answer, source_chunk_id, generator, created_at, "
-                        "created_run_id, active, CAST(retired_at AS TIMESTAMP) FROM new_q")
+        persistence.retire_eval_questions(con, retired, at)
+        persistence.replace_eval_questions(con, pd.DataFrame([{
+            "qid": q.qid, "doc_key": q.doc_key, "doc_id": q.doc_id,
+            "content_hash": q.content_hash, "question": q.question, "answer": q.answer,
+            "source_chunk_id": q.source_chunk_id, "generator": GENERATOR_VERSION,
+            "created_at": at, "created_run_id": run_id, "active": True,
+            "retired_at": None} for q in new]))
     return {"questions": len(questions), "added": len(new), "retired": len(retired),
             "kept": len(questions) - len(new)}
 

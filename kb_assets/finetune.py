@@ -13,6 +13,9 @@ from collections import Counter
 import pandas as pd
 from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
 
+from kb_core.clock import utc_now
+from kb_core.models import ASSISTANT_MODEL as ASSISTANT
+from resources import persistence
 from resources.embedder import Embedder
 from resources.finetuner import FineTuneError, FineTuner, TrainJob
 from resources.ft_config import FTConfig
@@ -28,10 +31,8 @@ from .ft_plan import plan_questions
 from .ft_questions import build_question_examples, kb_questions
 from .index import faiss_index
 from .release import eval_set
-from .ingest import now
 from .report import md_table
 
-ASSISTANT = "kb-assistant"
 EVAL_ITEMS = "eval_items.jsonl"  # held-out items with contexts, references and key facts
 
 DOCS_SQL = """
@@ -145,7 +146,7 @@ def build_dataset(store: KBStore, cfg: FTConfig, run_id: str, questions_fn=None,
                           "refusal_examples_train": built.n_refusals_train,
                           "refusal_items_eval": built.n_refusals_eval,
                           "retrieval_misses_eval": built.n_retrieval_misses},
-            "created_at": now().isoformat()}
+            "created_at": utc_now().isoformat()}
     (tmp / "dataset.json").write_text(json.dumps(info, indent=2, ensure_ascii=False), "utf-8")
     target = cfg.dataset_dir(number)
     shutil.rmtree(target, ignore_errors=True)  # a leftover of a crash before registration
@@ -153,15 +154,13 @@ def build_dataset(store: KBStore, cfg: FTConfig, run_id: str, questions_fn=None,
     lines = [(number, split, i, x.example_id, x.doc_key, x.doc_id, x.doc_content_hash)
              for split, xs in files.items() for i, x in enumerate(xs, start=1)]
     with store.transaction() as con:
-        con.execute("DELETE FROM ft_datasets WHERE dataset_version = ?", [number])
-        con.execute("DELETE FROM ft_dataset_lines WHERE dataset_version = ?", [number])
-        con.execute("INSERT INTO ft_datasets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [number, now(), run_id, kb, plan.content_sha256, len(plan.train),
-                     len(plan.eval), str(target), json.dumps(info, ensure_ascii=False)])
-        con.register("new_lines", pd.DataFrame(lines, columns=[
-            "dataset_version", "split", "line_no", "example_id", "doc_key", "doc_id",
-            "doc_content_hash"]))
-        con.execute("INSERT INTO ft_dataset_lines SELECT * FROM new_lines")
+        persistence.register_ft_dataset(con, {
+            "dataset_version": number, "created_at": utc_now(), "run_id": run_id,
+            "kb_version": kb, "content_sha256": plan.content_sha256,
+            "n_train": len(plan.train), "n_eval": len(plan.eval), "path": str(target),
+            "info": json.dumps(info, ensure_ascii=False)}, pd.DataFrame(lines, columns=[
+                "dataset_version", "split", "line_no", "example_id", "doc_key", "doc_id",
+                "doc_content_hash"]))
     if log:
         log.info(f"dataset version {number} ({plan.mode}: {plan.reason}) at {target}")
     return {**base, "new_version": True, "dataset_version": number, "path": str(target)}

@@ -9,18 +9,21 @@ import time
 
 from dagster import AssetExecutionContext, AssetKey, Failure, MaterializeResult, MetadataValue, asset
 
+from resources import persistence
 from resources.embedder import Embedder
 from resources.ft_config import FTConfig
 from resources.llm import LLM, AssistantRef, LLMError
+from kb_core.models import ASSISTANT as SPEC
+from kb_core.models import ASSISTANT_MODEL as ASSISTANT
 from resources.registry import Registry, RegistryError, registered_versions
-from resources.registry_pages import VALIDATION_TAG, log_evaluation, tag_version, validation_status
+from resources.registry_pages import log_evaluation
 from resources.store import KBStore, fetch_one
 
-from .finetune import ASSISTANT, EVAL_ITEMS, fine_tuned_model, ft_dataset
+from .finetune import EVAL_ITEMS, fine_tuned_model, ft_dataset
 from .ft_answer import (ContenderSummary, extractive_answer, judge, summarize_contender,
                         table_rows, three_way_gate)
 from .ft_scoring import pick_eval
-from .ingest import now
+from .promotion import promotion_step
 from .report import md_table
 
 
@@ -144,18 +147,16 @@ def evaluate(store, cfg: FTConfig, llm: LLM, embedder: Embedder, registry: Regis
                "table": table, "contenders": ["fine-tuned", "base", "extractive"],
                "worth_it": passed}
     with store.transaction() as con:
-        con.execute("INSERT INTO eval_results VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [ASSISTANT, version, run_id, now(), json.dumps(metrics), passed,
-                     json.dumps(details, ensure_ascii=False)])
+        persistence.record_eval_result(con, model_name=ASSISTANT, version=version,
+                                       run_id=run_id, metrics=metrics, passed=passed,
+                                       details=details)
     try:
-        tag_version(registry, store, ASSISTANT, version, {VALIDATION_TAG: validation_status(passed)})
         # On the run and on the logged model (the MLflow 3 model page shows the latter).
         log_evaluation(registry, store, ASSISTANT, version, metrics, None, None)
         log_table(registry, row["run_id"], details)
     except RegistryError as exc:
         if log:
             log.warning(f"metrics not logged to MLflow: {exc}")
-    registry.set_status(store, ASSISTANT, version, "passed" if passed else "rejected")
     return {"reused": False, "version": version, "metrics": metrics, "passed": passed,
             "details": details}
 
@@ -182,18 +183,6 @@ def log_table(registry: Registry, mlflow_run_id: str, details: dict) -> None:
                         "ft_eval/answers.json")
     except Exception as exc:  # noqa: BLE001 - MLflow errors vary; the eval is recorded in DuckDB
         raise RegistryError(f"three-way table not logged to MLflow: {exc}") from None
-
-
-def eval_for_run(store: KBStore, run_id: str) -> dict | None:
-    """The kb-assistant evaluation this Dagster run made, if any."""
-    with store.connect(read_only=True) as con:
-        row = fetch_one(con, "SELECT version, passed, metrics, details FROM eval_results WHERE "
-                             "model_name = ? AND run_id = ? ORDER BY created_at DESC LIMIT 1",
-                        [ASSISTANT, run_id])
-    if row is None:
-        return None
-    return {"version": row[0], "passed": bool(row[1]), "metrics": json.loads(row[2]),
-            "details": json.loads(row[3])}
 
 
 def _clip(text: str, n: int = 120) -> str:
@@ -249,33 +238,8 @@ def ft_eval(context: AssetExecutionContext, store: KBStore, ft_config: FTConfig,
 )
 def assistant_release(context: AssetExecutionContext, store: KBStore, ft_config: FTConfig,
                       registry: Registry) -> MaterializeResult:
-    ev = eval_for_run(store, context.run_id)
-    try:
-        current = registry.get_alias(ASSISTANT, "production")
-        promoted = False
-        if ev is None:
-            action = f"No fine-tune evaluated in this run: production stays {current or 'none'}."
-        elif not ev["passed"]:
-            action = (f"kb-assistant version {ev['version']} failed its gate: production stays "
-                      f"{current or 'none'}.")
-        elif current == ev["version"]:
-            action = f"kb-assistant version {current} is already production."
-        elif not ft_config.auto_promote:
-            action = (f"kb-assistant version {ev['version']} passed; automatic promotion is off: "
-                      f"run `kb promote {ev['version']} --model kb-assistant`.")
-        else:
-            move = registry.move_alias(store, ASSISTANT, "production", ev["version"],
-                                       actor=f"dagster:{context.run_id}",
-                                       reason=ev["details"]["reason"], run_id=context.run_id)
-            promoted, current = True, move.to_version
-            action = (f"Promoted **kb-assistant version {move.to_version}** to production "
-                      f"(was {move.from_version or 'none'}).")
-    except RegistryError as exc:
-        raise Failure(description=str(exc)) from None
-    context.log.info(action.replace("**", ""))
-    return MaterializeResult(metadata={
-        "production_version": current or 0, "promoted": promoted,
-        "auto_promote": ft_config.auto_promote, "summary": MetadataValue.md(action)})
+    return promotion_step(context, SPEC, store, registry, ft_config.auto_promote,
+                          lambda ev: ev["details"]["reason"])
 
 
 FT_ASSETS = [ft_dataset, fine_tuned_model, ft_eval, assistant_release]

@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kb_core import progress
+
 from .metrics import summarize
 
 DEFAULT_GOLDEN = Path(__file__).resolve().parents[1] / "sample_data" / "golden.jsonl"
@@ -169,7 +171,8 @@ def evaluate(searcher, golden: GoldenSet, k: int = 10, query_vectors=None,
     if query_vectors is None:
         query_vectors = searcher.embedder.encode(questions)
     results, per_query = [], []
-    for q, vec in zip(golden.queries, query_vectors):
+    for i, (q, vec) in enumerate(zip(golden.queries, query_vectors), start=1):
+        progress.report("evaluating", i, len(golden.queries), "questions")
         hits = hybrid_search(searcher.version, q.question, vec, k, searcher.config)
         ranked = [h.doc_id for h in hits]
         results.append((ranked, q.relevant))

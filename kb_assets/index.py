@@ -10,6 +10,8 @@ import time
 import pandas as pd
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
+from kb_core.clock import utc_now
+from resources import persistence
 from resources.config import KBConfig, code_version
 from resources.embedder import Embedder
 from resources.store import KBStore, fetch_one
@@ -17,7 +19,6 @@ from resources.vector_index import SOURCES_FILE, KBVersion, VersionStore, build_
 
 from .embed import embeddings, load_vectors
 from kb_core.hooks import fault_point
-from .ingest import now
 from .eval_set import synthetic_questions
 from kb_core.lexical import LEXICAL_VERSION, BM25Index
 from .relevance import Calibration, calibrate_version
@@ -45,26 +46,6 @@ def fingerprint(model_id: str, chunker_version: str, members: pd.DataFrame) -> s
     return h.hexdigest()
 
 
-def register_version(con, number: int, path: str, info: dict, members: pd.DataFrame,
-                     sources: list[dict]) -> None:
-    con.execute("DELETE FROM kb_versions WHERE version = ?", [number])
-    con.execute("DELETE FROM kb_version_members WHERE version = ?", [number])
-    con.execute("DELETE FROM kb_version_sources WHERE version = ?", [number])
-    con.execute("""INSERT INTO kb_versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                [number, info["created_at"], info["run_id"], path, info["fingerprint"],
-                 info["n_docs"], info["n_chunks"], info["embedding_model"], info["dim"],
-                 json.dumps(info["chunker"]), info["index_sha256"], info["manifest_sha256"],
-                 info["source_manifest_sha256"], info["code_version"], json.dumps(info)])
-    m = members.assign(version=number)[["version", "chunk_id", "doc_key", "doc_id",
-                                        "doc_content_hash", "text_hash", "n_tokens"]]
-    con.register("version_members", m)
-    con.execute("INSERT INTO kb_version_members SELECT * FROM version_members")
-    if sources:
-        con.register("version_sources", pd.DataFrame(sources).assign(version=number)[
-            ["version", "path", "sha256", "n_docs"]])
-        con.execute("INSERT INTO kb_version_sources SELECT * FROM version_sources")
-
-
 def recover_unregistered(con, versions: VersionStore) -> list[int]:
     """A publisher killed after the atomic rename but before its DuckDB commit leaves a
     complete version directory without lineage rows: register it from its own files."""
@@ -75,7 +56,7 @@ def recover_unregistered(con, versions: VersionStore) -> list[int]:
             continue
         v = versions.load(n)
         sources = json.loads((v.path / SOURCES_FILE).read_text(encoding="utf-8"))
-        register_version(con, n, str(v.path), v.info, v.manifest, sources)
+        persistence.register_kb_version(con, n, str(v.path), v.info, v.manifest, sources)
         recovered.append(n)
     return recovered
 
@@ -128,7 +109,7 @@ def publish_if_changed(store: KBStore, versions: VersionStore, embedder: Embedde
     source_manifest = json.dumps(sources, sort_keys=True).encode()
     number = max(versions.numbers() + [latest[0] if latest else 0]) + 1
     info = {
-        "created_at": now().isoformat(), "run_id": run_id, "fingerprint": fp,
+        "created_at": utc_now().isoformat(), "run_id": run_id, "fingerprint": fp,
         "n_docs": int(members["doc_key"].nunique()), "n_chunks": len(members),
         "embedding_model": model_id, "dim": dim, "chunker": chunker.as_dict(),
         "lexical": LEXICAL_VERSION, "code_version": code_version(),
@@ -147,7 +128,7 @@ def publish_if_changed(store: KBStore, versions: VersionStore, embedder: Embedde
     info = versions.info(number)
     fault_point("publish:after_rename")
     with store.transaction() as con:
-        register_version(con, number, str(path), info, members, sources)
+        persistence.register_kb_version(con, number, str(path), info, members, sources)
     if log:
         log.info(f"published KB version {number} at {path} ({len(members)} chunks)")
     return {**base, "new_version": True, "kb_version": number, "path": str(path),

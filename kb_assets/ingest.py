@@ -7,11 +7,12 @@ quarantined with file, line and reason; the rest of the batch goes through."""
 import json
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 
 import pandas as pd
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
+from kb_core.clock import utc_now
+from resources import persistence
 from resources.config import KBConfig
 from resources.store import KBStore, fetch_one
 
@@ -32,10 +33,6 @@ class IngestSummary:
     files_touched_only: int = 0
     active_docs: int = 0
     quarantined_active: list[tuple] = field(default_factory=list)  # (path, line, reason)
-
-
-def now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
 def ingest_inbox(store: KBStore, cfg: KBConfig, run_id: str, log=None) -> IngestSummary:
@@ -70,7 +67,7 @@ def ingest_inbox(store: KBStore, cfg: KBConfig, run_id: str, log=None) -> Ingest
         parsed[rel] = (st, sha, result)
     summary.files_touched_only = len(touched)
 
-    at = now()
+    at = utc_now()
     with store.transaction() as con:
         changed_paths = list(parsed) + delta.removed
         existing: dict[str, tuple] = {}  # doc_key -> (hash, active, path, first_seen, doc_id)
@@ -115,59 +112,32 @@ def ingest_inbox(store: KBStore, cfg: KBConfig, run_id: str, log=None) -> Ingest
         for key, h, path, doc_id in gone:
             summary.removed.append(doc_id)
             events.append((run_id, at, key, doc_id, path, "removed", h, None))
-        if gone:
-            con.register("gone_keys", pd.DataFrame({"doc_key": [g[0] for g in gone]}))
-            con.execute("UPDATE documents SET active = false, updated_at = ?, updated_run_id = ? "
-                        "WHERE doc_key IN (SELECT doc_key FROM gone_keys)", [at, run_id])
-        if doc_rows:
-            cols = ["doc_key", "doc_id", "source_path", "line", "title", "text", "content_hash",
-                    "file_sha256", "metadata", "flags", "active", "first_seen_at", "updated_at",
-                    "updated_run_id"]
-            df = pd.DataFrame(doc_rows, columns=cols)
-            con.register("new_docs", df)
-            con.execute("DELETE FROM documents WHERE doc_key IN (SELECT doc_key FROM new_docs)")
-            con.execute(f"INSERT INTO documents ({', '.join(cols)}) SELECT {', '.join(cols)} FROM new_docs")
-        if events:
-            con.register("new_events", pd.DataFrame(events, columns=[
-                "run_id", "event_at", "doc_key", "doc_id", "source_path", "event", "content_hash",
-                "file_sha256"]))
-            con.execute("INSERT INTO document_events SELECT * FROM new_events")
+        persistence.deactivate_documents(con, [g[0] for g in gone], at, run_id)
+        persistence.replace_documents(con, pd.DataFrame(doc_rows, columns=[
+            "doc_key", "doc_id", "source_path", "line", "title", "text", "content_hash",
+            "file_sha256", "metadata", "flags", "active", "first_seen_at", "updated_at",
+            "updated_run_id"]))
+        persistence.record_document_events(con, pd.DataFrame(events, columns=[
+            "run_id", "event_at", "doc_key", "doc_id", "source_path", "event", "content_hash",
+            "file_sha256"]))
 
         # Quarantine is per file: re-processing or removing a file resolves its old entries.
-        if changed_paths:
-            con.execute("UPDATE quarantine SET active = false, resolved_at = ? WHERE active AND "
-                        "source_path IN (SELECT path FROM changed_paths)", [at])
-        if summary.problems:
-            shas = {rel: sha for rel, (_, sha, _) in parsed.items()}
-            con.register("new_problems", pd.DataFrame(
-                [(run_id, at, p.source_path, p.line, p.reason, shas.get(p.source_path), True, None)
-                 for p in summary.problems],
-                columns=["run_id", "event_at", "source_path", "line", "reason", "file_sha256",
-                         "active", "resolved_at"]))
-            con.execute("INSERT INTO quarantine SELECT * FROM new_problems")
+        persistence.resolve_quarantine(con, changed_paths, at)
+        shas = {rel: sha for rel, (_, sha, _) in parsed.items()}
+        persistence.quarantine(con, pd.DataFrame(
+            [(run_id, at, p.source_path, p.line, p.reason, shas.get(p.source_path), True, None)
+             for p in summary.problems],
+            columns=["run_id", "event_at", "source_path", "line", "reason", "file_sha256",
+                     "active", "resolved_at"]))
 
-        file_rows = [(rel, st.size, st.mtime_ns, sha, len(res.docs), len(res.problems), at, at, run_id)
-                     for rel, (st, sha, res) in parsed.items()]
-        if file_rows or delta.removed:
-            con.register("removed_files", pd.DataFrame({"path": delta.removed or [""]}))
-            con.execute("DELETE FROM source_files WHERE path IN (SELECT path FROM removed_files)")
-        if file_rows:
-            df = pd.DataFrame(file_rows, columns=["path", "size", "mtime_ns", "sha256", "n_docs",
-                                                  "n_problems", "first_seen_at", "updated_at",
-                                                  "updated_run_id"])
-            con.register("file_rows", df)
-            con.execute("""
-                INSERT INTO source_files
-                SELECT f.path, f.size, f.mtime_ns, f.sha256, f.n_docs, f.n_problems,
-                       COALESCE(s.first_seen_at, f.first_seen_at), f.updated_at, f.updated_run_id
-                FROM file_rows f LEFT JOIN source_files s USING (path)
-                ON CONFLICT (path) DO UPDATE SET size = excluded.size,
-                    mtime_ns = excluded.mtime_ns, sha256 = excluded.sha256,
-                    n_docs = excluded.n_docs, n_problems = excluded.n_problems,
-                    updated_at = excluded.updated_at, updated_run_id = excluded.updated_run_id""")
+        persistence.forget_source_files(con, delta.removed)
+        persistence.upsert_source_files(con, pd.DataFrame(
+            [(rel, st.size, st.mtime_ns, sha, len(res.docs), len(res.problems), at, at, run_id)
+             for rel, (st, sha, res) in parsed.items()],
+            columns=["path", "size", "mtime_ns", "sha256", "n_docs", "n_problems",
+                     "first_seen_at", "updated_at", "updated_run_id"]))
         for st, sha in touched:
-            con.execute("UPDATE source_files SET size = ?, mtime_ns = ? WHERE path = ?",
-                        [st.size, st.mtime_ns, st.rel])
+            persistence.touch_source_file(con, st.rel, st.size, st.mtime_ns)
         summary.quarantined_active = con.execute(
             "SELECT source_path, line, reason FROM quarantine WHERE active "
             "ORDER BY source_path, line").fetchall()

@@ -1,4 +1,5 @@
-"""Retrieval metrics and the promotion gate, as pure functions.
+"""Retrieval metrics, as pure functions (the promotion gate built on them is
+kb_assets/release_gate.py).
 
 A query's result is the ranked list of doc ids of the returned passages (several passages may
 come from one document). A document counts once, at the rank of its first passage; `k` cuts
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 
 # Metric name -> whether higher is better. Names avoid "@" (MLflow metric-name rules).
 HIGHER_IS_BETTER = {"mrr": True, "zero_hit_rate": False,
@@ -98,52 +98,6 @@ def summarize(results: Sequence[tuple[Sequence[str], object]], latencies_ms: Seq
     out["latency_p50_ms"] = percentile(latencies_ms, 50)
     out["latency_p95_ms"] = percentile(latencies_ms, 95)
     return {name: round(v, 6) for name, v in out.items()}
-
-
-@dataclass(frozen=True)
-class GateThresholds:
-    min_recall_at_3: float = 0.70
-    max_zero_hit_rate: float = 0.02
-    max_p95_latency_ms: float = 500.0
-    max_regression: float = 0.05
-    max_latency_regression: float = 1.0
-
-
-@dataclass(frozen=True)
-class GateResult:
-    name: str
-    passed: bool
-    value: float | None
-    threshold: str
-    detail: str
-
-
-def gate(candidate: Mapping[str, float], production: Mapping[str, float] | None,
-         t: GateThresholds = GateThresholds()) -> list[GateResult]:
-    """The blocking promotion checks: the SLOs, then no regression against production."""
-    out = [
-        GateResult("recall_at_3", candidate["recall_at_3"] >= t.min_recall_at_3,
-                   candidate["recall_at_3"], f">= {t.min_recall_at_3}", "SLO"),
-        GateResult("zero_hit_rate", candidate["zero_hit_rate"] <= t.max_zero_hit_rate,
-                   candidate["zero_hit_rate"], f"<= {t.max_zero_hit_rate}", "SLO"),
-        GateResult("latency_p95_ms", candidate["latency_p95_ms"] <= t.max_p95_latency_ms,
-                   candidate["latency_p95_ms"], f"<= {t.max_p95_latency_ms}", "SLO"),
-    ]
-    for name, prod in sorted((production or {}).items()):
-        if name not in candidate or name == "latency_p50_ms" or not is_metric(name):
-            continue
-        cand = candidate[name]
-        if name == "latency_p95_ms":
-            limit = prod * (1 + t.max_latency_regression)
-            ok, thr = cand <= limit, f"<= {limit:.1f} (production {prod:.1f} +{t.max_latency_regression:.0%})"
-        elif higher_is_better(name):
-            limit = prod - t.max_regression
-            ok, thr = cand >= limit - 1e-9, f">= {limit:.4f} (production {prod:.4f} - {t.max_regression})"
-        else:
-            limit = prod + t.max_regression
-            ok, thr = cand <= limit + 1e-9, f"<= {limit:.4f} (production {prod:.4f} + {t.max_regression})"
-        out.append(GateResult(f"{name} vs production", ok, cand, thr, "no regression"))
-    return out
 
 
 def comparison_rows(candidate: Mapping[str, float],

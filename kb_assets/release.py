@@ -3,34 +3,30 @@
 (move `production` to it when its blocking gate check passed and auto-promotion is on)."""
 
 import json
-from datetime import datetime, timezone
 
 from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
 
+from kb_core.models import KB
+from resources import persistence
 from resources.embedder import Embedder
 from kb_core.packaging import project_code_paths
-from resources.registry import Registry, RegistryError, ReleaseConfig, alias_history
-from resources.registry_pages import (VALIDATION_TAG, log_evaluation, per_question_frame,
-                                      publish_kb_page, tag_version, validation_status)
+from resources.registry import Registry, RegistryError, ReleaseConfig
+from resources.registry_pages import log_evaluation, per_question_frame, publish_kb_page
 from resources.store import KBStore, fetch_one
 from resources.vector_index import VersionStore
 
-from .eval_set import (CURATED, EvalSet, curated_location, load_curated, load_synthetic,
-                       refresh_synthetic)
 from .asset_pages import table_preview
+from .eval_set import EvalSet, curated_location, load_curated, load_synthetic, refresh_synthetic
 from .golden import GoldenError
 from .index import faiss_index
-from .release_eval import ReleaseEvaluation, SyntheticFloors, evaluate_release
-from .metrics import GateResult, GateThresholds, comparison_rows
+from .metrics import comparison_rows
+from .promotion import promotion_step
+from .release_eval import ReleaseEvaluation, evaluate_release
+from .release_gate import GateResult, floors_of, thresholds_of
 from .report import md_table
 from .retrieval import RetrievalConfig
 from .searcher import Searcher
 
-MODEL = "kb"
-
-
-def _v(version: int | None) -> str:
-    return "none" if version is None else f"v{version}"
 
 
 # -- plain helpers (also used by `kb eval`) ---------------------------------------------------
@@ -41,15 +37,6 @@ def open_version(versions: VersionStore, embedder: Embedder, number: int) -> Sea
         raise FileNotFoundError(f"KB version {number} was built with {built_with}, "
                                 f"but the configured embedder is {embedder.model_id}")
     return Searcher(version, embedder, RetrievalConfig())
-
-
-def thresholds(cfg: ReleaseConfig) -> GateThresholds:
-    return GateThresholds(cfg.min_recall_at_3, cfg.max_zero_hit_rate, cfg.max_p95_latency_ms,
-                          cfg.max_regression, cfg.max_latency_regression)
-
-
-def floors(cfg: ReleaseConfig) -> SyntheticFloors:
-    return SyntheticFloors(cfg.min_synthetic_recall_at_3, cfg.max_synthetic_zero_hit_rate)
 
 
 def curated_set(cfg: ReleaseConfig, override: str | None = None) -> EvalSet | None:
@@ -73,7 +60,7 @@ def evaluate_release_of(versions: VersionStore, embedder: Embedder, store: KBSto
             if production is not None and production != candidate
             and production in versions.numbers() else None)
     return evaluate_release(cand, prod, curated_set(cfg, golden_override), load_synthetic(store),
-                            k, thresholds(cfg), floors(cfg), cfg.latency_sample)
+                            k, thresholds_of(cfg), floors_of(cfg), cfg.latency_sample)
 
 
 def save_eval(store: KBStore, version: int, run_id: str, trigger: str, ev: ReleaseEvaluation,
@@ -90,23 +77,9 @@ def save_eval(store: KBStore, version: int, run_id: str, trigger: str, ev: Relea
                "per_query": ev.candidate.per_query if ev.candidate else []}
     metrics = dict(ev.candidate.metrics) if ev.candidate else {}
     with store.transaction() as con:
-        con.execute("INSERT INTO eval_results VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [MODEL, version, run_id, datetime.now(timezone.utc).replace(tzinfo=None),
-                     json.dumps(metrics), passed, json.dumps(details, default=str)])
+        persistence.record_eval_result(con, model_name=KB.name, version=version, run_id=run_id,
+                                       metrics=metrics, passed=passed, details=details)
     return passed
-
-
-def eval_for_run(store: KBStore, run_id: str) -> dict | None:
-    """The gate evaluation a Dagster run made, if any."""
-    with store.connect(read_only=True) as con:
-        row = fetch_one(con, """
-            SELECT version, passed, metrics, details FROM eval_results
-            WHERE model_name = ? AND run_id = ? ORDER BY created_at DESC LIMIT 1""",
-                        [MODEL, run_id])
-    if row is None:
-        return None
-    return {"version": row[0], "passed": bool(row[1]), "metrics": json.loads(row[2]),
-            "details": json.loads(row[3])}
 
 
 def gate_table(rows: list[dict] | list[GateResult]) -> str:
@@ -114,12 +87,6 @@ def gate_table(rows: list[dict] | list[GateResult]) -> str:
     return md_table([(r["name"], "pass" if r["passed"] else "**FAIL**", r["value"],
                       r["threshold"], r["detail"]) for r in rows],
                     ["check", "result", "value", "threshold", "kind"])
-
-
-def moves_table(moves: list[dict], limit: int = 10) -> str:
-    return md_table([(str(m["event_at"]), m["alias"], m["from_version"], m["to_version"],
-                      m["actor"], m["reason"], m["forced"]) for m in moves[-limit:]][::-1],
-                    ["time (UTC)", "alias", "from", "to", "actor", "reason", "forced"])
 
 
 def _latest_kb_version(store: KBStore) -> dict | None:
@@ -138,7 +105,7 @@ def _candidate(store: KBStore) -> int | None:
                             AND e.version = r.version
                             AND json_extract_string(e.details, '$.trigger') = 'dagster')
             AND r.version = (SELECT max(version) FROM registry_versions WHERE model_name = ?)
-            """, [MODEL, MODEL])
+            """, [KB.name, KB.name])
     return None if row is None else int(row[0])
 
 
@@ -182,10 +149,11 @@ def kb_release(context: AssetExecutionContext, store: KBStore, versions: Version
 
         tags = _tags(latest, context.run_id)
         mv = registry.register_version(
-            store, MODEL, n, KBSearchModel(), {ARTIFACT_KEY: str(versions.path / str(n))},
+            store, KB.name, n, KBSearchModel(), {ARTIFACT_KEY: str(versions.path / str(n))},
             tags, run_id=context.run_id, pip_requirements=PIP_REQUIREMENTS,
             signature=signature(), code_paths=project_code_paths())
-        move = registry.move_alias(store, MODEL, "staging", n, actor=f"dagster:{context.run_id}",
+        move = registry.move_alias(store, KB.name, KB.candidate_alias, n,
+                                   actor=f"dagster:{context.run_id}",
                                    reason="new candidate registered", run_id=context.run_id)
     except RegistryError as exc:
         raise Failure(description=f"{exc}; KB version {n} on disk is intact") from None
@@ -198,7 +166,7 @@ def kb_release(context: AssetExecutionContext, store: KBStore, versions: Version
     return MaterializeResult(metadata={
         **release_metadata(store, n),
         "kb_version": n, "mlflow_version": mv, "registered": True,
-        "model_uri": f"models:/{MODEL}/{mv}",
+        "model_uri": f"models:/{KB.name}/{mv}",
         "summary": MetadataValue.md(f"Registered **KB version {n}** as MLflow `kb` version "
                                     f"{mv}; alias `staging` moved {move.from_version} -> {n}."),
         "tags": MetadataValue.md(md_table(sorted((k, v) for k, v in tags.items()
@@ -210,7 +178,7 @@ def kb_release(context: AssetExecutionContext, store: KBStore, versions: Version
 def registry_rows(store: KBStore) -> list[dict]:
     from resources.registry import registered_versions
 
-    return registered_versions(store, MODEL)
+    return registered_versions(store, KB.name)
 
 
 @asset(deps=[faiss_index], group_name="release", kinds={"duckdb", "python"},
@@ -262,20 +230,20 @@ def retrieval_eval(context: AssetExecutionContext, store: KBStore, versions: Ver
         return MaterializeResult(metadata={"evaluated": False, "summary": MetadataValue.md(
             "No new candidate: the latest registered KB version was already evaluated.")})
     try:
-        production = registry.get_alias(MODEL, "production")
+        production = registry.get_alias(KB.name, "production")
         ev = evaluate_release_of(versions, embedder, store, release_config,
                                  release_config.eval_k, candidate, production)
     except (GoldenError, FileNotFoundError, RegistryError) as exc:
         raise Failure(description=str(exc)) from None
+    # The scores, and the rule's verdict beside them; the promotion_gate check decides
+    # (and records the registry status) from these stored scores.
     passed = save_eval(store, candidate, context.run_id, "dagster", ev, release_config.eval_k)
-    registry.set_status(store, MODEL, candidate, "passed" if passed else "rejected")
     metrics = dict(ev.candidate.metrics) if ev.candidate else {}
     try:
-        tag_version(registry, store, MODEL, candidate, {VALIDATION_TAG: validation_status(passed)})
         # The dataset first: the metrics below link to it (and to the logged model).
-        registry.log_eval_dataset(store, MODEL, candidate, ev.eval_set.frame(),
+        registry.log_eval_dataset(store, KB.name, candidate, ev.eval_set.frame(),
                                   f"kb-eval-{ev.kind}", ev.eval_set.sha256, ev.eval_set.source)
-        log_evaluation(registry, store, MODEL, candidate,
+        log_evaluation(registry, store, KB.name, candidate,
                        {k: v for k, v in metrics.items() if k != "n_queries"},
                        f"kb-eval-{ev.kind}", ev.eval_set.sha256,
                        per_question_frame(ev.candidate.per_query if ev.candidate else []))
@@ -319,38 +287,15 @@ def retrieval_eval(context: AssetExecutionContext, store: KBStore, versions: Ver
                    "passed (auto-promotion on); every move recorded in alias_history.")
 def kb_promotion(context: AssetExecutionContext, store: KBStore, registry: Registry,
                  release_config: ReleaseConfig) -> MaterializeResult:
-    ev = eval_for_run(store, context.run_id)
-    try:
-        current = registry.get_alias(MODEL, "production")
-        promoted, summary = False, ""
-        if ev is None:
-            summary = f"No candidate evaluated in this run: production stays {_v(current)}."
-        elif not ev["passed"]:
-            summary = f"KB version {ev['version']} failed its gate: production stays {_v(current)}."
-        elif not release_config.auto_promote:
-            summary = (f"KB version {ev['version']} passed its gate; automatic promotion is off: "
-                       f"run `kb promote {ev['version']}`. Production stays {_v(current)}.")
-        elif current == ev["version"]:
-            summary = f"KB version {current} is already production."
-        else:
-            m = ev["metrics"]
-            kind = ev["details"].get("eval_set", {}).get("kind", "curated")
-            move = registry.move_alias(
-                store, MODEL, "production", ev["version"], actor=f"dagster:{context.run_id}",
-                reason=f"gate passed on the {kind} set (recall@3={m['recall_at_3']:.3f}, "
-                       f"zero-hit={m['zero_hit_rate']:.3f}, p95={m['latency_p95_ms']:.0f} ms)",
-                run_id=context.run_id)
-            promoted, current = True, move.to_version
-            summary = f"Promoted **KB version {move.to_version}** to production (was {_v(move.from_version)})."
-    except RegistryError as exc:
-        raise Failure(description=str(exc)) from None
-    context.log.info(summary.replace("**", ""))
-    return MaterializeResult(metadata={
-        "production_version": current, "promoted": promoted,
-        "auto_promote": release_config.auto_promote,
-        "summary": MetadataValue.md(summary),
-        "alias_history": MetadataValue.md(moves_table(alias_history(store, MODEL))),
-    })
+    return promotion_step(context, KB, store, registry, release_config.auto_promote,
+                          promotion_reason)
+
+
+def promotion_reason(ev: dict) -> str:
+    m = ev["metrics"]
+    kind = ev["details"].get("eval_set", {}).get("kind", "curated")
+    return (f"gate passed on the {kind} set (recall@3={m['recall_at_3']:.3f}, "
+            f"zero-hit={m['zero_hit_rate']:.3f}, p95={m['latency_p95_ms']:.0f} ms)")
 
 
 RELEASE_ASSETS = [kb_release, eval_set, retrieval_eval, kb_promotion]

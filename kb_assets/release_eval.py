@@ -1,27 +1,16 @@
 """Score a candidate KB version (and production, on the same questions) with the KB's own
 evaluation set, and apply the gate that fits the set: absolute SLOs on a curated golden set;
-integrity, floors calibrated for synthetic questions and no regression on a synthetic one.
-Used by the `retrieval_eval` asset and by `kb eval`."""
+integrity, floors calibrated for synthetic questions and no regression on a synthetic one
+(the rule: kb_assets/release_gate.py). Used by the `retrieval_eval` asset and by `kb eval`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .eval_set import CURATED, SYNTHETIC, EvalQuestion, EvalSet, applicable, coverage
+from .eval_set import EvalQuestion, EvalSet, applicable, coverage
 from .golden import EvalReport, evaluate
-from .metrics import GateResult, GateThresholds, gate
-
-
-@dataclass(frozen=True)
-class SyntheticFloors:
-    """Floors for the platform's own known-item questions. They are easier than people's
-    questions (their words come from the passage), so these catch a broken KB, not a mediocre
-    one: measured on scifact (5,183 documents), stackfaq_en and tipo_faq_zh_tw used as
-    inboxes, synthetic recall@3 was 0.74-0.98 and zero-hit 0-1% (BENCHMARKS.md, new_user)."""
-
-    min_recall_at_3: float = 0.5
-    max_zero_hit_rate: float = 0.05
-    min_questions: int = 1
+from .release_gate import (GateResult, GateThresholds, SyntheticFloors, no_questions,
+                           release_gate)
 
 
 @dataclass
@@ -79,9 +68,8 @@ def evaluate_release(cand_searcher, prod_searcher, curated: EvalSet | None,
     if not scored.questions:
         why = ("the KB has no document to ask about" if not doc_ids else
                "no evaluation question applies to this version")
-        return ReleaseEvaluation(kind, scored, None, None, None, [GateResult(
-            "eval_questions", False, 0, f">= {floors.min_questions}", f"integrity: {why}")],
-            skipped, cov, fallback)
+        return ReleaseEvaluation(kind, scored, None, None, None, no_questions(floors, why),
+                                 skipped, cov, fallback)
 
     cand = evaluate(cand_searcher, scored.as_golden(), k, latency_sample=latency_sample)
     prod = cand_shared = None
@@ -102,30 +90,3 @@ def evaluate_release(cand_searcher, prod_searcher, curated: EvalSet | None,
                            prod.metrics if prod else None, t, floors, len(scored.questions))
     return ReleaseEvaluation(kind, scored, cand, prod, cand_shared, results, skipped, cov,
                              fallback)
-
-
-def release_gate(kind: str, candidate: dict, candidate_shared: dict | None,
-                 production: dict | None, t: GateThresholds, floors: SyntheticFloors,
-                 n_questions: int) -> list[GateResult]:
-    """Curated: the absolute SLOs; synthetic: integrity and floors. Both: no regression
-    against production on the questions both versions can answer."""
-    if kind == CURATED:
-        slo = gate(candidate, None, t)
-    else:
-        assert kind == SYNTHETIC
-        slo = [
-            GateResult("eval_questions", n_questions >= floors.min_questions, n_questions,
-                       f">= {floors.min_questions}", "integrity"),
-            GateResult("recall_at_3", candidate["recall_at_3"] >= floors.min_recall_at_3,
-                       candidate["recall_at_3"], f">= {floors.min_recall_at_3}",
-                       "floor (synthetic)"),
-            GateResult("zero_hit_rate", candidate["zero_hit_rate"] <= floors.max_zero_hit_rate,
-                       candidate["zero_hit_rate"], f"<= {floors.max_zero_hit_rate}",
-                       "floor (synthetic)"),
-            GateResult("latency_p95_ms", candidate["latency_p95_ms"] <= t.max_p95_latency_ms,
-                       candidate["latency_p95_ms"], f"<= {t.max_p95_latency_ms}", "SLO"),
-        ]
-    if production is None or candidate_shared is None:
-        return slo
-    regression = [r for r in gate(candidate_shared, production, t) if r.detail == "no regression"]
-    return slo + regression

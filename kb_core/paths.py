@@ -1,4 +1,4 @@
-"""Where state lives. Everything hangs off KB_HOME (default ./data); each path can be
+"""Where state lives. Everything hangs off KB_HOME (kb_core/home.py finds it); each path can be
 overridden by its own environment variable. Also switches telemetry and model hubs off."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kb_core import settings
+from kb_core.home import kb_home
 
 OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1",
@@ -38,8 +39,9 @@ concurrency:
       - key: kb/writer
         limit: 1
   pools:
-    # A run holding an op of a full pool waits in the queue (granularity run), so
-    # assets declaring pool="kb_writer" also serialise ad-hoc UI materializations.
+    # No asset declares a pool today (writers are serialised by the kb/writer tag above
+    # and the $KB_HOME/.kb-writer.lock file lock); these are Dagster's settings for any
+    # pool one might declare later: one op of a pool at a time, queued per run.
     granularity: run
     default_limit: 1
 run_queue:
@@ -65,7 +67,7 @@ class Paths:
 
     @classmethod
     def from_env(cls) -> "Paths":
-        home = Path(settings.get("KB_HOME")).expanduser().resolve()
+        home = kb_home()  # KB_HOME, else the nearest KB home upward, else ./data
         inbox = Path(settings.get("KB_INBOX") or home / "inbox").expanduser().resolve()
         uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
         return cls(home=home, inbox=inbox, db=home / "kb.duckdb", versions=home / "versions",

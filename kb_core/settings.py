@@ -33,7 +33,9 @@ class Var:
 
 VARIABLES: tuple[Var, ...] = (
     # --- where state lives
-    Var("KB_HOME", str, "data", "Folder holding the KB (inbox, DuckDB, versions, MLflow, Dagster)."),
+    Var("KB_HOME", str, "data", "Folder holding the KB (inbox, DuckDB, versions, MLflow, "
+        "Dagster). Unset: the nearest KB home from the current folder upward, else ./data "
+        "(kb_core/home.py)."),
     Var("KB_INBOX", str, "", "The inbox folder (default $KB_HOME/inbox)."),
     # --- ingestion and data-quality gates
     Var("KB_DOC_TIME_BUDGET_S", float, 30.0, "Seconds one document may take to parse before "

@@ -14,6 +14,9 @@ from pathlib import Path
 
 from dagster import ConfigurableResource
 
+from kb_core import progress
+from kb_core.models import ASSISTANT_MODEL
+
 from .ft_jobs import JobRecord
 from .llm import (DEFAULT_OPENAI_MODEL, _threads, autocast, base_model_id, load_base,
                   openai_client, redact)
@@ -29,7 +32,7 @@ class TrainJob:
     eval_file: str             # held-out chat JSONL (validation)
     out_dir: str               # where a local adapter is written
     parent: str | None = None  # adapter dir / OpenAI model id to continue from
-    label: str = "kb-assistant"
+    label: str = ASSISTANT_MODEL
     state_dir: str = ""        # where a remote job id is recorded; "" = beside the model dirs
 
 
@@ -238,6 +241,7 @@ class LocalLoRAFineTuner(FineTuner):
                 opt.zero_grad()
                 step += 1
                 seen += len(batch)
+                progress.report("training", step, total, "steps")
                 window.append(float(loss.detach()))
                 if step % self.log_every == 0 or step == total:
                     loss = round(sum(window) / len(window), 4)
@@ -282,7 +286,7 @@ class OpenAIFineTuner(FineTuner):
     base_model_name: str = DEFAULT_OPENAI_MODEL
     base_url: str = ""             # empty: OPENAI_BASE_URL or api.openai.com
     n_epochs: int = 0              # 0: let OpenAI choose
-    suffix: str = "kb-assistant"
+    suffix: str = ASSISTANT_MODEL
     poll_initial_s: float = 2.0
     poll_max_s: float = 60.0
     timeout_s: float = 4 * 3600

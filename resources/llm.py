@@ -17,6 +17,7 @@ from pathlib import Path
 
 from dagster import ConfigurableResource
 
+from kb_core import progress
 from kb_core.paths import apply_offline_env
 
 PACKAGED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -167,6 +168,7 @@ def generate(tok, model, conversations: list[list[dict]], max_new_tokens: int = 
                                      pad_token_id=tok.pad_token_id)
             n = enc["input_ids"].shape[1]
             outputs.extend(tok.decode(o[n:], skip_special_tokens=True).strip() for o in out)
+            progress.report("answering", len(outputs), len(conversations), "answers")
     finally:
         tok.padding_side = side
     return outputs

@@ -46,14 +46,16 @@ import json
 import os
 import socket
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
 
 from dagster import ConfigurableResource
 from pydantic import PrivateAttr
 
+from kb_core.clock import utc_from_timestamp, utc_now
+from kb_core.models import MODELS
 from kb_core.paths import apply_offline_env
+from resources import persistence
 
 from .release_config import ReleaseConfig
 from .store import KBStore, fetch_one
@@ -84,10 +86,6 @@ class AliasMove:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
 def default_actor() -> str:
@@ -248,8 +246,7 @@ class Registry(ConfigurableResource):
         if status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, not {status!r}")
         with store.transaction() as con:
-            con.execute("UPDATE registry_versions SET status = ? "
-                        "WHERE model_name = ? AND version = ?", [status, model_name, version_key])
+            persistence.set_registry_status(con, model_name, version_key, status)
 
     def _mlflow_to_key(self, model_name: str, mv) -> int:
         tag = (mv.tags or {}).get(VERSION_TAG)
@@ -299,8 +296,8 @@ class Registry(ConfigurableResource):
             out.append({
                 "version": key, "mlflow_version": int(mv.version),
                 "aliases": sorted(by_alias.get(key, [])),
-                "created_at": datetime.fromtimestamp(mv.creation_timestamp / 1000,
-                                                     timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+                "created_at": utc_from_timestamp(mv.creation_timestamp / 1000).strftime(
+                    "%Y-%m-%d %H:%M:%S"),
                 "status": row.get("status", "unknown (not in DuckDB mirror)"),
                 "tags": dict(mv.tags or {}), "mlflow_run_id": mv.run_id,
             })
@@ -324,15 +321,17 @@ class Registry(ConfigurableResource):
         self._call(f"set alias {alias}", client.set_registered_model_alias,
                    model_name, alias, str(row["mlflow_version"]))
         move = AliasMove(model_name, alias, current, version, actor, reason or "", bool(forced),
-                         run_id, utcnow().isoformat(timespec="microseconds"))
-        if model_name == "kb" and alias == "production" and self.kb_home:
+                         run_id, utc_now().isoformat(timespec="microseconds"))
+        spec = MODELS.get(model_name)
+        if spec and spec.serving_pointer and alias == "production" and self.kb_home:
             # Serving follows right after MLflow; recording it (DuckDB may be briefly locked
             # by a build) must not delay a rollback.
             self.sync_serving_pointer(version)
         with store.transaction() as con:
-            con.execute("INSERT INTO alias_history VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        [model_name, alias, current, version, actor, move.reason,
-                         move.event_at, move.forced, run_id])
+            persistence.record_alias_move(
+                con, model_name=model_name, alias=alias, from_version=current,
+                to_version=version, actor=actor, reason=move.reason, event_at=move.event_at,
+                forced=move.forced, run_id=run_id)
         return move
 
     def sync_serving_pointer(self, version: int) -> None:
@@ -347,11 +346,9 @@ class Registry(ConfigurableResource):
 def _insert_mirror(store: KBStore, model_name: str, version_key: int, mlflow_version: int,
                    mlflow_run_id: str, tags: dict) -> None:
     with store.transaction() as con:
-        con.execute("DELETE FROM registry_versions WHERE model_name = ? AND version = ?",
-                    [model_name, version_key])
-        con.execute("INSERT INTO registry_versions VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [model_name, version_key, mlflow_version, mlflow_run_id, utcnow(),
-                     "registered", json.dumps(tags)])
+        persistence.mirror_registry_version(
+            con, model_name=model_name, version=version_key, mlflow_version=mlflow_version,
+            run_id=mlflow_run_id, tags=tags)
 
 
 def _rows(con, sql: str, params: list) -> list[dict]:

@@ -285,7 +285,14 @@ def validation_status(passed: bool) -> str:
     return "passed" if passed else "rejected"
 
 
+def tag_validation(registry: Registry, store: KBStore, model_name: str, version_key: int,
+                   passed: bool) -> None:
+    """The gate's verdict as the version's `validation_status` tag."""
+    tag_version(registry, store, model_name, version_key,
+                {VALIDATION_TAG: validation_status(passed)})
+
+
 __all__ = ["publish_kb_page", "publish_assistant_page", "log_evaluation", "tag_version",
            "describe_version", "log_params", "version_changes", "kb_description", "kb_params",
            "per_question_frame", "dagster_run_url",
-           "validation_status", "VALIDATION_TAG"]
+           "validation_status", "tag_validation", "VALIDATION_TAG"]

@@ -28,7 +28,7 @@ class ReleaseConfig(ConfigurableResource):
     max_latency_regression: float = 1.0
     auto_promote: bool = True
     # Without a curated set: how many documents get a synthetic question, and the floors the
-    # candidate must reach on them (kb_assets/release_eval.py says how they were measured).
+    # candidate must reach on them (kb_assets/release_gate.py says how they were measured).
     synthetic_questions: int = 200
     min_synthetic_recall_at_3: float = 0.5
     max_synthetic_zero_hit_rate: float = 0.05

@@ -9,6 +9,7 @@ import pytest
 
 from dagster_project.audit import format as audit_format, report as audit
 from dagster_project.audit.report import AuditError, Lineage, parse_time, production_windows
+from resources import persistence
 from resources.store import KBStore
 
 T = datetime.fromisoformat
@@ -21,16 +22,21 @@ def chunker(size, overlap):
     return json.dumps(c)
 
 
+def put(con, table, columns, rows):
+    persistence.insert(con, table, [dict(zip(columns, r)) for r in rows])
+
+
 def seed(con):
     """Three KB versions, one FT dataset and model, alias moves, checks and evals."""
     versions = [(1, T("2026-11-20 09:00"), "run-1", chunker(200, 40), "code-a"),
                 (2, T("2026-11-21 23:30"), "run-2", chunker(60, 10), "code-b"),
                 (3, T("2026-11-22 03:00"), "run-3", chunker(60, 10), "code-b")]
     for n, at, run, ch, code in versions:
-        con.execute("INSERT INTO kb_versions (version, created_at, run_id, path, fingerprint, "
-                    "n_docs, n_chunks, embedding_model, dim, chunker, code_version, info) "
-                    "VALUES (?, ?, ?, ?, ?, 3, 0, 'mini', 384, ?, ?, ?)",
-                    [n, at, run, f"/v/{n}", f"fp{n}", ch, code, json.dumps({"lexical": "bm25"})])
+        persistence.insert(con, "kb_versions", {
+            "version": n, "created_at": at, "run_id": run, "path": f"/v/{n}",
+            "fingerprint": f"fp{n}", "n_docs": 3, "n_chunks": 0, "embedding_model": "mini",
+            "dim": 384, "chunker": ch, "code_version": code,
+            "info": json.dumps({"lexical": "bm25"})})
     # (version, chunk_id, doc_key, doc_id, content hash, text hash, n_tokens)
     members = [
         (1, 1, "a.md", "a.md", "ha1", "t1", 150), (1, 2, "a.md", "a.md", "ha1", "t2", 90),
@@ -42,12 +48,14 @@ def seed(con):
         (3, 10, "a.md", "a.md", "ha1", "t10", 50), (3, 5, "f.jsonl#b", "b", "hb2", "t5", 40),
         (3, 11, "f.jsonl#e", "e", "he1", "t11", 30),
     ]
-    con.executemany("INSERT INTO kb_version_members VALUES (?, ?, ?, ?, ?, ?, ?)", members)
-    con.executemany("INSERT INTO kb_version_sources VALUES (?, ?, ?, ?)", [
+    put(con, "kb_version_members", ("version", "chunk_id", "doc_key", "doc_id", "doc_content_hash",
+                                    "text_hash", "n_tokens"), members)
+    put(con, "kb_version_sources", ("version", "path", "sha256", "n_docs"), [
         (1, "a.md", "sa1", 1), (1, "f.jsonl", "sf1", 1), (1, "c.md", "sc1", 1),
         (2, "a.md", "sa1", 1), (2, "f.jsonl", "sf2", 1), (2, "bad/d.md", "sd1", 1),
         (3, "a.md", "sa1", 1), (3, "f.jsonl", "sf3", 2)])
-    con.executemany("INSERT INTO document_events VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [
+    put(con, "document_events", ("run_id", "event_at", "doc_key", "doc_id", "source_path", "event",
+                                 "content_hash", "file_sha256"), [
         ("run-1", T("2026-11-20 08:59"), "a.md", "a.md", "a.md", "added", "ha1", "sa1"),
         ("run-1", T("2026-11-20 08:59"), "f.jsonl#b", "b", "f.jsonl", "added", "hb1", "sf1"),
         ("run-1", T("2026-11-20 08:59"), "c.md", "c.md", "c.md", "added", "hc1", "sc1"),
@@ -57,12 +65,14 @@ def seed(con):
         ("run-3", T("2026-11-22 02:59"), "bad/d.md", "bad/d.md", "bad/d.md", "removed", "hd1",
          None),
         ("run-3", T("2026-11-22 02:59"), "f.jsonl#e", "e", "f.jsonl", "added", "he1", "sf3")])
-    con.executemany("INSERT INTO quarantine VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [
+    put(con, "quarantine", ("run_id", "event_at", "source_path", "line", "reason", "file_sha256",
+                            "active", "resolved_at"), [
         ("run-2", T("2026-11-21 23:29"), "bad/x.txt", None, "not valid UTF-8", "sx", False,
          T("2026-11-22 02:59")),
         ("run-0", T("2026-11-19 10:00"), "old.html", None, "empty", "so", False,
          T("2026-11-19 12:00"))])
-    con.executemany("INSERT INTO alias_history VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [
+    put(con, "alias_history", ("model_name", "alias", "from_version", "to_version", "actor",
+                               "reason", "event_at", "forced", "run_id"), [
         ("kb", "production", None, 1, "dagster:run-1", "gate passed", T("2026-11-20 09:05"),
          False, "run-1"),
         ("kb-assistant", "production", None, 1, "dagster:run-ft", "gate passed",
@@ -71,7 +81,8 @@ def seed(con):
          True, None),
         ("kb", "production", 2, 1, "bob@host", "rollback: hallucinations",
          T("2026-11-22 02:00"), False, None)])
-    con.executemany("INSERT INTO registry_versions VALUES (?, ?, ?, ?, ?, ?, ?)", [
+    put(con, "registry_versions", ("model_name", "version", "mlflow_version", "run_id",
+                                   "created_at", "status", "tags"), [
         ("kb", 1, 1, "mlrun-1", T("2026-11-20 09:01"), "passed",
          json.dumps({"dagster_run_id": "run-1"})),
         ("kb", 2, 2, "mlrun-2", T("2026-11-21 23:31"), "rejected",
@@ -82,21 +93,24 @@ def seed(con):
         ("kb-assistant", 2, 2, "mlrun-ft2", T("2026-11-22 04:00"), "passed",
          json.dumps({"dagster_run_id": "run-ft2", "dataset_version": "2",
                      "parent_version": "1"}))])
-    con.execute("INSERT INTO ft_datasets VALUES (1, ?, 'run-ft', 1, 'sha', 2, 1, '/ft/1', '{}')",
-                [T("2026-11-20 10:00")])
-    con.execute("INSERT INTO ft_datasets VALUES (2, ?, 'run-ft2', 3, 'sh2', 1, 0, '/ft/2', '{}')",
-                [T("2026-11-22 03:30")])
-    con.executemany("INSERT INTO ft_dataset_lines VALUES (?, ?, ?, ?, ?, ?, ?)", [
+    put(con, "ft_datasets", ("dataset_version", "created_at", "run_id", "kb_version",
+                             "content_sha256", "n_train", "n_eval", "path", "info"), [
+        (1, T("2026-11-20 10:00"), "run-ft", 1, "sha", 2, 1, "/ft/1", "{}"),
+        (2, T("2026-11-22 03:30"), "run-ft2", 3, "sh2", 1, 0, "/ft/2", "{}")])
+    put(con, "ft_dataset_lines", ("dataset_version", "split", "line_no", "example_id", "doc_key",
+                                  "doc_id", "doc_content_hash"), [
         (1, "train", 1, "ex1", "f.jsonl#b", "b", "hb1"),
         (1, "train", 2, "ex2", "f.jsonl#b", "b", "hb1"),
         (1, "eval", 1, "ex3", "a.md", "a.md", "ha1"),
         (2, "train", 1, "ex4", "f.jsonl#e", "e", "he1")])
-    con.executemany("INSERT INTO eval_results VALUES (?, ?, ?, ?, ?, ?, ?)", [
+    put(con, "eval_results", ("model_name", "version", "run_id", "created_at", "metrics", "passed",
+                              "details"), [
         ("kb", 1, "run-1", T("2026-11-20 09:02"), json.dumps({"recall@3": 0.9, "mrr": 0.8}),
          True, "{}"),
         ("kb", 2, "run-2", T("2026-11-21 23:31"), json.dumps({"recall@3": 0.55, "mrr": 0.5}),
          False, "{}")])
-    con.executemany("INSERT INTO check_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
+    put(con, "check_results", ("run_id", "event_at", "asset", "check_name", "passed", "severity",
+                               "blocking", "description", "kb_version", "metadata"), [
         ("run-2", T("2026-11-21 23:29"), "cleaned_chunks", "chunking_drift", True, "ERROR",
          True, "mean moved 70%; ACCEPTED", None, json.dumps({"values": {"accepted": True}})),
         ("run-2", T("2026-11-21 23:30"), "faiss_index", "chunk_length", False, "WARN", False,

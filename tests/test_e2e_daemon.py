@@ -39,7 +39,7 @@ def kb_search(paths, query: str) -> list[dict]:
                          capture_output=True, text=True, timeout=120)
     if out.returncode != 0:
         return []
-    return json.loads(out.stdout)
+    return json.loads(out.stdout)["hits"]
 
 
 def sensor_runs(instance) -> list:

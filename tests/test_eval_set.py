@@ -8,13 +8,12 @@ import math
 
 import pytest
 
+from kb_assets.release_gate import GateThresholds, SyntheticFloors, release_gate
 from kb_assets.eval_set import (CURATED, SYNTHETIC, EvalQuestion, EvalSet, applicable,
                                 coverage, curated_location, load_curated)
 from kb_assets.golden import GoldenError
 from kb_core.lexical import lexical_tokens
-from kb_assets.metrics import GateThresholds
 from kb_assets.relevance import Calibration, Evidence, calibrate, null_questions
-from kb_assets.release_eval import SyntheticFloors, release_gate
 from kb_assets.synthetic_questions import (SourceDoc, make_question, pick_documents,
                                            question_for)
 

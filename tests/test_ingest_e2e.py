@@ -117,14 +117,14 @@ def test_untrusted_passages_are_marked_in_search_and_omitted_on_request(kb_paths
     build(kb_paths)
     capsys.readouterr()
     assert kb(["search", "visitor parking level", "--json"]) == 0
-    hits = json.loads(capsys.readouterr().out)
+    hits = json.loads(capsys.readouterr().out)["hits"]
     assert hits[0]["doc_id"] == "parking.md" and hits[0]["untrusted"] is True
     assert kb(["search", "visitor parking level", "-k", "1"]) == 0
     out = capsys.readouterr().out
     assert "[UNTRUSTED: looks like prompt injection]" in out
     assert "(source: parking.md) [UNTRUSTED PASSAGE" in out  # the "Context for LLM" block
     assert kb(["search", "annual leave days", "--json", "-k", "1"]) == 0
-    assert json.loads(capsys.readouterr().out)[0]["untrusted"] is False
+    assert json.loads(capsys.readouterr().out)["hits"][0]["untrusted"] is False
 
     monkeypatch.setenv("KB_ASK_UNTRUSTED", "omit")
     assert kb(["ask", "Where is visitor parking?", "-k", "1"]) == 0

@@ -4,8 +4,9 @@ import math
 
 import pytest
 
-from kb_assets.metrics import (GateThresholds, comparison_rows, first_ranks, gate, ndcg_at_k,
-                               percentile, recall_at_k, reciprocal_rank, summarize)
+from kb_assets.release_gate import GateThresholds, gate
+from kb_assets.metrics import (comparison_rows, first_ranks, ndcg_at_k, percentile, recall_at_k,
+                               reciprocal_rank, summarize)
 
 L3 = 1 / math.log2(3)  # discount at rank 2
 L4 = 1 / math.log2(4)  # discount at rank 3 (= 0.5)

@@ -86,7 +86,7 @@ def top3_hits(home: Path, queries: dict[str, str], qrels: dict[str, set[str]],
     for q in qids:
         out = kb(home, "search", queries[q], "-k", "3", "--json")
         assert out.returncode == 0, out.stderr
-        hits = json.loads(out.stdout)
+        hits = json.loads(out.stdout)["hits"]
         zero += not hits
         found += any(h["doc_id"] in qrels[q] for h in hits)
     return found, zero
@@ -138,7 +138,7 @@ def test_tipo_duplicates_are_indexed_once_and_stay_resolvable(tmp_path):
     # A question about the copy is answered by the indexed original.
     qid = next((q for q, ids in qrels.items() if copy in ids), None)
     if qid:
-        hits = json.loads(kb(home, "search", queries[qid], "--json").stdout)
+        hits = json.loads(kb(home, "search", queries[qid], "--json").stdout)["hits"]
         assert first in [h["doc_id"] for h in hits]
 
 

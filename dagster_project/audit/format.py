@@ -7,6 +7,7 @@ import json
 from datetime import datetime
 
 from kb_core.markdown import ROWS, fmt_time, short, table  # noqa: F401  (re-exported)
+from kb_core.models import ASSISTANT_MODEL, KB_MODEL
 
 
 def to_json(report: dict) -> str:
@@ -71,7 +72,7 @@ def md_at(r: dict, note: str = "", runs: dict | None = None) -> str:
                      code(m.get("built_by_run")) if m.get("built_by_run") else None))
     out.append(table(rows, ["model", "version", "basis", f"held `{r['alias']}` since", "until",
                             "moved there by", "forced", "reason", "built by Dagster run"]))
-    kb = r["models"].get("kb") or {}
+    kb = r["models"].get(KB_MODEL) or {}
     if kb.get("kb_version"):
         v = kb["kb_version"]
         reg = kb.get("registry") or {}
@@ -87,7 +88,7 @@ def md_at(r: dict, note: str = "", runs: dict | None = None) -> str:
                        f"{code((reg.get('tags') or {}).get('dagster_run_id'))}, status "
                        f"{reg.get('status')})")
         out.append(f"- Details: `kb audit version {v['version']}`")
-    asst = r["models"].get("kb-assistant") or {}
+    asst = r["models"].get(ASSISTANT_MODEL) or {}
     if asst.get("version") is not None:
         reg = asst.get("registry") or {}
         ds = asst.get("ft_dataset") or {}

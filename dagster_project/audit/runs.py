@@ -5,17 +5,12 @@ assets it materialized and the asset checks it evaluated."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime, timezone
 from pathlib import Path
+
+from kb_core.clock import utc_from_timestamp
 
 KEEP_TAGS = ("kb/trigger", "dagster/sensor_name", "dagster/schedule_name", "dagster/backfill",
              "dagster/partition", "user")
-
-
-def _utc(ts: float | None) -> datetime | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, tz=timezone.utc).replace(tzinfo=None)
 
 
 def run_facts(dagster_home: Path, run_ids: Iterable[str | None]) -> dict:
@@ -63,7 +58,8 @@ def _one_run(instance, run_id: str, event_type) -> dict:
                            "passed": bool(data.passed),
                            "severity": getattr(getattr(data, "severity", None), "value", None)})
     return {"found": True, "job": run.job_name, "status": run.status.value,
-            "start": _utc(rec.start_time), "end": _utc(rec.end_time),
+            "start": utc_from_timestamp(rec.start_time),
+            "end": utc_from_timestamp(rec.end_time),
             "tags": {k: v for k, v in run.tags.items() if k in KEEP_TAGS},
             "assets_materialized": sorted(set(assets)), "checks": checks}
 

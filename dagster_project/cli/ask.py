@@ -12,15 +12,14 @@ import json
 import textwrap
 from pathlib import Path
 
+from kb_core.models import ASSISTANT_MODEL as ASSISTANT
 from kb_core.paths import Paths
-
-ASSISTANT = "kb-assistant"
 
 
 def register(sub) -> None:
     p = sub.add_parser("ask", help="answer a question from the production KB with the assistant")
     p.add_argument("question")
-    p.add_argument("-k", type=int, default=2,
+    p.add_argument("-k", "--k", dest="k", type=int, default=2,
                    help="passages given to the model (default 2, as in its training prompts)")
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="answer length cap in tokens (default: the LLM setting, 96)")
@@ -77,7 +76,7 @@ def resolve_assistant(paths: Paths, llm, resources: dict, contender: str = "auto
 
 
 def cmd_ask(args) -> int:
-    from kb_core.errors import CLIError
+    from kb_core.errors import CLIError, UsageError
     from dagster_project.cli.search import open_searcher
     from dataclasses import replace
 
@@ -89,9 +88,9 @@ def cmd_ask(args) -> int:
 
     question = args.question.strip()
     if not question:
-        raise CLIError("the question is empty")
+        raise UsageError("the question is empty")
     if args.k < 1:
-        raise CLIError("-k must be at least 1")
+        raise UsageError("-k must be at least 1")
     from kb_assets.untrusted import ask_policy, for_prompt
 
     try:

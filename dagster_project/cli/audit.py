@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 from kb_core import settings
+from kb_core.home import describe
 from kb_core.paths import Paths
 
 
@@ -19,6 +20,8 @@ def register(sub) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--format", choices=("md", "json"), default="md",
                         help="md: a postmortem section (default); json: everything")
+    common.add_argument("--json", dest="format", action="store_const", const="json",
+                        help="the same as --format json")
     common.add_argument("--no-runs", action="store_true",
                         help="skip the Dagster event-log lookup of the runs named")
     a = asub.add_parser("at", parents=[common],
@@ -40,11 +43,11 @@ def register(sub) -> None:
 
 
 def version_number(text: str) -> int:
-    from kb_core.errors import CLIError
+    from kb_core.errors import UsageError
 
     s = text.strip().lower().removeprefix("v")
     if not s.isdigit():
-        raise CLIError(f"{text!r} is not a KB version number (expected N or vN, e.g. 3)")
+        raise UsageError(f"{text!r} is not a KB version number (expected N or vN, e.g. 3)")
     return int(s)
 
 
@@ -72,7 +75,7 @@ def read_report(paths: Paths, fn):
 
     if not paths.db.exists():
         raise CLIError(f"no KB database at {paths.db}: nothing was ever built "
-                       f"(is KB_HOME={paths.home} right?)")
+                       f"(is {describe(paths.home)} right?)")
     timeout = settings.get("KB_AUDIT_LOCK_TIMEOUT_S")
     try:
         with KBStore(db_path=str(paths.db)).connect(read_only=True, timeout_s=timeout) as con:
@@ -89,7 +92,7 @@ def read_report(paths: Paths, fn):
 def cmd_audit(args) -> int:
     from dagster_project.audit import format as audit_format, report as audit
     from dagster_project.audit.runs import run_facts
-    from kb_core.errors import CLIError
+    from kb_core.errors import CLIError, UsageError
 
     paths = Paths.from_env()
     note = ""
@@ -111,7 +114,7 @@ def cmd_audit(args) -> int:
         else:
             ident = doc_ident(args.ident, paths.inbox)
             if not ident:
-                raise CLIError("the document id or path is empty")
+                raise UsageError("the document id or path is empty")
             report = read_report(paths, lambda lin: audit.doc_report(lin, ident))
             runs = ([k["run_id"] for k in report["kb_versions"]]
                     + [f["run_id"] for f in report["ft_datasets"]]

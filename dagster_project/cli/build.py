@@ -3,10 +3,13 @@ instance under $KB_HOME/dagster so the UI shows the run."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
+from kb_core.home import find_home, mark_home
 from kb_core.paths import Paths
 from kb_core.writer_lock import instance_init_lock, writer_lock
 
@@ -21,46 +24,74 @@ def register(sub) -> None:
     p.add_argument("--samples", action="store_true",
                    help="copy the bundled sample documents into an empty inbox (and their "
                         "golden questions into $KB_HOME/golden/)")
+    p.add_argument("--json", action="store_true", help="print a JSON object (see README)")
     p.set_defaults(func=cmd_init)
     p = sub.add_parser("build", help="refresh and release the KB once, in-process")
     p.add_argument("--select", choices=sorted(SELECTIONS), default="kb",
                    help="kb: ingest, index, evaluate, release (default); index: up to the "
                         "published version; all: kb plus fine-tuning")
+    run_flags(p)
     p.set_defaults(func=cmd_build)
     p = sub.add_parser("finetune", help="build the fine-tuning dataset, fine-tune, evaluate "
                                         "and release the assistant (the KB is not rebuilt)")
+    run_flags(p)
     p.set_defaults(func=cmd_finetune)
+
+
+def run_flags(p) -> None:
+    p.add_argument("--json", action="store_true",
+                   help="print a JSON object instead of the summary (see README)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="also print Dagster's event stream and third-party log lines")
 
 
 def cmd_init(args) -> int:
     paths = Paths.from_env().ensure()
+    mark_home(paths.home)
+    out = {"kb_home": str(paths.home), "kb_home_found": find_home()[1],
+           "inbox": str(paths.inbox), "dagster_home": str(paths.dagster_home),
+           "samples_copied": None, "golden_copied": None}
+    say = (lambda *_: None) if args.json else print
     if args.samples:
         if any(paths.inbox.iterdir()):
-            print(f"inbox {paths.inbox} is not empty: sample documents not copied")
+            say(f"inbox {paths.inbox} is not empty: sample documents not copied")
         else:
             shutil.copytree(SAMPLE_INBOX, paths.inbox, dirs_exist_ok=True)
             n = sum(1 for p in paths.inbox.rglob("*") if p.is_file())
-            print(f"copied {n} sample files into {paths.inbox}")
+            out["samples_copied"] = n
+            say(f"copied {n} sample files into {paths.inbox}")
             golden = paths.home / "golden" / "golden.jsonl"
             if not golden.exists():
                 golden.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(SAMPLE_GOLDEN, golden)
-                print(f"copied the samples' golden questions into {golden}")
-    print(f"KB_HOME={paths.home}\nKB_INBOX={paths.inbox}\nDAGSTER_HOME={paths.dagster_home}")
+                out["golden_copied"] = str(golden)
+                say(f"copied the samples' golden questions into {golden}")
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(f"KB_HOME={paths.home}\nKB_INBOX={paths.inbox}\nDAGSTER_HOME={paths.dagster_home}")
     return 0
 
 
-def run_job(paths: Paths, job_name: str, tags: dict | None = None):
+def run_job(paths: Paths, job_name: str, tags: dict | None = None, run_id: str | None = None,
+            logger_defs: dict | None = None):
     from dagster import DagsterInstance
 
     from dagster_project.definitions import build_definitions
 
     defs = build_definitions(paths)
     job = defs.resolve_job_def(job_name)
+    run_config = None
+    if logger_defs is not None:  # replaces Dagster's console logger (its DEBUG stream)
+        job = job.with_logger_defs(logger_defs)
+        # Dagster's console logger defaults to INFO when configured; its stream is DEBUG.
+        run_config = {"loggers": {name: {"config": {"log_level": "DEBUG"}} if name == "console"
+                                  else {} for name in logger_defs}}
     with instance_init_lock(paths.home):
         instance = DagsterInstance.get()
-    with instance, writer_lock(paths.home):
-        return job.execute_in_process(instance=instance, raise_on_error=False,
+    with instance, writer_lock(paths.home, announce=lambda msg: print(msg, file=sys.stderr)):
+        return job.execute_in_process(run_config=run_config, instance=instance,
+                                      raise_on_error=False, run_id=run_id,
                                       tags={"kb/trigger": "cli", **(tags or {})})
 
 
@@ -101,19 +132,88 @@ def summarize(result) -> tuple[list[str], bool]:
     return lines, ok
 
 
+def summary_json(result, ok: bool, label: str, seconds: float) -> dict:
+    """`kb build --json` / `kb finetune --json`: the shape README documents."""
+    materialized = {}
+    for ev in result.get_asset_materialization_events():
+        mat = ev.event_specific_data.materialization
+        materialized[mat.asset_key.to_user_string()] = {
+            k: getattr(v, "value", v) for k, v in mat.metadata.items()
+            if isinstance(getattr(v, "value", v), (str, int, float, bool, type(None)))}
+    checks = [{"asset": ev.asset_key.to_user_string(), "check": ev.check_name,
+               "passed": ev.passed, "severity": ev.severity.value, "blocking": ev.blocking,
+               "description": ev.description or ""}
+              for ev in result.get_asset_check_evaluations()]
+    steps = []
+    for ev in result.all_events:
+        if ev.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE", "STEP_SKIPPED"):
+            data = ev.event_specific_data
+            status = {"STEP_SUCCESS": "ok", "STEP_FAILURE": "failed",
+                      "STEP_SKIPPED": "skipped"}[ev.event_type_value]
+            step = {"step": ev.step_key, "status": status,
+                    "duration_s": round(data.duration_ms / 1000, 3)
+                    if getattr(data, "duration_ms", None) is not None else None}
+            if status == "failed":
+                err = data.error
+                msg = err.cause.message if err and err.cause else (err.message if err else "")
+                step["error"] = msg.strip().splitlines()[-1] if msg.strip() else ""
+            steps.append(step)
+    done = {s["step"] for s in steps} | {ev.step_key for ev in result.all_events
+                                          if ev.event_type_value == "STEP_START"}
+    not_run = [n.name for n in result.job_def.graph.nodes_in_topological_order
+               if n.name not in done]
+    return {"command": label, "run_id": result.run_id, "job": result.job_def.name,
+            "succeeded": ok, "duration_s": round(seconds, 3), "kb_home": None,
+            "steps": steps, "not_run": not_run, "materialized": materialized,
+            "checks": checks}
+
+
 def cmd_finetune(args) -> int:
     args.select = "finetune"
     return cmd_build(args, job="ft_job")
 
 
 def cmd_build(args, job: str | None = None) -> int:
+    import uuid
+
+    from dagster._loggers import colored_console_logger
+
+    from dagster_project.cli.build_terminal import (StepPrinter, progress_shown,
+                                                    terminal_logger_def, terminal_stream,
+                                                    third_party_quiet)
+
     paths = Paths.from_env().ensure()
+    mark_home(paths.home)
+    label = f"build ({args.select})" if job is None else args.select
+    job_name = job or SELECTIONS[args.select]
+    verbose, as_json = getattr(args, "verbose", False), getattr(args, "json", False)
+    run_id = str(uuid.uuid4())  # known before the run starts, to print it first
+    stream = terminal_stream()
+    printer = StepPrinter(stream, f"kb {label}: run {run_id} of {job_name}, KB_HOME={paths.home}")
+    loggers = {"kb_terminal": terminal_logger_def(printer)}
+    if verbose:
+        loggers["console"] = colored_console_logger
     t0 = time.perf_counter()
-    result = run_job(paths, job or SELECTIONS[args.select])
+    try:
+        with third_party_quiet(verbose), progress_shown(stream):
+            result = run_job(paths, job_name, run_id=run_id, logger_defs=loggers)
+        seconds = time.perf_counter() - t0
+        if printer.warnings:
+            print("warnings:\n" + "\n".join(f"  {w}" for w in printer.warnings), file=stream)
+    finally:
+        if stream is not sys.stderr:
+            stream.close()
     lines, ok = summarize(result)
-    print(f"kb {'build (' + args.select + ')' if job is None else args.select} run {result.run_id}: "
-          f"{'succeeded' if ok else 'FAILED'} in {time.perf_counter() - t0:.1f}s")
+    if as_json:
+        out = summary_json(result, ok, label, seconds)
+        out["kb_home"] = str(paths.home)
+        out["warnings"] = printer.warnings
+        print(json.dumps(out, indent=2, default=str))
+        return 0 if ok else 1
+    print(f"kb {label} run {result.run_id}: "
+          f"{'succeeded' if ok else 'FAILED'} in {seconds:.1f}s")
     print("\n".join(lines))
     if not ok:
         print("The last good KB version keeps serving. Fix the cause above and run `kb build` again.")
     return 0 if ok else 1
+

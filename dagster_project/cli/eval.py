@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 
-from kb_core.serving import resolve
+from dagster_project.cli import kb_version_flag
+from kb_core.home import describe
 from kb_core.paths import Paths
+from kb_core.serving import resolve
 
 
 def register(sub) -> None:
@@ -15,14 +17,15 @@ def register(sub) -> None:
     p.add_argument("--golden", default=None,
                    help="a curated golden set: project jsonl or BEIR folder (default: "
                         "$KB_GOLDEN, else $KB_HOME/golden/, else the KB's synthetic set)")
-    p.add_argument("--k", type=int, default=10, help="passages retrieved per question (default 10)")
-    p.add_argument("--version", type=int, default=None, help="KB version (default: production)")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("-k", "--k", dest="k", type=int, default=10,
+                   help="passages retrieved per question (default 10)")
+    kb_version_flag(p, "KB version (default: production)")
+    p.add_argument("--json", action="store_true", help="print a JSON object (see README)")
     p.set_defaults(func=cmd_eval)
 
 
 def cmd_eval(args) -> int:
-    from kb_core.errors import CLIError
+    from kb_core.errors import CLIError, UsageError
     from kb_assets.golden import GoldenError
     from kb_assets.release import evaluate_release_of, gate_table, save_eval
     from kb_assets.metrics import comparison_rows
@@ -33,16 +36,18 @@ def cmd_eval(args) -> int:
     from resources.vector_index import VersionStore
 
     if args.k < 3:
-        raise CLIError("--k must be at least 3 (recall@3 is a gate metric)")
+        raise UsageError("-k/--k must be at least 3 (recall@3 is a gate metric)")
     paths = Paths.from_env().ensure()
     cfg = ReleaseConfig.from_env(kb_home=str(paths.home))
     serving = resolve(paths)
     versions = VersionStore(root=str(paths.versions))
-    number = args.version if args.version is not None else serving.version
+    number = args.kb_version if args.kb_version is not None else serving.version
     if number is None:
-        raise CLIError(f"no KB version under {paths.versions}: run `kb build` first")
+        raise CLIError(f"no KB version under {paths.versions}: run `kb build` first "
+                       f"({describe(paths.home)})")
     if number not in versions.numbers():
-        raise CLIError(f"KB version {number} does not exist (versions: {versions.numbers()})")
+        raise CLIError(f"KB version {number} does not exist (versions: {versions.numbers()}; "
+                       f"{describe(paths.home)})")
     baseline = serving.version if serving.source == "production" else None
     store = KBStore(db_path=str(paths.db))
     try:
@@ -53,7 +58,7 @@ def cmd_eval(args) -> int:
     passed = save_eval(store, number, f"cli:{default_actor()}", "cli", ev, args.k)
     cand, prod, results = ev.candidate, ev.production, ev.gate
     d = ev.details()
-    label = "requested" if args.version is not None else serving.source
+    label = "requested" if args.kb_version is not None else serving.source
     if args.json:
         print(json.dumps({"version": number, "source": label, "eval_set": d,
                           "golden": ev.eval_set.source, "kind": ev.kind,

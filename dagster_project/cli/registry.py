@@ -1,7 +1,9 @@
-"""`kb versions`, `kb promote VERSION`, `kb rollback`: the registry from the command line.
-Every alias move is recorded in DuckDB `alias_history` and reported to Dagster as an
-observation of the kb_promotion asset; MLflow is the record of where `production` points,
-and `kb versions` repairs the serving pointer when it disagrees."""
+"""`kb versions`, `kb promote VERSION`, `kb rollback`, each with `--model {kb,kb-assistant}`
+(default kb): the registry from the command line, one code path for both models; what differs
+is in their ModelSpec (kb_core/models.py). Every alias move is recorded in DuckDB
+`alias_history` and reported to Dagster as an observation of the model's promotion asset;
+MLflow is the record of where `production` points, and for the KB (whose `production` is
+mirrored by the serving pointer) `kb versions` repairs the pointer when it disagrees."""
 
 from __future__ import annotations
 
@@ -10,16 +12,17 @@ import sys
 
 from kb_core.serving import pointer_path, write_pointer
 from kb_core.paths import Paths
+from kb_core.models import ASSISTANT, KB, MODELS, ModelSpec, spec_of
 
-MODEL = "kb"
+DEFAULT_MODEL = KB.name
 
 
 def register(sub) -> None:
-    p = sub.add_parser("versions", help="list KB versions in the registry (and repair the "
-                                        "serving pointer if it disagrees with MLflow)")
+    p = sub.add_parser("versions", help="list a model's versions in the registry (and repair "
+                                        "the KB's serving pointer if it disagrees with MLflow)")
     p.add_argument("--json", action="store_true", help="print a JSON list")
     p.set_defaults(func=cmd_versions)
-    p = sub.add_parser("promote", help="move alias production to a KB version")
+    p = sub.add_parser("promote", help="move alias production to a version")
     p.add_argument("version", type=int)
     p.add_argument("--force", action="store_true",
                    help="promote even if the version failed (or never ran) its gate; recorded")
@@ -30,9 +33,16 @@ def register(sub) -> None:
     p.add_argument("--force", action="store_true", help="allow a version that failed its gate")
     p.add_argument("--reason", default="", help="why (recorded in alias_history)")
     p.set_defaults(func=cmd_rollback)
-    for name in ("versions", "promote", "rollback"):  # the fine-tuned assistant: same mechanics
-        sub.choices[name].add_argument("--model", choices=[MODEL, "kb-assistant"], default=MODEL,
+    for name in ("versions", "promote", "rollback"):
+        sub.choices[name].add_argument("--model", choices=list(MODELS), default=DEFAULT_MODEL,
                                        help="registered model (default kb)")
+    for name in ("promote", "rollback"):
+        sub.choices[name].add_argument("--json", action="store_true",
+                                       help="print the alias move as a JSON object (see README)")
+
+
+def _spec(args) -> ModelSpec:
+    return spec_of(getattr(args, "model", DEFAULT_MODEL))
 
 
 def _context():
@@ -54,6 +64,7 @@ def _guard(fn, *args, **kwargs):
         raise CLIError(str(exc)) from None
 
 
+# -- the serving pointer (the KB's production mirror) ----------------------------------------
 def pointer_version(paths: Paths) -> int | None:
     try:
         return int(json.loads(pointer_path(paths).read_text(encoding="utf-8"))["version"])
@@ -73,78 +84,96 @@ def repair_pointer(paths: Paths, production: int | None) -> str | None:
             f"MLflow production is {production}: pointer repaired")
 
 
-def _eval_summary(store) -> dict[int, dict]:
-    """Latest gate evaluation (Dagster-triggered) per KB version."""
+# -- versions ---------------------------------------------------------------------------------
+def _fmt(m: dict | None, key: str, spec: str = ".3f") -> str:
+    return format(m[key], spec) if m and key in m else ""
+
+
+def _kb_table(rows: list[dict]) -> tuple[list[tuple], list[str]]:
+    return ([(r["version"], ",".join(r["aliases"]), r["created_at"], r.get("n_docs", ""),
+              r.get("n_chunks", ""), r["status"], _fmt(r.get("metrics"), "recall_at_3"),
+              _fmt(r.get("metrics"), "mrr"), _fmt(r.get("metrics"), "zero_hit_rate"),
+              _fmt(r.get("metrics"), "latency_p95_ms", ".0f")) for r in rows],
+            ["version", "aliases", "created (UTC)", "docs", "chunks", "status", "recall@3", "MRR",
+             "zero-hit", "p95 ms"])
+
+
+def _assistant_table(rows: list[dict]) -> tuple[list[tuple], list[str]]:
+    return ([(r["version"], ",".join(r["aliases"]), r["created_at"], r["status"],
+              r["tags"].get("provider", ""), r["tags"].get("dataset_version", ""),
+              r["tags"].get("kb_version", ""), r["tags"].get("training_mode", ""),
+              _fmt(r.get("metrics"), "ft_score_mean"), _fmt(r.get("metrics"), "base_score_mean"),
+              _fmt(r.get("metrics"), "extractive_score_mean")) for r in rows],
+            ["version", "aliases", "created (UTC)", "status", "provider", "dataset", "KB", "mode",
+             "score", "base score", "extractive score"])
+
+
+# The columns `kb versions` shows per model: what each model's evaluation measures.
+VERSION_TABLES = {KB.name: _kb_table, ASSISTANT.name: _assistant_table}
+
+
+def _kb_counts(store) -> dict[int, dict]:
     with store.connect(read_only=True) as con:
-        rows = con.execute("""
-            SELECT version, metrics, passed FROM eval_results
-            WHERE model_name = ? AND json_extract_string(details, '$.trigger') = 'dagster'
-            ORDER BY created_at""", [MODEL]).fetchall()
-        counts = {r[0]: (r[1], r[2]) for r in con.execute(
+        return {v: {"n_docs": d, "n_chunks": c} for v, d, c in con.execute(
             "SELECT version, n_docs, n_chunks FROM kb_versions").fetchall()}
-    out = {v: {"n_docs": c[0], "n_chunks": c[1]} for v, c in counts.items()}
-    for version, metrics, passed in rows:
-        out.setdefault(version, {}).update(metrics=json.loads(metrics), passed=passed)
-    return out
-
-
-def _assistant(args):
-    """`--model kb-assistant`: handled by commands/assistant_registry.py."""
-    if getattr(args, "model", MODEL) == MODEL:
-        return None
-    from dagster_project.cli import assistant_registry
-
-    return getattr(assistant_registry, args.func.__name__)(args)
 
 
 def cmd_versions(args) -> int:
-    if (rc := _assistant(args)) is not None:
-        return rc
+    from kb_assets.evals import gate_evals
     from kb_assets.report import md_table
-    from resources.vector_index import VersionStore
 
+    spec = _spec(args)
     paths, store, registry = _context()
-    rows = _guard(registry.versions, MODEL, store)
-    production = next((r["version"] for r in rows if "production" in r["aliases"]), None)
-    repaired = repair_pointer(paths, production)
-    evals = _eval_summary(store)
+    rows = _guard(registry.versions, spec.name, store)
+    evals = gate_evals(store, spec)
+    counts = _kb_counts(store) if spec.serving_pointer else {}
     for r in rows:
+        r.update(counts.get(r["version"], {}))
         r.update(evals.get(r["version"], {}))
-    on_disk = VersionStore(root=str(paths.versions)).numbers()
-    unregistered = sorted(set(on_disk) - {r["version"] for r in rows})
+    production = next((r["version"] for r in rows if "production" in r["aliases"]), None)
+    out: dict = {"model": spec.name, "production": production}
+    unregistered: list[int] = []
+    repaired = None
+    if spec.serving_pointer:
+        from resources.vector_index import VersionStore
+
+        repaired = repair_pointer(paths, production)
+        on_disk = VersionStore(root=str(paths.versions)).numbers()
+        unregistered = sorted(set(on_disk) - {r["version"] for r in rows})
+        out.update(serving_pointer=pointer_version(paths), pointer_repaired=bool(repaired))
     if args.json:
-        print(json.dumps({"production": production, "serving_pointer": pointer_version(paths),
-                          "pointer_repaired": bool(repaired), "versions": rows,
-                          "unregistered_on_disk": unregistered}, default=str, indent=2))
+        out["versions"] = rows
+        if spec.serving_pointer:
+            out["unregistered_on_disk"] = unregistered
+        print(json.dumps(out, default=str, indent=2))
         return 0
     if repaired:
         print(f"NOTE: {repaired}")
     if not rows:
-        print("No KB version is registered yet: run `kb build`.")
+        print(f"No {spec.label} is registered yet: run `kb build`.")
+        if not spec.serving_pointer:
+            return 0
     else:
-        def fmt(m: dict | None, key: str, spec: str) -> str:
-            return format(m[key], spec) if m and key in m else ""
-        table = [(r["version"], ",".join(r["aliases"]), r["created_at"], r.get("n_docs", ""),
-                  r.get("n_chunks", ""), r["status"], fmt(r.get("metrics"), "recall_at_3", ".3f"),
-                  fmt(r.get("metrics"), "mrr", ".3f"), fmt(r.get("metrics"), "zero_hit_rate", ".3f"),
-                  fmt(r.get("metrics"), "latency_p95_ms", ".0f")) for r in rows]
-        print(md_table(table, ["version", "aliases", "created (UTC)", "docs", "chunks", "status",
-                               "recall@3", "MRR", "zero-hit", "p95 ms"], limit=1000))
-    print(f"\nproduction: {production if production is not None else 'none (nothing promoted)'}"
-          f"; serving pointer: {pointer_version(paths)}")
+        table, header = VERSION_TABLES[spec.name](rows)
+        print(md_table(table, header, limit=1000))
+    line = f"\nproduction: {production if production is not None else f'none ({spec.no_production})'}"
+    if spec.serving_pointer:
+        line += f"; serving pointer: {pointer_version(paths)}"
+    print(line)
     if unregistered:
         print(f"on disk but not registered: {unregistered} (the next `kb build` registers the latest)")
     return 0
 
 
-def report_move(move) -> None:
-    """Make a CLI alias move visible in Dagster (an observation of kb_promotion)."""
+# -- promote / rollback -----------------------------------------------------------------------
+def report_move(spec: ModelSpec, move) -> None:
+    """Make a CLI alias move visible in Dagster (an observation of the promotion asset)."""
     try:
         from dagster import AssetObservation, DagsterInstance, MetadataValue
 
         with DagsterInstance.get() as instance:
             instance.report_runless_asset_event(AssetObservation(
-                asset_key="kb_promotion",
+                asset_key=spec.promotion_asset,
                 description=f"{move.alias}: {move.from_version} -> {move.to_version} by {move.actor}",
                 metadata={"alias": move.alias, "from_version": move.from_version,
                           "to_version": move.to_version, "actor": move.actor,
@@ -157,68 +186,91 @@ def report_move(move) -> None:
               file=sys.stderr)
 
 
-def _check_promotable(paths: Paths, store, version: int, force: bool,
-                      served_before: bool = False) -> None:
+def check_promotable(spec: ModelSpec, paths: Paths, store, version: int, force: bool,
+                     served_before: bool = False) -> None:
+    """Refuse a version that is not registered, failed its gate, or never ran one (unless
+    forced, or a rollback to a version that already served)."""
     from kb_core.errors import CLIError
     from resources.registry import registered_versions
-    from resources.vector_index import VersionStore
 
-    rows = {r["version"]: r for r in registered_versions(store, MODEL)}
+    rows = {r["version"]: r for r in registered_versions(store, spec.name)}
     if version not in rows:
-        where = ("exists on disk but is not registered in MLflow: run `kb build`"
-                 if version in VersionStore(root=str(paths.versions)).numbers()
-                 else "does not exist")
-        raise CLIError(f"KB version {version} {where} (registered: {sorted(rows) or 'none'})")
+        where = "does not exist"
+        if spec.serving_pointer:
+            from resources.vector_index import VersionStore
+
+            if version in VersionStore(root=str(paths.versions)).numbers():
+                where = "exists on disk but is not registered in MLflow: run `kb build`"
+        raise CLIError(f"{spec.label} {version} {where} (registered: {sorted(rows) or 'none'})")
     status = rows[version]["status"]
     if status == "rejected" and not force:
-        raise CLIError(f"KB version {version} failed its evaluation gate: refused "
+        raise CLIError(f"{spec.label} {version} {spec.rejected_means}: refused "
                        "(use --force to promote anyway; it is recorded as forced)")
     if status == "registered" and not force and not served_before:
-        raise CLIError(f"KB version {version} has not passed an evaluation gate yet: refused "
+        raise CLIError(f"{spec.label} {version} {spec.unevaluated_means}: refused "
                        "(run `kb build`, or use --force; it is recorded as forced)")
 
 
-def _move(paths, store, registry, version: int, reason: str, force: bool) -> int:
+def move_json(model: str, move=None, current: int | None = None) -> str:
+    """`kb promote|rollback --json`: {model, alias, from_version, to_version, changed, forced,
+    actor, reason}; `changed` false (and no actor) when the version already was production."""
+    if move is None:
+        return json.dumps({"model": model, "alias": "production", "from_version": current,
+                           "to_version": current, "changed": False, "forced": False,
+                           "actor": None, "reason": None})
+    return json.dumps({"model": model, "alias": move.alias, "from_version": move.from_version,
+                       "to_version": move.to_version, "changed": True, "forced": move.forced,
+                       "actor": move.actor, "reason": move.reason})
+
+
+def move_production(spec: ModelSpec, store, registry, version: int, reason: str,
+                    force: bool, as_json: bool = False) -> int:
+    """The one guarded `production` move of the CLI: MLflow alias, alias_history (and, for
+    the KB, the serving pointer: Registry.move_alias does it), then the Dagster observation."""
     from resources.registry import default_actor
 
-    move = _guard(registry.move_alias, store, MODEL, "production", version,
+    move = _guard(registry.move_alias, store, spec.name, "production", version,
                   actor=default_actor(), reason=reason, forced=force)
-    print(f"production: {move.from_version} -> {move.to_version}"
-          f"{' (forced)' if move.forced else ''}; serving pointer updated; "
+    prefix = "" if spec.serving_pointer else f"{spec.name} "
+    pointer = "; serving pointer updated" if spec.serving_pointer else ""
+    print(move_json(spec.name, move) if as_json else
+          f"{prefix}production: {move.from_version} -> {move.to_version}"
+          f"{' (forced)' if move.forced else ''}{pointer}; "
           f"recorded in alias_history by {move.actor}")
-    report_move(move)
+    report_move(spec, move)
     return 0
 
 
 def cmd_promote(args) -> int:
-    if (rc := _assistant(args)) is not None:
-        return rc
+    spec = _spec(args)
     paths, store, registry = _context()
-    _check_promotable(paths, store, args.version, args.force)
-    current = _guard(registry.get_alias, MODEL, "production")
+    check_promotable(spec, paths, store, args.version, args.force)
+    current = _guard(registry.get_alias, spec.name, "production")
     if current == args.version:
-        repaired = repair_pointer(paths, current)
-        print(f"KB version {current} is already production" + (f" ({repaired})" if repaired else ""))
+        repaired = repair_pointer(paths, current) if spec.serving_pointer else None
+        print(move_json(spec.name, current=current) if args.json else
+              f"{spec.label} {current} is already production"
+              + (f" ({repaired})" if repaired else ""))
         return 0
-    return _move(paths, store, registry, args.version, args.reason or "manual promote", args.force)
+    return move_production(spec, store, registry, args.version,
+                           args.reason or "manual promote", args.force, args.json)
 
 
-def rollback_choice(store, model: str, current: int | None, to: int | None, label: str,
-                    none_yet: str) -> int:
-    """The version a rollback of `model` goes to (`--to` or the previous production one);
-    one-line errors for nothing in production, no earlier version, or already there."""
+def rollback_choice(store, spec: ModelSpec, current: int | None, to: int | None) -> int:
+    """The version a rollback goes to (`--to` or the previous production one); one-line
+    errors for nothing in production, no earlier version, or already there."""
     from kb_core.errors import CLIError
     from resources.registry import alias_history, rollback_target
 
     if current is None:
-        raise CLIError(f"{none_yet} is in production yet: nothing to roll back")
+        raise CLIError(f"{spec.none_in_production} is in production yet: nothing to roll back")
     target = to if to is not None else rollback_target(
-        alias_history(store, model, "production"), current)
+        alias_history(store, spec.name, "production"), current)
     if target is None:
-        raise CLIError(f"{model} production ({current}) has no earlier production version to "
-                       "roll back to (use --to VERSION)")
+        raise CLIError(f"{spec.name} production ({current}) has no earlier production version "
+                       "to roll back to (use --to VERSION)")
     if target == current:
-        raise CLIError(f"{label} {target} is already production")
+        raise CLIError(f"{spec.label} {target} is already production")
     return target
 
 
@@ -226,25 +278,31 @@ def rollback_reason(reason: str | None, current: int) -> str:
     return "rollback" + (f": {reason}" if reason else f" from {current}")
 
 
-def cmd_rollback(args) -> int:
-    if (rc := _assistant(args)) is not None:
-        return rc
+def _serving_production(paths: Paths) -> int | None:
+    """Production as the serving pointer says (the mirror of the MLflow alias): read without
+    importing MLflow, so a rollback switches serving first."""
     from kb_core.serving import resolve
 
-    paths, store, registry = _context()
-    # Read production from the serving pointer (the mirror of the MLflow alias) so the
-    # switch below happens before MLflow is even imported.
     serving = resolve(paths)
-    current = serving.version if serving.source == "production" else None
-    target = rollback_choice(store, MODEL, current, args.to, "KB version", "nothing")
+    return serving.version if serving.source == "production" else None
+
+
+def cmd_rollback(args) -> int:
+    spec = _spec(args)
+    paths, store, registry = _context()
+    current = (_serving_production(paths) if spec.serving_pointer
+               else _guard(registry.get_alias, spec.name, "production"))
+    target = rollback_choice(store, spec, current, args.to)
     # A previous production version already served: being unevaluated does not block it.
-    _check_promotable(paths, store, target, args.force, served_before=args.to is None)
+    check_promotable(spec, paths, store, target, args.force, served_before=args.to is None)
     reason = rollback_reason(args.reason, current)
+    if not spec.serving_pointer:
+        return move_production(spec, store, registry, target, reason, args.force, args.json)
     # An emergency: serving switches first (kb serve follows within its poll interval), then
     # the MLflow alias and alias_history record it. If recording fails, serving switches back.
     write_pointer(paths, target)
     try:
-        return _move(paths, store, registry, target, reason, args.force)
+        return move_production(spec, store, registry, target, reason, args.force, args.json)
     except BaseException:
         write_pointer(paths, current)
         raise

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
+from kb_core.home import describe
 from kb_core.paths import Paths
 
 
@@ -12,6 +15,8 @@ def register(sub) -> None:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--poll", type=float, default=0.5,
                    help="seconds between checks of the serving pointer (default 0.5)")
+    p.add_argument("--json", action="store_true",
+                   help="print the startup line as a JSON object {url, version, source}")
     p.set_defaults(func=cmd_serve)
 
 
@@ -21,16 +26,17 @@ def cmd_serve(args) -> int:
 
     import uvicorn
 
-    from kb_core.errors import CLIError
     from dagster_project.api.server import create_app
+    from kb_core.errors import CLIError, UsageError
     from kb_core.serving import resolve
 
     paths = Paths.from_env()
     serving = resolve(paths)
     if serving.version is None:
-        raise CLIError(f"no KB version under {paths.versions}: run `kb build` first")
+        raise CLIError(f"no KB version under {paths.versions}: run `kb build` first "
+                       f"({describe(paths.home)})")
     if not 0 < args.port < 65536:
-        raise CLIError(f"--port {args.port} is not a TCP port")
+        raise UsageError(f"--port {args.port} is not a TCP port")
     with socket.socket() as s:  # a clear message instead of uvicorn's traceback
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -38,9 +44,13 @@ def cmd_serve(args) -> int:
         except OSError as exc:
             raise CLIError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-    print(f"kb serve: KB version {serving.version} ({serving.source}) on "
-          f"http://{args.host}:{args.port}  (/search?q=...&k=5, /healthz, /version, /metrics)",
-          flush=True)
+    url = f"http://{args.host}:{args.port}"
+    if args.json:
+        print(json.dumps({"url": url, "version": serving.version, "source": serving.source,
+                          "kb_home": str(paths.home)}), flush=True)
+    else:
+        print(f"kb serve: KB version {serving.version} ({serving.source}) on "
+              f"{url}  (/search?q=...&k=5, /healthz, /version, /metrics)", flush=True)
     uvicorn.run(create_app(paths, poll_s=args.poll), host=args.host, port=args.port,
                 log_level="warning", access_log=False, workers=1)
     return 0

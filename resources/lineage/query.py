@@ -7,10 +7,10 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 
+from kb_core.clock import utc_now
 from kb_core.markdown import fmt_time  # noqa: F401  (re-exported)
+from kb_core.models import ASSISTANT_MODEL, KB_MODEL  # noqa: F401 - used via this module
 
-KB_MODEL = "kb"
-ASSISTANT_MODEL = "kb-assistant"
 PRODUCTION = "production"
 # Registry tags naming the FT dataset a kb-assistant version was trained on (first found wins).
 DATASET_TAG_KEYS = ("ft_dataset_version", "dataset_version", "ft_dataset")
@@ -27,7 +27,7 @@ def parse_time(text: str, now: datetime | None = None) -> tuple[datetime, str]:
     a timezone ('2026-11-21T23:45:00+08:00', '...Z', '2026-11-21 23:45', a date) and 'now'."""
     s = (text or "").strip()
     if s.lower() == "now":
-        return (now or utcnow()), "now (UTC)"
+        return (now or utc_now()), "now (UTC)"
     iso = s[:-1] + "+00:00" if s[-1:] in ("Z", "z") else s
     try:
         dt = datetime.fromisoformat(iso)
@@ -39,10 +39,6 @@ def parse_time(text: str, now: datetime | None = None) -> tuple[datetime, str]:
         return dt, f"{s!r} has no timezone: interpreted as UTC"
     utc = dt.astimezone(timezone.utc).replace(tzinfo=None)
     return utc, f"{s!r} converted to UTC"
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
 # ---------------------------------------------------------------------------- access
