@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 from dagster import DagsterInstance
@@ -46,3 +48,23 @@ def write(paths: Paths, rel: str, content: str | bytes) -> Path:
 
 def copy_samples(paths: Paths) -> None:
     shutil.copytree(SAMPLE_INBOX, paths.inbox, dirs_exist_ok=True)
+
+
+@contextmanager
+def env_vars(**values: str | None):
+    """Set (or, for None, unset) environment variables for the block; restore them after.
+    For fixtures wider than a test, where pytest's monkeypatch is not available."""
+    saved = {k: os.environ.get(k) for k in values}
+    try:
+        for k, v in values.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

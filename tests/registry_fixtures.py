@@ -91,3 +91,13 @@ def publish_damaged(versions_root: Path, source: int, number: int) -> Path:
     sources = json.loads((v.path / SOURCES_FILE).read_text(encoding="utf-8"))
     return store.publish(number, build_faiss_index(vectors, ids, int(v.info["dim"])),
                          v.manifest, lexical, info, sources)
+
+
+def open_registry(paths):
+    """(paths, store, registry) on a KB_HOME's own DuckDB file and sqlite MLflow."""
+    from resources.registry import Registry
+    from resources.store import KBStore
+
+    return paths, KBStore(db_path=str(paths.db)), Registry(
+        tracking_uri=paths.mlflow_uri, artifact_root=str(paths.mlflow_artifacts),
+        kb_home=str(paths.home))

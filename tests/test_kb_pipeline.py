@@ -11,7 +11,7 @@ from resources.config import KBConfig
 from resources.embedder import PACKAGED_MODEL_ID
 from resources.vector_index import VersionStore
 from tests.counting_embedder import ENCODED_TEXTS, CountingEmbedder
-from tests.kbtest import GOLDEN, copy_samples, materialized, run_job, write
+from tests.kbtest import GOLDEN, copy_samples, env_vars, materialized, run_job, write
 
 LEAVE = "# Annual Leave\n\nEmployees receive 20 days of paid annual leave each calendar year."
 VPN = "# VPN\n\nUse the GlobalConnect VPN client with MFA when working outside the office."
@@ -149,21 +149,11 @@ def sample_kb(tmp_path_factory):
     from kb_core.paths import Paths
 
     home = tmp_path_factory.mktemp("sample_kb")
-    old = {k: os.environ.get(k) for k in ("KB_HOME", "DAGSTER_HOME", "KB_INBOX")}
-    os.environ["KB_HOME"] = str(home)
-    os.environ.pop("DAGSTER_HOME", None)
-    os.environ.pop("KB_INBOX", None)
-    try:
+    with env_vars(KB_HOME=str(home), DAGSTER_HOME=None, KB_INBOX=None):
         paths = Paths.from_env().ensure()
         copy_samples(paths)
         build(paths)
         yield Searcher.open(paths, 1)
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.mark.parametrize("lang", ["en", "zh-TW"])

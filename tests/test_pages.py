@@ -12,7 +12,7 @@ from dagster import AssetKey, DagsterInstance, TableMetadataValue
 from resources.registry import Registry, ReleaseConfig, registered_versions
 from resources.registry_pages import kb_description, logged_model_id, version_changes
 from resources.store import KBStore
-from tests.kbtest import materialized, run_job, write
+from tests.kbtest import env_vars, materialized, run_job, write
 from tests.registry_fixtures import NEW_DOC, write_corpus, write_golden
 
 
@@ -24,18 +24,11 @@ def _release_config(paths) -> ReleaseConfig:
 @pytest.fixture(scope="module")
 def two_versions(tmp_path_factory):
     """(paths, [run 1 result, run 2 result]) for two published, evaluated KB versions."""
-    import os
-
     from kb_core.paths import Paths
 
     home = tmp_path_factory.mktemp("pages")
-    old = {k: os.environ.get(k) for k in ("KB_HOME", "DAGSTER_HOME", "MLFLOW_TRACKING_URI",
-                                           "KB_INBOX", "KB_DAGSTER_URL")}
-    os.environ.update(KB_HOME=str(home), DAGSTER_HOME=str(home / "dagster"),
-                      KB_DAGSTER_URL="http://dagster.example:3000")
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    os.environ.pop("KB_INBOX", None)
-    try:
+    with env_vars(KB_HOME=str(home), DAGSTER_HOME=str(home / "dagster"), KB_INBOX=None,
+                  MLFLOW_TRACKING_URI=None, KB_DAGSTER_URL="http://dagster.example:3000"):
         paths = Paths.from_env().ensure()
         import mlflow
 
@@ -49,12 +42,6 @@ def two_versions(tmp_path_factory):
               "book one in the parking app the day before. Charging points are on level one.")
         r2 = run_job(paths, release_config=cfg)
         yield paths, [r1, r2]
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.mark.slow  # two real kb_job runs (~2 min on 2 shared cores)

@@ -9,8 +9,8 @@ import pytest
 
 from dagster_project.cli import main
 from kb_core.serving import pointer_path, resolve
-from resources.registry import Registry, alias_history
-from resources.store import KBStore
+from resources.registry import alias_history
+from tests.registry_fixtures import open_registry
 
 
 class EchoModel(mlflow.pyfunc.PythonModel):
@@ -20,10 +20,7 @@ class EchoModel(mlflow.pyfunc.PythonModel):
 
 @pytest.fixture
 def reg(kb_paths):
-    store = KBStore(db_path=str(kb_paths.db))
-    registry = Registry(tracking_uri=kb_paths.mlflow_uri,
-                        artifact_root=str(kb_paths.mlflow_artifacts), kb_home=str(kb_paths.home))
-    return kb_paths, store, registry
+    return open_registry(kb_paths)
 
 
 def _register(paths, store, registry, model, n, status):

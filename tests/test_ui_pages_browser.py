@@ -18,7 +18,7 @@ import httpx
 import pytest
 from dagster import DagsterEventType, DagsterInstance
 
-from tests.kbtest import copy_samples, materialized, run_job
+from tests.kbtest import copy_samples, env_vars, materialized, run_job
 from tests.test_ui_browser import ARGS, ARTIFACTS, CHROMIUM, LOADED_JS, wait_loaded
 from tests.serve_thread import free_port
 from tests.ui_stack import UIStack
@@ -34,23 +34,13 @@ def built_kb(tmp_path_factory):
     from kb_core.paths import Paths
 
     home = tmp_path_factory.mktemp("uipages")
-    saved = {k: os.environ.get(k) for k in ("KB_HOME", "DAGSTER_HOME", "MLFLOW_TRACKING_URI",
-                                             "KB_INBOX", "KB_DAGSTER_URL")}
-    for k in saved:
-        os.environ.pop(k, None)
-    os.environ.update(KB_HOME=str(home / "kb"), DAGSTER_HOME=str(home / "kb" / "dagster"))
-    try:
+    with env_vars(KB_HOME=str(home / "kb"), DAGSTER_HOME=str(home / "kb" / "dagster"),
+                  MLFLOW_TRACKING_URI=None, KB_INBOX=None, KB_DAGSTER_URL=None):
         paths = Paths.from_env().ensure()
         copy_samples(paths)
         result = run_job(paths)
         assert result.success, materialized(result)
         yield paths, result
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _browser(pw):
