@@ -229,13 +229,14 @@ def ft_fingerprint(tuner: FineTuner, ds: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def find_parent(versions: list[dict], tuner: FineTuner, dataset_version: int) -> dict | None:
+def find_parent(versions: list[dict], tuner: FineTuner, dataset_version: int,
+                cfg: FTConfig) -> dict | None:
     """The newest fine-tune of the parent dataset by the same provider and base model."""
     for v in sorted(versions, key=lambda r: -r["version"]):
         t = v["tags"]
         if (t.get("dataset_version") == str(dataset_version) and t.get("provider") == tuner.provider
                 and t.get("base_model") == tuner.base_model()
-                and (tuner.provider != "local" or os.path.isdir(t.get("model_ref", "")))):
+                and (tuner.provider != "local" or os.path.isdir(cfg.adapter_path(t)))):
             return v
     return None
 
@@ -259,7 +260,7 @@ def train_and_register(store: KBStore, cfg: FTConfig, tuner: FineTuner, registry
     info, folder = ds["info"], cfg.dataset_dir(ds["dataset_version"])
     parent = None
     if info.get("mode") == "incremental":
-        parent = find_parent(versions, tuner, info["parent_dataset_version"])
+        parent = find_parent(versions, tuner, info["parent_dataset_version"], cfg)
     if parent:
         mode, train_file = "incremental", folder / "train.jsonl"
     else:
@@ -269,7 +270,8 @@ def train_and_register(store: KBStore, cfg: FTConfig, tuner: FineTuner, registry
     out = cfg.model_dir(key)
     shutil.rmtree(out, ignore_errors=True)  # a previous attempt with this number crashed
     job = TrainJob(str(train_file), str(folder / "eval.jsonl"), str(out / "adapter"),
-                   parent=parent["tags"]["model_ref"] if parent else None,
+                   parent=(cfg.adapter_path(parent["tags"]) if tuner.provider == "local"
+                           else parent["tags"]["model_ref"]) if parent else None,
                    state_dir=str(cfg.root_path / "jobs"))  # survives the rmtree above
     if log:
         log.info(f"fine-tuning kb-assistant version {key} ({tuner.provider}, {mode}) on "
@@ -280,7 +282,8 @@ def train_and_register(store: KBStore, cfg: FTConfig, tuner: FineTuner, registry
         raise Failure(description=redact(str(exc))) from None
     card = write_assistant_card(out, result, cfg.system_prompt, ds["dataset_version"])
     tags = {"provider": result.provider, "base_model": result.base_model,
-            "model_ref": result.model_ref, "dataset_version": ds["dataset_version"],
+            "model_ref": cfg.ref_tag(result.provider, result.model_ref),
+            "dataset_version": ds["dataset_version"],
             "dataset_sha256": ds["content_sha256"], "kb_version": ds["kb_version"],
             "training_mode": mode, "parent_version": parent["version"] if parent else "",
             "train_split": train_file.stem,  # which ft_dataset_lines split it trained on

@@ -37,12 +37,12 @@ def upstream_value(context, asset_name: str, key: str):
     return getattr(v, "value", v)
 
 
-def assistant_refs(tags: dict, llm: LLM) -> tuple[AssistantRef, AssistantRef]:
+def assistant_refs(tags: dict, cfg: FTConfig) -> tuple[AssistantRef, AssistantRef]:
     """(fine-tuned, its base) for a registered version's tags."""
     if tags.get("provider") == "openai":
         return (AssistantRef("openai", tags["model_ref"], None, f"OpenAI {tags['model_ref']}"),
                 AssistantRef("openai", tags["base_model"], None, f"OpenAI {tags['base_model']}"))
-    return (AssistantRef("local", tags["base_model"], tags["model_ref"], "fine-tuned adapter"),
+    return (AssistantRef("local", tags["base_model"], cfg.adapter_path(tags), "fine-tuned adapter"),
             AssistantRef("local", tags["base_model"], None, "base model"))
 
 
@@ -114,7 +114,7 @@ def evaluate(store, cfg: FTConfig, llm: LLM, embedder: Embedder, registry: Regis
                 "passed": bool(prev[1]), "details": json.loads(prev[2])}
     items = load_eval_items(cfg, int(tags["dataset_version"]), cfg.eval_max_questions)
     convs = [it["messages"][:2] for it in items]
-    tuned_ref, base_ref = assistant_refs(tags, llm)
+    tuned_ref, base_ref = assistant_refs(tags, cfg)
     if log:
         log.info(f"answering {len(convs)} held-out questions with kb-assistant version "
                  f"{version}, its base model and the extractive baseline")

@@ -70,6 +70,23 @@ class FTConfig(ConfigurableResource):
     def model_dir(self, assistant_version: int) -> Path:
         return self.root_path / "models" / str(assistant_version)
 
+    def ref_tag(self, provider: str, model_ref: str) -> str:
+        """`model_ref` as the registry records it: a local adapter folder relative to this
+        root (`models/3/adapter`), so a KB_HOME moved or mounted elsewhere still resolves it;
+        an OpenAI model id as it is."""
+        if provider != "local":
+            return model_ref
+        try:
+            return Path(model_ref).resolve().relative_to(self.root_path.resolve()).as_posix()
+        except ValueError:  # an adapter outside KB_HOME stays absolute
+            return model_ref
+
+    def adapter_path(self, tags: dict) -> str:
+        """The local adapter folder of a registered version (a relative ref resolves under
+        this root; versions registered with an absolute path keep it)."""
+        ref = tags.get("model_ref", "")
+        return ref if not ref or Path(ref).is_absolute() else str(self.root_path / ref)
+
 
 def ft_resources(paths, env=None) -> dict:
     """`finetuner`, `llm` and `ft_config` for this environment. KB_FT_PROVIDER=openai (with

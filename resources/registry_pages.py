@@ -272,8 +272,9 @@ def publish_assistant_page(registry: Registry, store: KBStore, version: int, tag
     link_logged_model(registry, store, "kb-assistant", version)
     portable = {VALIDATION_TAG: "pending", "dagster_run_url": dagster_run_url(run_id)}
     if tags.get("provider") == "local":
-        # `model_ref` stays the local adapter folder (the CLI and incremental training read
-        # it); this is the reference that works on any machine with registry access.
+        # `model_ref` is the adapter folder relative to $KB_HOME/ft (the CLI and incremental
+        # training read it); this is the reference that works on any machine with registry
+        # access.
         portable["model_uri"] = f"models:/kb-assistant/{row['mlflow_version']}"
         portable["adapter_artifact"] = "artifacts/adapter"  # inside the logged model
     tag_version(registry, store, "kb-assistant", version, portable)

@@ -46,3 +46,20 @@ def test_bad_setting_in_the_cli_is_exit_2_without_traceback(kb_paths, monkeypatc
     assert kb(["build", "--select", "kb"]) == 2
     err = capsys.readouterr().err
     assert "KB_FT_EVAL_QUESTIONS='lots': expected an integer" in err and "Traceback" not in err
+
+
+def test_model_ref_is_recorded_relative_to_the_ft_root(tmp_path):
+    from resources.ft_config import FTConfig
+
+    cfg = FTConfig(root=str(tmp_path / "kb" / "ft"))
+    adapter = tmp_path / "kb" / "ft" / "models" / "3" / "adapter"
+    assert cfg.ref_tag("local", str(adapter)) == "models/3/adapter"
+    assert cfg.adapter_path({"model_ref": "models/3/adapter"}) == str(adapter)
+    # Versions registered before keep their absolute folder; adapters elsewhere stay absolute.
+    assert cfg.adapter_path({"model_ref": str(adapter)}) == str(adapter)
+    assert cfg.ref_tag("local", "/elsewhere/adapter") == "/elsewhere/adapter"
+    assert cfg.ref_tag("openai", "ft:gpt-4o-mini:org::abc") == "ft:gpt-4o-mini:org::abc"
+    # The KB moved: the relative ref resolves under the new root.
+    moved = FTConfig(root=str(tmp_path / "moved" / "ft"))
+    assert moved.adapter_path({"model_ref": "models/3/adapter"}) == str(
+        tmp_path / "moved" / "ft" / "models" / "3" / "adapter")

@@ -80,7 +80,7 @@ def test_local_fine_tune_trains_registers_promotes_and_answers(kb_paths, capsys)
     ft = md["fine_tuned_model"]
     assert ft["provider"] == "local" and ft["steps"] == 3 and ft["training_mode"] == "full"
     adapter = kb_paths.home / "ft" / "models" / "1" / "adapter"
-    assert ft["model_ref"] == str(adapter)
+    assert ft["model_ref"] == "models/1/adapter"  # relative to $KB_HOME/ft: a moved KB_HOME works
     weights = load_file(str(adapter / "adapter_model.safetensors"))
     lora_b = [v for k, v in weights.items() if "lora_B" in k]
     assert lora_b and any(float(v.abs().sum()) > 0 for v in lora_b)  # B starts at zero

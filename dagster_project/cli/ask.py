@@ -61,16 +61,17 @@ def resolve_assistant(paths: Paths, llm, resources: dict, contender: str = "auto
     if row is None:
         raise CLIError(f"production kb-assistant version {version} is not in the DuckDB mirror")
     tags = row["tags"]
-    card = Path(tags.get("model_ref", "")).parent / "assistant.json"
+    adapter = resources["ft_config"].adapter_path(tags)
+    card = Path(adapter).parent / "assistant.json"
     if card.is_file():  # answer in the same house style the model was trained on
         system = json.loads(card.read_text("utf-8")).get("system_prompt", system)
     if tags.get("provider") == "openai":
         ref = AssistantRef("openai", tags["model_ref"], None, f"OpenAI {tags['model_ref']}")
     else:
-        if not Path(tags.get("model_ref", "")).is_dir():
-            raise CLIError(f"adapter folder {tags.get('model_ref')} of kb-assistant version "
+        if not Path(adapter).is_dir():
+            raise CLIError(f"adapter folder {adapter} of kb-assistant version "
                            f"{version} is missing")
-        ref = AssistantRef("local", tags["base_model"], tags["model_ref"],
+        ref = AssistantRef("local", tags["base_model"], adapter,
                            f"{tags['base_model']} + LoRA adapter")
     return "fine-tuned", ref, system, f"kb-assistant version {version} (production)", version
 
