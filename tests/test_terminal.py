@@ -24,12 +24,16 @@ TEST_ONLY = {"KB_FAULT_POINT", "KB_FAULT_MARKER"}
 def env_names_read_by_code() -> set[str]:
     """Every KB_* name written as a string literal in production code (how the code reads
     the environment: os.environ.get("KB_X"), _env(env, "KB_X", ...), X_ENV = "KB_X")."""
-    names = set()
+    from kb_core import settings
+
+    names, python_names = set(), set()
     for package in PRODUCTION_PACKAGES:
         for path in (REPO / package).rglob("*.py"):
-            names |= set(re.findall(r"""["'](KB_[A-Z0-9_]+)["'{]""",
-                                    path.read_text(encoding="utf-8")))
-    return names - TEST_ONLY
+            text = path.read_text(encoding="utf-8")
+            names |= set(re.findall(r"""["'](KB_[A-Z0-9_]+)["'{]""", text))
+            # Python names such as KB_ASSETS (listed in __all__) are not variables.
+            python_names |= set(re.findall(r"^(KB_[A-Z0-9_]+)\s*[:=]", text, re.M))
+    return (names - python_names - TEST_ONLY) | set(settings.BY_NAME)
 
 
 def test_every_kb_variable_read_by_the_code_is_documented_in_the_readme():

@@ -150,7 +150,8 @@ def cmd_versions(args) -> int:
     if repaired:
         print(f"NOTE: {repaired}")
     if not rows:
-        print(f"No {spec.label} is registered yet: run `kb build`.")
+        builder = "kb build" if spec.name == "kb" else "kb finetune"
+        print(f"No {spec.label} is registered yet: run `{builder}`.")
         if not spec.serving_pointer:
             return 0
     else:
