@@ -20,6 +20,8 @@ BENCHES = {  # name -> (script, extra args for --quick)
     "finetune": ("bench_finetune.py", ["--quick"]),
     "freshness": ("bench_freshness.py", ["--intervals", "5", "--trials", "1"]),
     "new_user": ("bench_new_user.py", ["--quick"]),
+    "scale": ("bench_scale.py", ["--scales", "10000"]),
+    "vs_script": ("bench_vs_script.py", ["--docs", "300"]),
 }
 
 

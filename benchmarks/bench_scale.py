@@ -1,0 +1,228 @@
+"""Cost of a change at 10k / 100k (/ 1M) chunks: a `kb build --select index` adding 10 documents.
+
+Per scale, in a temporary KB_HOME: a synthetic corpus (benchmarks/bench_checks.py's random-word
+documents) is ingested and chunked, the embedding cache is seeded with random unit vectors for
+those chunks (embedding 100k chunks for real would take hours here), and version 1 is published.
+Then, as whole `kb build --select index` processes (what a user runs), three times: 10 new
+documents (embedded for real) are dropped into the inbox and the build is timed: wall time of
+the process, the `faiss_index` (publish) step, and the bytes written under `versions/`. Query
+latency (embed + hybrid search, one thread, the serving process's view) is measured on the last
+version, then after a compaction into one segment (`kb compact`, if this code has it).
+
+    .venv/bin/python benchmarks/bench_scale.py                  # 10k and 100k, writes BENCHMARKS.md
+    .venv/bin/python benchmarks/bench_scale.py --scales 10000 --no-write
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+if "--child" in sys.argv and os.environ.get("PYTHONPATH"):
+    sys.path.insert(0, os.environ["PYTHONPATH"])  # the checkout under test (--compare)
+
+from benchmarks.bench_checks import corpus, seed_cache, write_jsonl  # noqa: E402
+from benchmarks.common import md_row, median, pct  # noqa: E402
+
+NEW_DOCS = 10
+# Chunks per synthetic 1,000-word document with the model-token chunker (measured: 462
+# documents gave 9,005 chunks): random syllable words split into several word pieces each.
+CHUNKS_PER_DOC = 19.5
+INCREMENTS = 3
+QUERIES = 200
+KB = [sys.executable, "-m", "dagster_project.cli"]
+
+
+def dir_bytes(path: Path) -> dict[str, int]:
+    return {str(p): p.stat().st_size for p in path.rglob("*") if p.is_file()}
+
+
+def setup_scale(chunks: int) -> dict:
+    """Child process: ingest + chunk + seed + publish version 1 without checks."""
+    from dagster import AssetSelection, DagsterInstance, Definitions, define_asset_job
+
+    from kb_assets.chunks import cleaned_chunks
+    from kb_assets.embed import embeddings
+    from kb_assets.index import faiss_index
+    from kb_assets.ingest import raw_docs
+    from kb_core.paths import Paths
+    from resources import default_resources
+
+    paths = Paths.from_env().ensure()
+    res = default_resources(paths)
+
+    def run(keys):
+        defs = Definitions(assets=[raw_docs, cleaned_chunks, embeddings, faiss_index],
+                           jobs=[define_asset_job("j", selection=AssetSelection.assets(*keys))],
+                           resources=res)
+        with DagsterInstance.get() as instance:
+            defs.resolve_job_def("j").execute_in_process(instance=instance, raise_on_error=True)
+
+    t0 = time.perf_counter()
+    write_jsonl(paths.inbox / "base", "base", corpus(max(1, round(chunks / CHUNKS_PER_DOC)), 1, "base"))
+    run(("raw_docs", "cleaned_chunks"))
+    seed_cache(res["store"], res["embedder"].model_id, res["embedder"].dim)
+    run(("embeddings", "faiss_index"))
+    with res["store"].connect() as con:
+        n = con.execute("SELECT count(*) FROM chunks").fetchall()[0][0]
+    return {"chunks": int(n), "setup_s": round(time.perf_counter() - t0, 1)}
+
+
+def query_latency(home: str) -> dict:
+    """Child process: the serving version, embed + hybrid per query, one thread."""
+    import faiss
+    import numpy as np
+
+    from kb_assets.searcher import Searcher
+    from kb_core.paths import Paths
+    from kb_core.serving import version_numbers
+
+    faiss.omp_set_num_threads(1)
+    paths = Paths.from_env()
+    number = version_numbers(paths.versions)[-1]
+    t0 = time.perf_counter()
+    searcher = Searcher.open(paths, number)
+    searcher.search("warm up the model", k=5)
+    load_s = time.perf_counter() - t0
+    rng = np.random.default_rng(7)
+    texts = searcher.version.manifest["text"].sample(QUERIES, random_state=3).tolist()
+    queries = [" ".join(rng.choice(t.split(), size=min(6, len(t.split())), replace=False))
+               for t in texts]
+    took = []
+    for q in queries:
+        t = time.perf_counter()
+        searcher.search(q, k=10)
+        took.append((time.perf_counter() - t) * 1000)
+    return {"version": number, "load_s": round(load_s, 2), "p50_ms": round(pct(took, 50), 1),
+            "p95_ms": round(pct(took, 95), 1),
+            "segments": len(searcher.version.info.get("segments") or [None])}
+
+
+def code_env(home: str, code: Path) -> dict:
+    env = dict(os.environ, KB_HOME=home, PYTHONPATH=str(code))
+    env.pop("KB_INBOX", None)
+    env.pop("DAGSTER_HOME", None)
+    return env
+
+
+def child(mode: str, home: str, code: Path) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", mode, "--home", home],
+                         capture_output=True, text=True, cwd=code, env=code_env(home, code))
+    line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if out.returncode or line is None:
+        raise RuntimeError(f"{mode} failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
+    return json.loads(line[len("RESULT "):])
+
+
+def kb(home: str, code: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(KB + list(args), capture_output=True, text=True, cwd=code,
+                          env=code_env(home, code))
+
+
+def one_scale(chunks: int, code: Path) -> dict:
+    home = tempfile.mkdtemp(prefix=f"bench-scale-{chunks}-")
+    os.environ["KB_HOME"] = home
+    try:
+        r = {"target": chunks, **child(f"setup:{chunks}", home, code)}
+        versions = Path(home) / "versions"
+        builds = []
+        for i in range(INCREMENTS):
+            write_jsonl(Path(home) / "inbox" / f"new{i}", f"new{i}", corpus(NEW_DOCS, 10 + i, f"new{i}"))
+            before = dir_bytes(versions)
+            t = time.perf_counter()
+            p = kb(home, code, "build", "--select", "index", "--json")
+            wall = time.perf_counter() - t
+            if p.returncode:
+                raise RuntimeError(f"kb build failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+            out = json.loads(p.stdout)
+            after = dir_bytes(versions)
+            written = sum(s for f, s in after.items() if before.get(f) != s)
+            steps = {s["step"]: s["duration_s"] for s in out["steps"]}
+            builds.append({"wall_s": wall, "publish_s": steps.get("faiss_index"),
+                           "written_mb": written / 2**20})
+            print(f"  {chunks:,}: +{NEW_DOCS} docs build {wall:.1f} s, publish "
+                  f"{steps.get('faiss_index')} s, wrote {written / 2**20:.1f} MB", file=sys.stderr)
+        r["builds"] = builds
+        r["query"] = child("query", home, code)
+        p = kb(home, code, "compact", "--json")
+        r["compacted"] = p.returncode == 0
+        if r["compacted"]:
+            r["query_compacted"] = child("query", home, code)
+        else:
+            r["compact_error"] = (p.stderr or p.stdout).strip().splitlines()[-1:] or [""]
+        r["disk_mb"] = sum(dir_bytes(versions).values()) / 2**20
+        return r
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def table(rows: list[dict]) -> str:
+    head = ["code", "chunks", "+docs per build", "build wall s (median of 3)", "publish step s",
+            "written per version MB", "versions/ total MB", "query p50 / p95 ms",
+            "after compaction p50 / p95 ms", "targets"]
+    lines = [md_row(*head), md_row(*["---"] * len(head))]
+    for r in rows:
+        b = r["builds"]
+        q, qc = r["query"], r.get("query_compacted")
+        target = ("build <= 10 s, publish <= 1 s, p95 <= 20 ms" if r["chunks"] < 500_000
+                  else "build <= 20 s, p95 <= 50 ms")
+        lines.append(md_row(
+            r["code"], f"{r['chunks']:,}", NEW_DOCS, round(median([x["wall_s"] for x in b]), 1),
+            round(median([x["publish_s"] or 0 for x in b]), 2),
+            round(median([x["written_mb"] for x in b]), 2), round(r["disk_mb"], 1),
+            f"{q['p50_ms']} / {q['p95_ms']} ({q['segments']} segments)",
+            f"{qc['p50_ms']} / {qc['p95_ms']}" if qc else "no compaction: "
+            + " ".join(r.get("compact_error", [])), target))
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scales", type=int, nargs="+", default=[10_000, 100_000])
+    ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--compare", type=Path,
+                    help="another checkout (e.g. a worktree of the previous release) run side "
+                         "by side, scale by scale, before this one")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--home", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        os.environ["KB_HOME"] = args.home
+        mode, _, n = args.child.partition(":")
+        res = setup_scale(int(n)) if mode == "setup" else query_latency(args.home)
+        print("RESULT " + json.dumps(res))
+        return 0
+    t0 = time.perf_counter()
+    rows = []
+    for n in args.scales:
+        for label, code in ([("before", args.compare.resolve())] if args.compare else []) + [
+                ("this", REPO)]:
+            rows.append({"code": label, **one_scale(n, code)})
+    load = os.getloadavg()[0]
+    md = ("## Cost of a change: +10 documents at scale (`benchmarks/bench_scale.py`)\n\n"
+          + table(rows) + f"\n\nEach build is a whole `kb build --select index` process (model "
+          f"load, checks, publish) after dropping {NEW_DOCS} new documents; the cache was seeded "
+          f"with random unit vectors for the base corpus, the new documents are embedded for "
+          f"real. 'Written per version' counts files created or changed under `versions/` by "
+          f"one build. Query: {QUERIES} queries of 6 words drawn from KB chunks, embed + hybrid "
+          f"search, one thread. 1-minute load average at the end: {load:.1f}.")
+    print("\n" + md)
+    if not args.no_write:
+        from benchmarks.common import write_section
+
+        write_section("scale", md)
+    print(f"(benchmark took {time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
