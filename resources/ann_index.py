@@ -93,9 +93,15 @@ def read_vector_index(path: Path | str, info: Mapping | None = None) -> faiss.In
 
 def exact_neighbours(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray,
                      k: int) -> np.ndarray:
-    """The ids of the exact top-k inner-product neighbours of each query."""
-    exact = build_vector_index(vectors, ids, vectors.shape[1], "flat")
-    return exact.search(np.ascontiguousarray(queries, dtype=np.float32), k)[1]
+    """The ids of the exact top-k inner-product neighbours of each query (brute force over
+    `vectors` in place: no second copy of a large version's vectors)."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    k = min(k, len(vectors))
+    if k == 0:
+        return np.zeros((len(queries), 0), dtype=np.int64)
+    _, rows = faiss.knn(np.ascontiguousarray(queries, dtype=np.float32), vectors, k,
+                        metric=faiss.METRIC_INNER_PRODUCT)
+    return np.where(rows >= 0, np.asarray(ids, dtype=np.int64)[np.maximum(rows, 0)], -1)
 
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:

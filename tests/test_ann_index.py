@@ -246,3 +246,27 @@ def test_kb_build_with_hnsw_records_recall_and_search_answers_as_exact(tmp_path,
     assert search.returncode == 0, search.stderr[-2000:]
     hits = json.loads(search.stdout)["hits"]
     assert hits and golden[0]["doc_id"] in {h["doc_id"] for h in hits}
+
+
+@pytest.mark.parametrize("vi, kind, fell_back", [
+    (None, None, False),
+    ({"kind": "flat", "requested": "auto", "params": {}, "recall_at_10": 1.0, "n_queries": 0,
+      "build_s": 0.1, "note": "exact search"}, "flat", False),
+    ({"kind": "hnsw", "requested": "hnsw", "params": dict(HNSW_PARAMS), "recall_at_10": 0.97,
+      "n_queries": 200, "build_s": 9.0, "efsearch_tried": [{"efSearch": 64,
+                                                             "recall_at_10": 0.97}],
+      "note": "recall@10 0.970 >= 0.95 vs exact"}, "hnsw", False),
+    ({"kind": "flat", "requested": "auto", "params": {}, "recall_at_10": 1.0, "n_queries": 200,
+      "build_s": 9.0, "efsearch_tried": [{"efSearch": 512, "recall_at_10": 0.9}],
+      "note": "fell back to exact search: ..."}, "flat", True),
+])
+def test_faiss_index_metadata_names_the_index_and_a_fallback(vi, kind, fell_back):
+    from kb_assets.index import vector_index_metadata
+
+    md = vector_index_metadata(vi)
+    if vi is None:
+        assert md == {}
+        return
+    assert md["vector_index_kind"] == kind
+    assert md["vector_index_recall_at_10"] == vi["recall_at_10"]
+    assert ("FELL BACK TO EXACT" in md["vector_index"].value) == fell_back
