@@ -186,7 +186,7 @@ def markdown(results: list[dict], hybrid: dict | None) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--sizes", default="100000")
+    ap.add_argument("--sizes", default="100000", help="comma-separated; empty: none")
     ap.add_argument("--queries", type=int, default=500, help="recall queries per set")
     ap.add_argument("--timed", type=int, default=300, help="latency-timed queries per efSearch")
     ap.add_argument("--scifact", type=int, default=0, help="also N real scifact abstracts")
@@ -194,7 +194,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="10k vectors, no hybrid: a smoke run")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
-    sizes = [10_000] if args.quick else [int(s) for s in args.sizes.split(",")]
+    sizes = [10_000] if args.quick else [int(s) for s in args.sizes.split(",") if s.strip()]
     print(f"load average {os.getloadavg()}", flush=True)
     results, hybrid = [], None
     for n in sizes:
