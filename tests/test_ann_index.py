@@ -270,3 +270,14 @@ def test_faiss_index_metadata_names_the_index_and_a_fallback(vi, kind, fell_back
     assert md["vector_index_kind"] == kind
     assert md["vector_index_recall_at_10"] == vi["recall_at_10"]
     assert ("FELL BACK TO EXACT" in md["vector_index"].value) == fell_back
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_the_embedding_checks_read_a_published_index_of_either_kind(kind, tmp_path):
+    """checks/state.py::version_vectors (drift vs the previous version) reads the stored
+    vectors; an HNSW index keeps them in its flat storage, in the order they were added."""
+    from checks.state import version_vectors
+
+    vectors, ids = clustered_vectors(500), chunk_ids(500)
+    faiss.write_index(build_vector_index(vectors, ids, DIM, kind), str(tmp_path / "index.faiss"))
+    assert np.array_equal(version_vectors(tmp_path), vectors)
