@@ -16,6 +16,7 @@ from kb_core.lexical import BM25Index, lexical_tokens
 from kb_assets.retrieval import hybrid_search
 from resources.embedder import Embedder
 from resources.store import KBStore, fetch_one
+from resources.ann_index import read_vector_index
 from resources.vector_index import INDEX_FILE, INFO_FILE, MANIFEST_FILE, KBVersion, VersionStore
 
 from .gx_suites import Expect, validate
@@ -212,7 +213,7 @@ def load_version(versions: VersionStore, number: int) -> KBVersion:
     read the few texts they need from DuckDB, or from the manifest as a fallback."""
     path = versions.path / str(number)
     info = json.loads((path / INFO_FILE).read_text(encoding="utf-8"))
-    index = faiss.read_index(str(path / INDEX_FILE))
+    index = read_vector_index(path / INDEX_FILE, info)
     columns = [c for c in pq.read_schema(path / MANIFEST_FILE).names if c != "text"]
     manifest = pd.read_parquet(path / MANIFEST_FILE, columns=columns).assign(text="")
     return KBVersion(number, path, info, index, manifest, BM25Index.load(path))

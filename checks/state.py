@@ -173,6 +173,8 @@ def version_vectors(path: str | Path) -> np.ndarray | None:
     if index.ntotal == 0:
         return None
     inner = faiss.downcast_index(index.index) if hasattr(index, "id_map") else index
+    if isinstance(inner, faiss.IndexHNSW):  # an HNSW index keeps its vectors in a flat storage
+        inner = faiss.downcast_index(inner.storage)
     if not hasattr(inner, "codes"):
         return None  # not a flat index: vectors are not stored as such
     return faiss.vector_to_array(inner.codes).view(np.float32).reshape(inner.ntotal, inner.d)

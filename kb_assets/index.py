@@ -15,7 +15,8 @@ from resources import persistence
 from resources.config import KBConfig, code_version
 from resources.embedder import Embedder
 from resources.store import KBStore, fetch_one
-from resources.vector_index import SOURCES_FILE, KBVersion, VersionStore, build_faiss_index
+from resources.ann_index import IndexPolicy, build_version_index
+from resources.vector_index import SOURCES_FILE, KBVersion, VersionStore
 
 from .embed import embeddings, load_vectors
 from kb_core.hooks import fault_point
@@ -103,7 +104,9 @@ def publish_if_changed(store: KBStore, versions: VersionStore, embedder: Embedde
     dim = embedder.dim
     t1 = time.perf_counter()
     vectors = load_vectors(store, model_id, members["text_hash"].tolist(), dim)
-    index = build_faiss_index(vectors, members["chunk_id"].to_numpy(), dim)
+    # Exact or HNSW by size (KB_ANN_*); an HNSW index comes with its measured recall@10.
+    index, vector_index = build_version_index(vectors, members["chunk_id"].to_numpy(), dim,
+                                              IndexPolicy.from_settings())
     lexical = BM25Index.build(members["text"].tolist())
     build_s = time.perf_counter() - t1
     source_manifest = json.dumps(sources, sort_keys=True).encode()
@@ -118,6 +121,7 @@ def publish_if_changed(store: KBStore, versions: VersionStore, embedder: Embedde
         "duplicates": duplicates,
         # Read by retrieval: dense evidence on CJK text only counts when the model reads it.
         "embedder_reads_cjk": embedder.reads_cjk,
+        "vector_index": vector_index,
     }
     manifest = members[["chunk_id", "doc_key", "doc_id", "source_path", "title", "ordinal",
                         "text", "n_tokens", "text_hash", "doc_content_hash"]]
@@ -136,6 +140,23 @@ def publish_if_changed(store: KBStore, versions: VersionStore, embedder: Embedde
             "index_sha256": info["index_sha256"], "build_s": round(build_s, 3),
             "calibration_s": round(calibration_s, 3),
             "duration_s": round(time.perf_counter() - t0, 3), "info": info}
+
+
+def vector_index_metadata(vi: dict | None) -> dict:
+    """The faiss_index metadata entries describing which vector index a version got."""
+    if not vi:
+        return {}
+    fell_back = vi.get("requested") != "flat" and bool(vi.get("efsearch_tried")) \
+        and vi["kind"] == "flat"
+    return {
+        "vector_index_kind": vi["kind"],
+        "vector_index_recall_at_10": vi.get("recall_at_10"),
+        "vector_index": MetadataValue.md(
+            f"**{vi['kind']}** index ({vi.get('note', '')}"
+            + (", FELL BACK TO EXACT" if fell_back else "") + ").\n\n"
+            + md_table([(k, json.dumps(v) if isinstance(v, (dict, list)) else v)
+                        for k, v in vi.items()], ["field", "value"])),
+    }
 
 
 @asset(
@@ -168,11 +189,13 @@ def faiss_index(context: AssetExecutionContext, store: KBStore, versions: Versio
             "index_sha256": r["index_sha256"], "build_s": r["build_s"],
             "embedding_model": info["embedding_model"], "chunker_version": info["chunker"]["version"],
             "version_info": MetadataValue.md(md_table(
-                [(k, v) for k, v in info.items() if k not in ("chunker", "relevance", "duplicates")],
+                [(k, v) for k, v in info.items()
+                 if k not in ("chunker", "relevance", "duplicates", "vector_index")],
                 ["field", "value"])),
             "duplicates_indexed_once": len(info.get("duplicates") or {}),
             "calibration_s": r["calibration_s"],
         })
+        metadata.update(vector_index_metadata(info.get("vector_index")))
         cal = info.get("relevance")
         if cal:
             c = Calibration.from_dict(cal)

@@ -25,15 +25,14 @@ PIP_REQUIREMENTS = pinned_requirements(KB_MODEL_DISTS)
 
 def load_version_dir(path: Path, number: int | None = None):
     """A KBVersion from any directory holding a version's files (e.g. MLflow's copy)."""
-    import faiss
-
+    from resources.ann_index import read_vector_index
     from resources.vector_index import INDEX_FILE, INFO_FILE, MANIFEST_FILE, KBVersion
 
     from kb_core.lexical import BM25Index
 
     info = json.loads((path / INFO_FILE).read_text(encoding="utf-8"))
     return KBVersion(int(number if number is not None else info.get("version", 0)), path, info,
-                     faiss.read_index(str(path / INDEX_FILE)),
+                     read_vector_index(path / INDEX_FILE, info),
                      pd.read_parquet(path / MANIFEST_FILE), BM25Index.load(path))
 
 

@@ -46,6 +46,13 @@ VARIABLES: tuple[Var, ...] = (
     Var("KB_ACCEPT_SHRINK", bool, False, "Accept an intended large removal of documents for "
         "one run."),
     # KB_QUALITY_<FIELD> overrides any field of resources/quality_config.py (a family).
+    # --- the vector index of a KB version (resources/ann_index.py)
+    Var("KB_ANN_KIND", str, "auto", "Vector index: exact (flat), approximate (hnsw), or auto "
+        "(hnsw from KB_ANN_MIN_CHUNKS chunks).", choices=("auto", "flat", "hnsw")),
+    Var("KB_ANN_MIN_CHUNKS", int, 50000, "auto: chunks from which a version gets an HNSW "
+        "index (0 = never).", minimum=0),
+    Var("KB_ANN_MIN_RECALL", float, 0.95, "Least recall@10 vs exact an HNSW index must reach, "
+        "else efSearch rises, then exact search.", minimum=0),
     # --- release
     Var("KB_GOLDEN", str, "", "A curated golden set (project jsonl or BEIR folder); default "
         "$KB_HOME/golden/, else questions made from the KB."),

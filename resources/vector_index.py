@@ -21,6 +21,7 @@ from dagster import ConfigurableResource
 from kb_core.serving import version_numbers
 from kb_core.hooks import fault_point
 from kb_core.lexical import BM25Index
+from resources.ann_index import build_vector_index, read_vector_index
 
 INDEX_FILE = "index.faiss"
 MANIFEST_FILE = "manifest.parquet"
@@ -134,14 +135,11 @@ class VersionStore(ConfigurableResource):
         if not (path / INFO_FILE).exists():
             raise FileNotFoundError(f"KB version {number} does not exist under {self.path}")
         info = json.loads((path / INFO_FILE).read_text(encoding="utf-8"))
-        index = faiss.read_index(str(path / INDEX_FILE))
+        index = read_vector_index(path / INDEX_FILE, info)
         manifest = pd.read_parquet(path / MANIFEST_FILE)
         return KBVersion(number, path, info, index, manifest, BM25Index.load(path))
 
 
 def build_faiss_index(vectors: np.ndarray, ids: np.ndarray, dim: int) -> faiss.Index:
-    index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-    if len(ids):
-        index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32),
-                           np.ascontiguousarray(ids, dtype=np.int64))
-    return index
+    """The exact index (a published version chooses with ann_index.build_version_index)."""
+    return build_vector_index(vectors, ids, dim, "flat")
