@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 import threading
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -124,7 +125,11 @@ def _export_fp32(layout: ModelLayout, out: Path) -> list[str]:
     names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in sample]
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
     axes["last_hidden_state"] = {0: "batch", 1: "sequence"}
-    with torch.no_grad():
+    # The tracer warns about Python booleans in transformers' masking code: they are
+    # constant for an encoder (no causal mask, mask as long as the input); tests compare
+    # vectors on other batch sizes and lengths than the traced sample.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         torch.onnx.export(_hidden_states_module(model, names), tuple(sample[n] for n in names),
                           str(out), input_names=names, output_names=["last_hidden_state"],
                           dynamic_axes=axes, opset_version=OPSET, dynamo=False)
