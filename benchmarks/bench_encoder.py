@@ -116,7 +116,8 @@ def main() -> None:
     md = "\n".join([
         "## Encoder backends (issue 13, item 4)",
         "",
-        f"`benchmarks/bench_encoder.py{' --quick' if args.quick else ''}`: scifact subset of "
+        f"`benchmarks/bench_encoder.py {' '.join(sys.argv[1:])}`".replace(" `", "`")
+        + ": scifact subset of "
         f"{len(texts)} documents (every one relevant to a test query + random others), "
         f"{len(qids)} test queries; 2 threads for each backend; backends alternated per slice "
         f"of {args.batch} passages and per query, medians of the slices. Dense retrieval only "
@@ -130,9 +131,11 @@ def main() -> None:
         *rows,
         "",
         verdict + " The default (`KB_EMBED_BACKEND=auto`) is ONNX fp32: it returns torch's "
-        "vectors (same cache key, so an existing KB keeps its cache hits); int8 has a cache key "
-        "of its own (switching re-embeds everything once) and is opt-in"
-        + ("." if not int8_holds else ", although it held the bound in this run."),
+        "vectors (same cache key, so an existing KB keeps its cache hits) and answers a query "
+        "far sooner than torch; int8 has a cache key of its own (switching re-embeds everything "
+        "once) and is opt-in"
+        + ("." if not int8_holds else ", although it held the bound in this run (on a subset: "
+           "confirm on the full corpus before making it the default)."),
         "",
         f"Load average during the run (1/5/15 min): {load[0]:.2f} / {load[1]:.2f} / "
         f"{load[2]:.2f} on a machine shared with other work.",

@@ -20,6 +20,7 @@ BENCHES = {  # name -> (script, extra args for --quick)
     "finetune": ("bench_finetune.py", ["--quick"]),
     "freshness": ("bench_freshness.py", ["--intervals", "5", "--trials", "1"]),
     "new_user": ("bench_new_user.py", ["--quick"]),
+    "encoder": ("bench_encoder.py", ["--quick"]),
 }
 
 
