@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -141,8 +142,15 @@ def _quantize(src: Path, dst: Path, quantization: str) -> None:
 
     if quantization != "int8-matmul-perchannel":
         raise OnnxUnavailable(f"unknown quantization {quantization!r}")
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
-                     op_types_to_quantize=["MatMul"])
+    # The quantizer calls logging.warning(), which on a root logger without handlers installs
+    # a stderr handler for the whole process: a placeholder handler keeps logging as it was.
+    root, placeholder = logging.getLogger(), logging.NullHandler()
+    root.addHandler(placeholder)
+    try:
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=["MatMul"])
+    finally:
+        root.removeHandler(placeholder)
 
 
 def export(layout: ModelLayout, backend: str, target: Path) -> Path:
