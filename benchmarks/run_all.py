@@ -25,6 +25,7 @@ BENCHES = {  # name -> (script, extra args for --quick)
     # 100k only: a 1M HNSW build takes far longer than ~10 min on 2 shared cores
     # (run `bench_ann.py --sizes 1000000 --no-hybrid` by hand; BENCHMARKS.md quotes it).
     "ann": ("bench_ann.py", ["--quick"]),
+    "encoder": ("bench_encoder.py", ["--quick"]),
 }
 
 

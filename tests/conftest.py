@@ -1,6 +1,16 @@
+import os
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from kb_core.paths import Paths
+
+# One model cache for the whole session (and the processes tests start, which inherit the
+# environment): the ONNX export of the embedder takes seconds, and most tests use a fresh
+# KB_HOME whose default cache ($KB_HOME/models) would export again. The export key holds the
+# model's file hashes, and exports are renamed into place, so sharing it is safe.
+os.environ.setdefault("KB_MODEL_CACHE", str(Path(tempfile.gettempdir()) / "kb-test-model-cache"))
 
 
 @pytest.fixture

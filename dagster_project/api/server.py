@@ -100,7 +100,8 @@ class ServingState:
         self.paths = paths
         self.poll_s = poll_s
         self.keep_loaded = keep_loaded
-        self.embedder = Embedder()
+        # One encoder thread, ONNX Runtime or torch (start() sets torch's): see start().
+        self.embedder = Embedder(threads=1)
         self.current: Loaded | None = None
         self.metrics = Metrics()
         self.last_error: str | None = None
