@@ -9,8 +9,6 @@ import json
 import math
 import time
 
-import numpy as np
-
 import pandas as pd
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
@@ -105,10 +103,9 @@ def write_segments(store: KBStore, versions: VersionStore, model_id: str, dim: i
 def load_pending(versions: VersionStore, segments: list[str], deleted: pd.DataFrame,
                  info: dict) -> KBVersion:
     """The version about to be published, merged from its segments (for calibration)."""
-    manifest, vectors, counts, terms, single = merged_parts(
+    manifest, counts, terms, (ids, vectors), single = merged_parts(
         versions.path / ".pending", {"segments": segments, "dim": info["dim"]}, True, deleted)
-    index = single if single is not None else build_faiss_index(
-        vectors, manifest["chunk_id"].to_numpy(np.int64), info["dim"])
+    index = single if single is not None else build_faiss_index(vectors, ids, info["dim"])
     return KBVersion(0, None, info, index, manifest, BM25Index.from_counts(counts, terms))
 
 

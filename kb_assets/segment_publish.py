@@ -121,8 +121,11 @@ def compacted_parts(versions: VersionStore, segments: list[str], deleted: pd.Dat
     """The live rows of `segments` (minus `deleted`) plus `extra`, as one segment's parts:
     read from the segment files (no re-tokenising, no embedding cache)."""
     pending = Path(versions.path) / ".pending"  # segment_dir looks beside it: versions/segments
-    manifest, vectors, counts, terms, _ = merged_parts(
+    manifest, counts, terms, (ids, vectors), _ = merged_parts(
         pending, {"segments": segments, "dim": dim}, True, deleted)
+    if not np.array_equal(ids, manifest["chunk_id"].to_numpy(np.int64)):
+        raise ValueError(f"cannot compact segments {segments}: their index ids differ from "
+                         "their chunk rows (run the faiss_index checks)")
     if extra is not None and len(extra.chunks):
         manifest = pd.concat([manifest[MANIFEST_COLUMNS], extra.chunks], ignore_index=True)
         vectors = np.concatenate([vectors, extra.vectors])

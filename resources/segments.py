@@ -177,37 +177,40 @@ def live_rows(version_dir: Path, info: dict, columns: list[str]) -> pd.DataFrame
 
 def merged_parts(version_dir: Path, info: dict, texts: bool = True,
                  deleted: pd.DataFrame | None = None):
-    """The live rows of a segmented version, merged: (chunks sorted by chunk_id, their
-    vectors in the same order, counts in the same order, terms, the single segment's index
-    when the version is one segment without deletions, else None). `deleted` overrides the
-    version's deleted file (a publisher merging the segments of a version not yet written)."""
+    """The live rows of a segmented version, merged: (chunks sorted by chunk_id, counts in the
+    same order, terms, (index ids, vectors) sorted by id, the single segment's index when the
+    version is one segment without deletions, else None). `deleted` overrides the version's
+    deleted file (a publisher merging the segments of a version not yet written). Vectors are
+    taken by the index's own ids, so an index that lost ids stays visible to the checks."""
     deleted = read_deleted(version_dir) if deleted is None else deleted
-    chunks, vecs, counts = [], [], []
+    chunks, counts, ids, vecs = [], [], [], []
     single = None
     for seg_id in info["segments"]:
         seg = segment_dir(version_dir, seg_id)
         index = faiss.read_index(str(seg / SEG_INDEX))
         rows = read_chunks(seg, texts)
-        ids, vectors = segment_vectors(index)
-        if not np.array_equal(ids, rows["chunk_id"].to_numpy(np.int64)):
-            raise ValueError(f"{seg / SEG_INDEX}: index ids do not match the rows of "
-                             f"{seg / SEG_CHUNKS}")
         c, terms = read_counts(seg)
         if c.shape[0] != len(rows):
-            raise ValueError(f"{seg / SEG_COUNTS}: {c.shape[0]} rows for {len(rows)} chunks")
-        keep = live_mask(seg_id, ids, deleted)
-        if len(info["segments"]) == 1 and keep.all():
+            raise ValueError(f"{seg / SEG_COUNTS}: {c.shape[0]} rows of term counts for "
+                             f"{len(rows)} chunks in {seg / SEG_CHUNKS}")
+        keep = live_mask(seg_id, rows["chunk_id"].to_numpy(np.int64), deleted)
+        seg_ids, vectors = segment_vectors(index)
+        keep_vec = live_mask(seg_id, seg_ids, deleted)
+        if len(info["segments"]) == 1 and keep.all() and keep_vec.all():
             single = index
         chunks.append(rows[keep])
-        vecs.append(vectors[keep])
         counts.append((c[np.flatnonzero(keep)], terms))
+        ids.append(seg_ids[keep_vec])
+        vecs.append(vectors[keep_vec])
     tf, terms = merge_counts(counts)
-    manifest = (pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame())
-    vectors = (np.concatenate(vecs) if vecs else np.zeros((0, int(info["dim"])), np.float32))
+    manifest = pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame()
     order = (np.argsort(manifest["chunk_id"].to_numpy(np.int64), kind="stable")
              if len(manifest) else np.arange(0))
-    return (manifest.iloc[order].reset_index(drop=True), vectors[order], tf[order], terms,
-            single)
+    ids_all = np.concatenate(ids) if ids else np.zeros(0, np.int64)
+    vec_all = np.concatenate(vecs) if vecs else np.zeros((0, int(info["dim"])), np.float32)
+    by_id = np.argsort(ids_all, kind="stable")
+    return (manifest.iloc[order].reset_index(drop=True), tf[order], terms,
+            (ids_all[by_id], vec_all[by_id]), single)
 
 
 def referenced_segments(versions_root: Path) -> set[str]:

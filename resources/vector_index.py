@@ -21,10 +21,11 @@ from dagster import ConfigurableResource
 
 from kb_core.serving import version_numbers
 from kb_core.hooks import fault_point
-from kb_core.lexical import BM25Index
+from kb_core.lexical import BM25Index, term_counts
 
 from .segments import (SEG_CHUNKS, SEG_INDEX, fsync_tree, is_segmented, live_rows, merged_parts,
-                       remove_orphans, segment_digest, segment_vectors, write_deleted)
+                       read_deleted, remove_orphans, segment_digest, segment_vectors, write_deleted,
+                       write_segment)
 
 INDEX_FILE = "index.faiss"
 MANIFEST_FILE = "manifest.parquet"
@@ -116,6 +117,15 @@ class VersionStore(ConfigurableResource):
             raise
         return final
 
+    def publish_whole(self, number: int, index: faiss.Index, manifest: pd.DataFrame,
+                      info: dict, sources: list[dict], lexical_texts: list[str] | None = None
+                      ) -> Path:
+        """Version `number` as one new segment holding everything (tools and tests that build
+        a whole version; `lexical_texts` defaults to the manifest's texts)."""
+        texts = manifest["text"].tolist() if lexical_texts is None else lexical_texts
+        seg = write_segment(self.path, index, manifest, *term_counts(texts))
+        return self.publish(number, [seg], read_deleted(self.path / ".none"), info, sources)
+
     def live_rows(self, number: int, columns: list[str]) -> pd.DataFrame:
         return live_rows(self.path / str(number), self.info(number), columns)
 
@@ -140,10 +150,8 @@ def load_version_dir(path: Path, number: int | None = None, texts: bool = True) 
             columns = [c for c in pq.read_schema(path / MANIFEST_FILE).names if c != "text"]
             manifest = pd.read_parquet(path / MANIFEST_FILE, columns=columns).assign(text="")
         return KBVersion(number, path, info, index, manifest, BM25Index.load(path))
-    manifest, vectors, counts, terms, single = merged_parts(path, info, texts)
-    index = single if single is not None else build_faiss_index(
-        vectors, manifest["chunk_id"].to_numpy(np.int64) if len(manifest) else
-        np.zeros(0, np.int64), int(info["dim"]))
+    manifest, counts, terms, (ids, vectors), single = merged_parts(path, info, texts)
+    index = single if single is not None else build_faiss_index(vectors, ids, int(info["dim"]))
     return KBVersion(number, path, info, index, manifest, BM25Index.from_counts(counts, terms))
 
 
