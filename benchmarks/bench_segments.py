@@ -77,7 +77,17 @@ def one_side(chunks: int, reps: int, home: str) -> dict:
         out.append({"step_s": wall, "publish_s": meta["duration_s"].value,
                     "n_chunks": meta["n_chunks"].value,
                     "bytes": tree_bytes(paths.versions) - before})
-    return {"reps": out, "versions_bytes": tree_bytes(paths.versions)}
+    # What one version costs as a self-contained MLflow artifact (see kb_assets/release.py).
+    latest = paths.versions / str(max(int(p.name) for p in paths.versions.iterdir()
+                                      if p.name.isdigit()))
+    try:
+        from resources.segments import materialize
+    except ImportError:  # full-copy versions: the artifact is the version directory
+        artifact = tree_bytes(latest)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            artifact = tree_bytes(materialize(latest, Path(tmp) / "v"))
+    return {"reps": out, "versions_bytes": tree_bytes(paths.versions), "artifact": artifact}
 
 
 def run_side(checkout: Path, chunks: int, reps: int) -> dict:
@@ -101,7 +111,7 @@ def summary(name: str, r: dict) -> dict:
             "publish_s": statistics.median(x["publish_s"] for x in reps),
             "step_s": statistics.median(x["step_s"] for x in reps),
             "bytes": statistics.median(x["bytes"] for x in reps),
-            "versions_bytes": r["versions_bytes"], "runs": len(reps)}
+            "versions_bytes": r["versions_bytes"], "artifact": r["artifact"], "runs": len(reps)}
 
 
 def main() -> int:
@@ -124,12 +134,14 @@ def main() -> int:
 
     base, seg = rows
     lines = [md_row("side", "chunks", "publish s (median)", "faiss_index step s (median)",
-                    "bytes written under versions/ (median)", "versions/ after all runs"),
-             md_row(*["---"] * 6)]
+                    "bytes written under versions/ (median)", "versions/ after all runs",
+                    "MLflow artifact per version"),
+             md_row(*["---"] * 7)]
     for r in rows:
         lines.append(md_row(r["side"], f"{r['chunks']:,}", round(r["publish_s"], 2),
                             round(r["step_s"], 2), f"{r['bytes'] / 1e6:.2f} MB",
-                            f"{r['versions_bytes'] / 1e6:.1f} MB"))
+                            f"{r['versions_bytes'] / 1e6:.1f} MB",
+                            f"{r['artifact'] / 1e6:.1f} MB"))
     md = ("## Publishing +10 documents: full-copy vs segmented versions "
           "(`benchmarks/bench_segments.py`)\n\n" + "\n".join(lines) + "\n\n"
           f"Ratios segmented / full copy: publish time {seg['publish_s'] / base['publish_s']:.2f}, "

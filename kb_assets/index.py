@@ -92,11 +92,11 @@ def write_segments(store: KBStore, versions: VersionStore, model_id: str, dim: i
     deleted = pd.concat([old_deleted, diff.deleted], ignore_index=True)
     added = new_parts(store, model_id, dim, diff.added) if len(diff.added) else None
     n_segments = len(base_segments) + (added is not None)
-    segment_rows = len(previous) + len(old_deleted) + (len(diff.added) if added is not None else 0)
+    segment_rows = len(previous) + len(old_deleted) + len(diff.added)
     if needs_compaction(n_segments, len(deleted), segment_rows, *compaction_limits()):
         parts = compacted_parts(versions, base_segments, deleted, dim, added)
         return [write_parts(versions, parts, dim)], NO_DELETIONS, True
-    segments = base_segments + ([write_parts(versions, added, dim)] if added else [])
+    segments = base_segments + ([write_parts(versions, added, dim)] if added is not None else [])
     return segments, deleted, False
 
 
