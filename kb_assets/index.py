@@ -26,7 +26,8 @@ from .eval_set import synthetic_questions
 from kb_core.lexical import LEXICAL_VERSION, BM25Index
 from .relevance import Calibration, calibrate_version
 from .report import md_table
-from .segment_publish import (META_COLUMNS, NO_DELETIONS, compacted_parts, compaction_limits,
+from .segment_publish import (META_COLUMNS, NO_DELETIONS, apply_retention, compacted_parts,
+                              compaction_limits,
                               expected_build, incremental_base, membership_diff,
                               needs_compaction, new_parts, write_parts)
 
@@ -171,9 +172,11 @@ def publish_if_changed(store: KBStore, versions: VersionStore, embedder: Embedde
     fault_point("publish:after_rename")
     with store.transaction() as con:
         persistence.register_kb_version(con, number, str(path), info, members, sources)
+    removed = apply_retention(store, versions, number)
     if log:
         log.info(f"published KB version {number} at {path} ({len(members)} chunks)")
     return {**base, "new_version": True, "kb_version": number, "path": str(path),
+            "versions_removed": removed,
             "n_chunks": len(members), "n_docs": info["n_docs"],
             "index_sha256": info["index_sha256"], "build_s": round(build_s, 3),
             "calibration_s": round(calibration_s, 3),
@@ -231,4 +234,6 @@ def faiss_index(context: AssetExecutionContext, store: KBStore, versions: Versio
             })
     if r["versions_recovered"]:
         metadata["versions_recovered"] = str(r["versions_recovered"])
+    if r.get("versions_removed"):
+        metadata["versions_removed"] = str(r["versions_removed"])  # retention: files only
     return MaterializeResult(metadata=metadata)

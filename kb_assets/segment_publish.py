@@ -144,3 +144,40 @@ def write_parts(versions: VersionStore, parts: SegmentParts, dim: int) -> str:
     segment's index is constructed)."""
     index = build_faiss_index(parts.vectors, parts.chunks["chunk_id"].to_numpy(np.int64), dim)
     return write_segment(Path(versions.path), index, parts.chunks, parts.counts, parts.terms)
+
+
+ALIAS_TARGETS_SQL = """
+    SELECT alias, to_version FROM alias_history WHERE model_name = ?
+    QUALIFY row_number() OVER (PARTITION BY alias ORDER BY event_at DESC) = 1"""
+
+
+def apply_retention(store: KBStore, versions: VersionStore, newest: int) -> list[int]:
+    """Remove the files of versions retention lets go (kb_core/retention.py). Aliases come from
+    the DuckDB mirror of alias moves and the serving pointer from serving.json: no MLflow."""
+    import json
+    from datetime import datetime, timezone
+
+    from kb_core.clock import utc_now
+    from kb_core.retention import removable_versions
+    from kb_core.serving import POINTER_FILE
+
+    with store.connect() as con:
+        protected = {int(v) for _, v in con.execute(ALIAS_TARGETS_SQL, ["kb"]).fetchall()
+                     if v is not None}
+    pointer = Path(versions.path).parent / POINTER_FILE
+    if pointer.exists():
+        try:
+            protected.add(int(json.loads(pointer.read_text(encoding="utf-8"))["version"]))
+        except (ValueError, KeyError, TypeError):
+            pass
+    created = {}
+    for n in versions.numbers():
+        at = datetime.fromisoformat(versions.info(n)["created_at"])
+        created[n] = at.astimezone(timezone.utc).replace(tzinfo=None) if at.tzinfo else at
+    gone = removable_versions(created, protected | {newest},
+                              int(settings.get("KB_RETAIN_LAST")),
+                              float(settings.get("KB_RETAIN_DAYS")), utc_now())
+    for n in gone:
+        versions.remove(n)
+    return gone
+

@@ -126,6 +126,15 @@ class VersionStore(ConfigurableResource):
         seg = write_segment(self.path, index, manifest, *term_counts(texts))
         return self.publish(number, [seg], read_deleted(self.path / ".none"), info, sources)
 
+    def remove(self, number: int) -> list[str]:
+        """Remove version `number`'s files (retention): renamed out of sight first, so a
+        reader sees the version whole or not at all; then segments no version names."""
+        path = self.path / str(number)
+        gone = self.path / f"{TMP_PREFIX}removed-{number}-{uuid.uuid4().hex[:8]}"
+        os.rename(path, gone)
+        shutil.rmtree(gone, ignore_errors=True)
+        return remove_orphans(self.path)
+
     def live_rows(self, number: int, columns: list[str]) -> pd.DataFrame:
         return live_rows(self.path / str(number), self.info(number), columns)
 
