@@ -85,21 +85,18 @@ def merge_counts(parts: list[tuple[sparse.spmatrix, list[str]]]) -> tuple[sparse
                                                                           list[str]]:
     """Stack the rows of several count matrices onto one vocabulary (first-seen term order)."""
     vocab: dict[str, int] = {}
-    blocks = []
+    rows, cols, vals, offset = [], [], [], 0
     for counts, terms in parts:
         remap = np.array([vocab.setdefault(t, len(vocab)) for t in terms], dtype=np.int64)
-        blocks.append(sparse.coo_matrix(counts))
-        blocks[-1] = (blocks[-1], remap)
-    n = sum(c.shape[0] for c, _ in blocks)
-    rows, cols, vals, offset = [], [], [], 0
-    for coo, remap in blocks:
+        coo = sparse.coo_matrix(counts)
         rows.append(coo.row.astype(np.int64) + offset)
-        cols.append(remap[coo.col] if len(remap) else coo.col.astype(np.int64))
+        cols.append(remap[coo.col] if coo.nnz else np.empty(0, np.int64))
         vals.append(coo.data.astype(np.float32))
         offset += coo.shape[0]
-    cat = (lambda xs, dt: np.concatenate(xs) if xs else np.empty(0, dt))
-    tf = sparse.csr_matrix((cat(vals, np.float32), (cat(rows, np.int64), cat(cols, np.int64))),
-                           shape=(n, len(vocab)))
+    if not parts:
+        return sparse.csr_matrix((0, 0), dtype=np.float32), []
+    tf = sparse.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                           shape=(offset, len(vocab)))
     return tf, list(vocab)
 
 

@@ -26,6 +26,7 @@ load: `load_version_dir` reads them the old way, as a version of one segment."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -51,8 +52,6 @@ TMP_PREFIX = ".tmp-"
 
 
 def file_sha256(path: Path) -> str:
-    import hashlib
-
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -240,8 +239,6 @@ def remove_orphans(versions_root: Path) -> list[str]:
 def segment_digest(version_dir: Path, info: dict, which: str) -> str:
     """One digest over the version's segments (their `which` file digests) and its deleted
     rows: the version's index_sha256 / manifest_sha256."""
-    import hashlib
-
     h = hashlib.sha256()
     for seg_id in info["segments"]:
         seg_info = json.loads((segment_dir(version_dir, seg_id) / SEG_INFO).read_text("utf-8"))

@@ -242,3 +242,42 @@ def test_damaged_segment_file_names_the_file(tmp_path, monkeypatch):
     sparse.save_npz(seg / "bm25_counts.npz", c[:1])
     with pytest.raises(ValueError, match="bm25_counts.npz"):
         vs.load(1)
+
+
+# --- retention --------------------------------------------------------------------------------
+@pytest.mark.parametrize("protected,keep_last,keep_days,expected", [
+    (set(), 2, 0, [1, 2, 3]), ({2}, 2, 0, [1, 3]), (set(), 5, 0, []),
+    (set(), 1, 2.5, [1, 2]), (set(), 1, 100, [])])
+def test_removable_versions(protected, keep_last, keep_days, expected):
+    from datetime import datetime, timedelta
+
+    from kb_core.retention import removable_versions
+
+    now = datetime(2026, 12, 2, 12)
+    created = {n: now - timedelta(days=10 - 2 * n) for n in range(1, 6)}  # v5 is 0 days old
+    assert removable_versions(created, protected, keep_last, keep_days, now) == expected
+
+
+def test_retention_removes_old_version_files_and_keeps_shared_segments(tmp_path, monkeypatch,
+                                                                        embedder):
+    monkeypatch.setenv("KB_RETAIN_LAST", "1")
+    monkeypatch.setenv("KB_RETAIN_DAYS", "0")
+    monkeypatch.setenv("KB_HOME", str(tmp_path / "r"))
+    paths = Paths.from_env().ensure()
+    write(paths, "a.jsonl", docs("travel", 5))
+    build(paths)
+    (paths.home / "serving.json").write_text(json.dumps({"alias": "production", "version": 1}))
+    write(paths, "b.jsonl", docs("expense", 5))
+    build(paths)
+    write(paths, "c.jsonl", docs("security", 5))
+    r = build(paths)["faiss_index"]
+    vs = VersionStore(root=str(paths.versions))
+    assert vs.numbers() == [1, 3] and r["versions_removed"] == "[2]"  # 1 is served
+    v3 = vs.load(3)  # its segments (two of them written for versions 1 and 2) are all kept
+    assert len(v3.info["segments"]) == 3 and v3.index.ntotal == len(v3.manifest) == 15
+    named = {s for n in vs.numbers() for s in vs.info(n)["segments"]}
+    assert {p.name for p in (paths.versions / SEGMENTS_DIR).iterdir()} == named
+    import duckdb
+
+    with duckdb.connect(str(paths.db), read_only=True) as con:  # lineage rows stay
+        assert con.execute("SELECT count(*) FROM kb_versions").fetchall()[0][0] == 3
