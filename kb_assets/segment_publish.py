@@ -12,7 +12,7 @@ import pandas as pd
 
 from kb_core import settings
 from kb_core.lexical import LEXICAL_VERSION, merge_counts, term_counts
-from resources.segments import merged_parts, write_segment
+from resources.segments import merged_parts, no_deletions, write_segment
 from resources.store import KBStore
 from resources.vector_index import VersionStore, build_faiss_index
 
@@ -21,8 +21,7 @@ from .embed import load_vectors
 MANIFEST_COLUMNS = ["chunk_id", "doc_key", "doc_id", "source_path", "title", "ordinal", "text",
                     "n_tokens", "text_hash", "doc_content_hash"]
 META_COLUMNS = [c for c in MANIFEST_COLUMNS if c != "text"]
-NO_DELETIONS = pd.DataFrame({"segment": pd.Series([], dtype=str),
-                             "chunk_id": pd.Series([], dtype="int64")})
+NO_DELETIONS = no_deletions()
 
 
 @dataclass

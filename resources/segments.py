@@ -119,12 +119,14 @@ def is_segmented(info: dict) -> bool:
     return "segments" in info
 
 
+def no_deletions() -> pd.DataFrame:
+    return pd.DataFrame({"segment": pd.Series([], dtype=str),
+                         "chunk_id": pd.Series([], dtype="int64")})
+
+
 def read_deleted(version_dir: Path) -> pd.DataFrame:
     p = version_dir / DELETED_FILE
-    if not p.exists():
-        return pd.DataFrame({"segment": pd.Series([], dtype=str),
-                             "chunk_id": pd.Series([], dtype="int64")})
-    return pd.read_parquet(p)
+    return pd.read_parquet(p) if p.exists() else no_deletions()
 
 
 def write_deleted(version_dir: Path, deleted: pd.DataFrame) -> None:

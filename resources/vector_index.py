@@ -24,7 +24,7 @@ from kb_core.hooks import fault_point
 from kb_core.lexical import BM25Index, term_counts
 
 from .segments import (SEG_CHUNKS, SEG_INDEX, fsync_tree, is_segmented, live_rows, merged_parts,
-                       read_deleted, remove_orphans, segment_digest, segment_vectors, write_deleted,
+                       no_deletions, remove_orphans, segment_digest, segment_vectors, write_deleted,
                        write_segment)
 
 INDEX_FILE = "index.faiss"
@@ -124,7 +124,7 @@ class VersionStore(ConfigurableResource):
         a whole version; `lexical_texts` defaults to the manifest's texts)."""
         texts = manifest["text"].tolist() if lexical_texts is None else lexical_texts
         seg = write_segment(self.path, index, manifest, *term_counts(texts))
-        return self.publish(number, [seg], read_deleted(self.path / ".none"), info, sources)
+        return self.publish(number, [seg], no_deletions(), info, sources)
 
     def remove(self, number: int) -> list[str]:
         """Remove version `number`'s files (retention): renamed out of sight first, so a
