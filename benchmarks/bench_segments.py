@@ -126,11 +126,17 @@ def main() -> int:
     if args.one:
         print("RESULT " + json.dumps(one_side(args.one, args.reps, args.home)))
         return 0
-    load = os.getloadavg()
-    rows = [summary("full copy (baseline)", run_side(Path(args.baseline), args.chunks, args.reps)),
-            summary("segmented (this checkout)", run_side(REPO, args.chunks, args.reps))]
-    load_after = os.getloadavg()
+    sys.path.insert(0, str(REPO))  # the parent only: each side's process imports its own code
     from benchmarks.common import md_row
+
+    load = os.getloadavg()
+    raw = {"baseline": run_side(Path(args.baseline), args.chunks, args.reps)}
+    print("baseline", json.dumps(raw["baseline"]), flush=True)
+    raw["segmented"] = run_side(REPO, args.chunks, args.reps)
+    print("segmented", json.dumps(raw["segmented"]), flush=True)
+    rows = [summary("full copy (baseline)", raw["baseline"]),
+            summary("segmented (this checkout)", raw["segmented"])]
+    load_after = os.getloadavg()
 
     base, seg = rows
     lines = [md_row("side", "chunks", "publish s (median)", "faiss_index step s (median)",

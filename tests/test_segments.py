@@ -247,7 +247,7 @@ def test_damaged_segment_file_names_the_file(tmp_path, monkeypatch):
 # --- retention --------------------------------------------------------------------------------
 @pytest.mark.parametrize("protected,keep_last,keep_days,expected", [
     (set(), 2, 0, [1, 2, 3]), ({2}, 2, 0, [1, 3]), (set(), 5, 0, []),
-    (set(), 1, 2.5, [1, 2]), (set(), 1, 100, [])])
+    (set(), 1, 2.5, [1, 2, 3]), (set(), 1, 100, [])])
 def test_removable_versions(protected, keep_last, keep_days, expected):
     from datetime import datetime, timedelta
 
