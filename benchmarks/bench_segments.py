@@ -1,5 +1,6 @@
 """Publishing a small change: full-copy versions (a checkout of main) vs segmented versions
-(this checkout), side by side at ~10k chunks.
+(this checkout), side by side. `--chunks` sizes bench_checks' corpus (documents = chunks / 6.5);
+with today's chunker its documents chunk finer: --chunks 10000 gave 30k chunks.
 
 For each side, in its own process importing that side's code, in a fresh KB_HOME: a synthetic
 corpus (benchmarks/bench_checks.py) is ingested and chunked, the embedding cache is seeded with
