@@ -3,21 +3,16 @@ Index size = active chunks; every index id is a manifest chunk and vice versa; t
 index covers the same rows; a smoke query returns results. A failure blocks everything
 downstream (the release and the production alias), so a damaged version is never promoted."""
 
-
-import json
-
 import faiss
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 from dagster import AssetCheckExecutionContext, AssetCheckSpec, multi_asset_check
 
-from kb_core.lexical import BM25Index, lexical_tokens
+from kb_core.lexical import lexical_tokens
 from kb_assets.retrieval import hybrid_search
 from resources.embedder import Embedder
 from resources.store import KBStore, fetch_one
-from resources.ann_index import read_vector_index
-from resources.vector_index import INDEX_FILE, INFO_FILE, MANIFEST_FILE, KBVersion, VersionStore
+from resources.vector_index import KBVersion, VersionStore, load_version_dir
 
 from .gx_suites import Expect, validate
 from .outcome import CheckDef, CheckOutcome, attach_version, guarded, record
@@ -210,13 +205,8 @@ def smoke_query(v: KBVersion, manifest_ids: np.ndarray, ids: np.ndarray, texts: 
 
 def load_version(versions: VersionStore, number: int) -> KBVersion:
     """A version without its manifest's text column (the bulk of its bytes): the checks
-    read the few texts they need from DuckDB, or from the manifest as a fallback."""
-    path = versions.path / str(number)
-    info = json.loads((path / INFO_FILE).read_text(encoding="utf-8"))
-    index = read_vector_index(path / INDEX_FILE, info)
-    columns = [c for c in pq.read_schema(path / MANIFEST_FILE).names if c != "text"]
-    manifest = pd.read_parquet(path / MANIFEST_FILE, columns=columns).assign(text="")
-    return KBVersion(number, path, info, index, manifest, BM25Index.load(path))
+    read the few texts they need from DuckDB, or from the version as a fallback."""
+    return versions.load(number, texts=False)
 
 
 def sample_texts(con, v: KBVersion, chunk_ids: list[int]) -> dict[int, str]:
@@ -225,7 +215,7 @@ def sample_texts(con, v: KBVersion, chunk_ids: list[int]) -> dict[int, str]:
     texts = dict(con.execute("SELECT chunk_id, text FROM chunks WHERE chunk_id IN "
                              "(SELECT chunk_id FROM text_ids)").fetchall())
     if len(texts) < len(set(chunk_ids)):  # an older version: read its own texts
-        m = pd.read_parquet(v.path / MANIFEST_FILE, columns=["chunk_id", "text"])
+        m = load_version_dir(v.path, v.number).manifest
         texts = dict(zip(m["chunk_id"].tolist(), m["text"].tolist()))
     keep = set(chunk_ids)
     return {int(k): t for k, t in texts.items() if k in keep}

@@ -163,21 +163,10 @@ def new_vectors(con, base: Baseline, model_id: str) -> tuple[pd.DataFrame, list[
 
 
 def version_vectors(path: str | Path) -> np.ndarray | None:
-    """The vectors of a published version's FAISS index (None if empty or missing)."""
-    import faiss
+    """The vectors of a published version's index (None if empty or missing)."""
+    from resources.vector_index import version_vectors as stored_vectors
 
-    index_file = Path(path) / "index.faiss"
-    if not index_file.exists():
-        return None
-    index = faiss.read_index(str(index_file))
-    if index.ntotal == 0:
-        return None
-    inner = faiss.downcast_index(index.index) if hasattr(index, "id_map") else index
-    if isinstance(inner, faiss.IndexHNSW):  # an HNSW index keeps its vectors in a flat storage
-        inner = faiss.downcast_index(inner.storage)
-    if not hasattr(inner, "codes"):
-        return None  # not a flat index: vectors are not stored as such
-    return faiss.vector_to_array(inner.codes).view(np.float32).reshape(inner.ntotal, inner.d)
+    return stored_vectors(Path(path))
 
 
 def declared_model_dim(model_folder: str | Path) -> int | None:

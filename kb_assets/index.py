@@ -1,5 +1,7 @@
-"""faiss_index: an immutable, numbered KB version (FAISS index + chunk manifest + BM25)
-published atomically, with its members recorded in DuckDB. Nothing changed -> no version."""
+"""faiss_index: an immutable, numbered KB version published atomically, with its members
+recorded in DuckDB. Nothing changed -> no version. A change writes one new segment (the added
+or edited chunks) and a version naming its segments (kb_assets/segment_publish.py,
+resources/segments.py); too many segments or deletions -> one compacted segment."""
 
 
 import hashlib
@@ -15,22 +17,27 @@ from resources import persistence
 from resources.config import KBConfig, code_version
 from resources.embedder import Embedder
 from resources.store import KBStore, fetch_one
-from resources.ann_index import IndexPolicy, build_version_index
-from resources.vector_index import SOURCES_FILE, KBVersion, VersionStore
+from resources.segments import merged_parts, read_deleted
+from resources.vector_index import SOURCES_FILE, KBVersion, VersionStore, build_faiss_index
 
-from .embed import embeddings, load_vectors
+from .embed import embeddings
 from kb_core.hooks import fault_point
 from .eval_set import synthetic_questions
 from kb_core.lexical import LEXICAL_VERSION, BM25Index
 from .relevance import Calibration, calibrate_version
 from .report import md_table
+from .segment_publish import (META_COLUMNS, NO_DELETIONS, apply_retention, compacted_parts,
+                              compaction_limits,
+                              expected_build, incremental_base, membership_diff,
+                              needs_compaction, new_parts, write_parts)
 
 # Duplicate documents are indexed once (see the indexed_documents view).
 FINGERPRINT_SQL = """
     SELECT c.chunk_id, c.text_hash FROM chunks c JOIN indexed_documents d USING (doc_key)
     ORDER BY c.chunk_id"""
+# Chunk rows without their texts: a publish reads texts of added rows only.
 MEMBER_SQL = """
-    SELECT c.chunk_id, c.doc_key, d.doc_id, d.source_path, d.title, c.ordinal, c.text,
+    SELECT c.chunk_id, c.doc_key, d.doc_id, d.source_path, d.title, c.ordinal,
            c.n_tokens, c.text_hash, c.doc_content_hash
     FROM chunks c JOIN indexed_documents d USING (doc_key)
     ORDER BY c.chunk_id"""
@@ -71,6 +78,44 @@ def calibrate_new_version(manifest: pd.DataFrame, index, lexical: BM25Index, inf
     return calibrate_version(version, embedder.encode_questions, positives).as_dict()
 
 
+def write_segments(store: KBStore, versions: VersionStore, model_id: str, dim: int,
+                   members: pd.DataFrame, base_version: int | None
+                   ) -> tuple[list[str], pd.DataFrame, bool, dict]:
+    """The segments and deleted rows of the next version: the base version's segments plus
+    one segment of the added rows, or one segment of everything (no base, or compaction).
+    Last: what the version's vector search is (resources/ann_index.py: a one-segment version
+    serves its segment's index, exact or HNSW by size; several are merged exactly at load)."""
+    if base_version is None:
+        seg, record = write_parts(versions, new_parts(store, model_id, dim, members), dim)
+        return [seg], NO_DELETIONS, False, record
+    base_segments = versions.info(base_version)["segments"]
+    previous = versions.live_rows(base_version, META_COLUMNS)
+    old_deleted = read_deleted(versions.path / str(base_version))
+    diff = membership_diff(previous, members)
+    deleted = pd.concat([old_deleted, diff.deleted], ignore_index=True)
+    added = new_parts(store, model_id, dim, diff.added) if len(diff.added) else None
+    n_segments = len(base_segments) + (added is not None)
+    segment_rows = len(previous) + len(old_deleted) + len(diff.added)
+    if needs_compaction(n_segments, len(deleted), segment_rows, *compaction_limits()):
+        parts = compacted_parts(versions, base_segments, deleted, dim, added)
+        seg, record = write_parts(versions, parts, dim)
+        return [seg], NO_DELETIONS, True, record
+    segments = base_segments + ([write_parts(versions, added, dim)[0]] if added is not None else [])
+    record = {"kind": "flat", "requested": "merged", "params": {}, "recall_at_10": 1.0,
+              "note": f"{len(segments)} segments merged into one exact index when loaded; the "
+                      "next compaction rebuilds one segment (HNSW past KB_ANN_MIN_CHUNKS)"}
+    return segments, deleted, False, record
+
+
+def load_pending(versions: VersionStore, segments: list[str], deleted: pd.DataFrame,
+                 info: dict) -> KBVersion:
+    """The version about to be published, merged from its segments (for calibration)."""
+    manifest, counts, terms, (ids, vectors), single = merged_parts(
+        versions.path / ".pending", {"segments": segments, "dim": info["dim"]}, True, deleted)
+    index = single if single is not None else build_faiss_index(vectors, ids, info["dim"])
+    return KBVersion(0, None, info, index, manifest, BM25Index.from_counts(counts, terms))
+
+
 def publish_if_changed(store: KBStore, versions: VersionStore, embedder: Embedder,
                        kb_config: KBConfig, run_id: str, log=None) -> dict:
     t0 = time.perf_counter()
@@ -103,14 +148,13 @@ def publish_if_changed(store: KBStore, versions: VersionStore, embedder: Embedde
 
     dim = embedder.dim
     t1 = time.perf_counter()
-    vectors = load_vectors(store, model_id, members["text_hash"].tolist(), dim)
-    # Exact or HNSW by size (KB_ANN_*); an HNSW index comes with its measured recall@10.
-    index, vector_index = build_version_index(vectors, members["chunk_id"].to_numpy(), dim,
-                                              IndexPolicy.from_settings())
-    lexical = BM25Index.build(members["text"].tolist())
+    number = max(versions.numbers() + [latest[0] if latest else 0]) + 1
+    base_version = incremental_base(versions, latest[0] if latest else None, damaged,
+                                    expected_build(model_id, dim, chunker.version))
+    segments, deleted, compacted, vector_index = write_segments(
+        store, versions, model_id, dim, members, base_version)
     build_s = time.perf_counter() - t1
     source_manifest = json.dumps(sources, sort_keys=True).encode()
-    number = max(versions.numbers() + [latest[0] if latest else 0]) + 1
     info = {
         "created_at": utc_now().isoformat(), "run_id": run_id, "fingerprint": fp,
         "n_docs": int(members["doc_key"].nunique()), "n_chunks": len(members),
@@ -121,21 +165,25 @@ def publish_if_changed(store: KBStore, versions: VersionStore, embedder: Embedde
         "duplicates": duplicates,
         # Read by retrieval: dense evidence on CJK text only counts when the model reads it.
         "embedder_reads_cjk": embedder.reads_cjk,
+        # Which version the new segment was added to (None: one segment of everything).
+        "base_version": base_version, "compacted": compacted, "deleted_rows": len(deleted),
         "vector_index": vector_index,
     }
-    manifest = members[["chunk_id", "doc_key", "doc_id", "source_path", "title", "ordinal",
-                        "text", "n_tokens", "text_hash", "doc_content_hash"]]
     t2 = time.perf_counter()
-    info["relevance"] = calibrate_new_version(manifest, index, lexical, info, embedder)
+    pending = load_pending(versions, segments, deleted, info)
+    info["relevance"] = calibrate_new_version(pending.manifest, pending.index, pending.lexical,
+                                              info, embedder)
     calibration_s = time.perf_counter() - t2
-    path = versions.publish(number, index, manifest, lexical, info, sources)
+    path = versions.publish(number, segments, deleted, info, sources)
     info = versions.info(number)
     fault_point("publish:after_rename")
     with store.transaction() as con:
         persistence.register_kb_version(con, number, str(path), info, members, sources)
+    removed = apply_retention(store, versions, number)
     if log:
         log.info(f"published KB version {number} at {path} ({len(members)} chunks)")
     return {**base, "new_version": True, "kb_version": number, "path": str(path),
+            "versions_removed": removed,
             "n_chunks": len(members), "n_docs": info["n_docs"],
             "index_sha256": info["index_sha256"], "build_s": round(build_s, 3),
             "calibration_s": round(calibration_s, 3),
@@ -212,4 +260,6 @@ def faiss_index(context: AssetExecutionContext, store: KBStore, versions: Versio
             })
     if r["versions_recovered"]:
         metadata["versions_recovered"] = str(r["versions_recovered"])
+    if r.get("versions_removed"):
+        metadata["versions_removed"] = str(r["versions_removed"])  # retention: files only
     return MaterializeResult(metadata=metadata)

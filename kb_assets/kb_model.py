@@ -1,5 +1,6 @@
 """The MLflow pyfunc form of a KB version (registered model `kb`): its artifacts are the
-version directory (FAISS index, chunk manifest, BM25 files, version.json), and `predict`
+version directory materialized with the segments it names (resources/segments.py:
+materialize), so the artifact is self-contained, and `predict`
 answers search queries with the same hybrid retrieval as `kb search`.
 
     model = mlflow.pyfunc.load_model("models:/kb@production")
@@ -9,7 +10,6 @@ Imports MLflow, so only the release asset and users of the registry import this 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -24,16 +24,11 @@ PIP_REQUIREMENTS = pinned_requirements(KB_MODEL_DISTS)
 
 
 def load_version_dir(path: Path, number: int | None = None):
-    """A KBVersion from any directory holding a version's files (e.g. MLflow's copy)."""
-    from resources.ann_index import read_vector_index
-    from resources.vector_index import INDEX_FILE, INFO_FILE, MANIFEST_FILE, KBVersion
+    """A KBVersion from any directory holding a version's files (e.g. MLflow's copy: the
+    version's files with its segments under `segments/`)."""
+    from resources.vector_index import load_version_dir as load_dir
 
-    from kb_core.lexical import BM25Index
-
-    info = json.loads((path / INFO_FILE).read_text(encoding="utf-8"))
-    return KBVersion(int(number if number is not None else info.get("version", 0)), path, info,
-                     read_vector_index(path / INDEX_FILE, info),
-                     pd.read_parquet(path / MANIFEST_FILE), BM25Index.load(path))
+    return load_dir(path, number)
 
 
 def signature():

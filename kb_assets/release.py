@@ -3,6 +3,8 @@
 (move `production` to it when its blocking gate check passed and auto-promotion is on)."""
 
 import json
+import tempfile
+from pathlib import Path
 
 from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
 
@@ -13,6 +15,7 @@ from kb_core.packaging import project_code_paths
 from resources.registry import Registry, RegistryError, ReleaseConfig
 from resources.registry_pages import log_evaluation, per_question_frame, publish_kb_page
 from resources.store import KBStore, fetch_one
+from resources.segments import materialize
 from resources.vector_index import VersionStore
 
 from .asset_pages import table_preview
@@ -41,7 +44,6 @@ def open_version(versions: VersionStore, embedder: Embedder, number: int) -> Sea
 
 def curated_set(cfg: ReleaseConfig, override: str | None = None) -> EvalSet | None:
     """The user's curated golden set (--golden, KB_GOLDEN, `$KB_HOME/golden/`), or None."""
-    from pathlib import Path
 
     location = curated_location(override or cfg.golden_path or None,
                                 Path(cfg.kb_home) if cfg.kb_home else None)
@@ -148,10 +150,13 @@ def kb_release(context: AssetExecutionContext, store: KBStore, versions: Version
         from .kb_model import ARTIFACT_KEY, PIP_REQUIREMENTS, KBSearchModel, signature
 
         tags = _tags(latest, context.run_id)
-        mv = registry.register_version(
-            store, KB.name, n, KBSearchModel(), {ARTIFACT_KEY: str(versions.path / str(n))},
-            tags, run_id=context.run_id, pip_requirements=PIP_REQUIREMENTS,
-            signature=signature(), code_paths=project_code_paths())
+        # The artifact must serve on its own: the version's files and the segments it names.
+        with tempfile.TemporaryDirectory(prefix=f"kb-version-{n}-") as tmp:
+            artifact = materialize(versions.path / str(n), Path(tmp) / str(n))
+            mv = registry.register_version(
+                store, KB.name, n, KBSearchModel(), {ARTIFACT_KEY: str(artifact)},
+                tags, run_id=context.run_id, pip_requirements=PIP_REQUIREMENTS,
+                signature=signature(), code_paths=project_code_paths())
         move = registry.move_alias(store, KB.name, KB.candidate_alias, n,
                                    actor=f"dagster:{context.run_id}",
                                    reason="new candidate registered", run_id=context.run_id)

@@ -62,6 +62,44 @@ def lexical_tokens(text: str) -> list[str]:
     return out
 
 
+def term_counts(texts: list[str]) -> tuple[sparse.csr_matrix, list[str]]:
+    """Raw term counts of `texts` (rows) over the returned term list (columns): what a KB
+    segment stores so that BM25 statistics can be summed over segments at load time."""
+    vocab: dict[str, int] = {}
+    rows, cols, vals = [], [], []
+    for i, text in enumerate(texts):
+        counts: dict[int, int] = {}
+        for t in lexical_tokens(text):
+            j = vocab.setdefault(t, len(vocab))
+            counts[j] = counts.get(j, 0) + 1
+        rows.extend([i] * len(counts))
+        cols.extend(counts.keys())
+        vals.extend(counts.values())
+    tf = sparse.csr_matrix((np.asarray(vals, np.float32), (np.asarray(rows, np.int64),
+                                                         np.asarray(cols, np.int64))),
+                           shape=(len(texts), len(vocab)))
+    return tf, list(vocab)
+
+
+def merge_counts(parts: list[tuple[sparse.spmatrix, list[str]]]) -> tuple[sparse.csr_matrix,
+                                                                          list[str]]:
+    """Stack the rows of several count matrices onto one vocabulary (first-seen term order)."""
+    vocab: dict[str, int] = {}
+    rows, cols, vals, offset = [], [], [], 0
+    for counts, terms in parts:
+        remap = np.array([vocab.setdefault(t, len(vocab)) for t in terms], dtype=np.int64)
+        coo = sparse.coo_matrix(counts)
+        rows.append(coo.row.astype(np.int64) + offset)
+        cols.append(remap[coo.col] if coo.nnz else np.empty(0, np.int64))
+        vals.append(coo.data.astype(np.float32))
+        offset += coo.shape[0]
+    if not parts:
+        return sparse.csr_matrix((0, 0), dtype=np.float32), []
+    tf = sparse.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                           shape=(offset, len(vocab)))
+    return tf, list(vocab)
+
+
 @dataclass
 class BM25Index:
     """Term-major (CSC) matrix of precomputed BM25 weights: a query sums a few columns."""
@@ -74,23 +112,22 @@ class BM25Index:
 
     @classmethod
     def build(cls, texts: list[str], k1: float = 1.2, b: float = 0.75) -> "BM25Index":
-        vocab: dict[str, int] = {}
-        rows, cols, vals = [], [], []
-        lengths = np.zeros(len(texts), dtype=np.float32)
-        for i, text in enumerate(texts):
-            counts: dict[int, int] = {}
-            toks = lexical_tokens(text)
-            lengths[i] = len(toks)
-            for t in toks:
-                j = vocab.setdefault(t, len(vocab))
-                counts[j] = counts.get(j, 0) + 1
-            rows.extend([i] * len(counts))
-            cols.extend(counts.keys())
-            vals.extend(counts.values())
-        n = len(texts)
-        tf = sparse.csr_matrix((np.asarray(vals, np.float32), (rows, cols)),
-                               shape=(n, len(vocab)))
-        df = np.bincount(np.asarray(cols, dtype=np.int64), minlength=len(vocab))
+        return cls.from_counts(*term_counts(texts), k1=k1, b=b)
+
+    @classmethod
+    def from_counts(cls, counts: sparse.spmatrix, terms: list[str], k1: float = 1.2,
+                    b: float = 0.75) -> "BM25Index":
+        """BM25 from raw term counts (rows = documents, columns = `terms`): N, df and the
+        average length come from these rows only, so counts merged from several segments
+        give the same scores as one build over the same texts. Terms no row holds are dropped."""
+        tf = sparse.csr_matrix(counts, dtype=np.float32)
+        n = tf.shape[0]
+        df = np.bincount(tf.indices, minlength=tf.shape[1])
+        if (df == 0).any():  # terms only deleted rows held
+            keep = np.flatnonzero(df)
+            tf, df, terms = tf[:, keep], df[keep], [terms[j] for j in keep.tolist()]
+        vocab = {t: j for j, t in enumerate(terms)}
+        lengths = np.asarray(tf.sum(axis=1), dtype=np.float32).ravel()
         idf = np.log(1 + (n - df + 0.5) / (df + 0.5)).astype(np.float32)
         avg = float(lengths.mean()) if n else 0.0
         norm = k1 * (1 - b + b * lengths / (avg or 1.0))

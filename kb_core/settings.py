@@ -113,6 +113,15 @@ VARIABLES: tuple[Var, ...] = (
     Var("KB_FRESHNESS_FAIL_HOURS", float, 48.0, "Hours after which the served KB fails its "
         "freshness policy.", minimum=0.01),
     # --- operations
+    Var("KB_COMPACT_MAX_SEGMENTS", int, 8, "Segments a KB version may have before a publish "
+        "merges them into one.", minimum=1),
+    Var("KB_RETAIN_LAST", int, 5, "KB versions whose files a publish always keeps (the "
+        "newest); older ones go unless an alias or serving.json names them or they are "
+        "younger than KB_RETAIN_DAYS.", minimum=1),
+    Var("KB_RETAIN_DAYS", float, 7.0, "Days a KB version's files are kept at least.",
+        minimum=0),
+    Var("KB_COMPACT_MAX_DELETED", float, 0.2, "Share of deleted rows in a KB version's "
+        "segments above which a publish merges them into one.", minimum=0),
     Var("KB_AUDIT_LOCK_TIMEOUT_S", float, 60.0, "Seconds `kb audit` waits for a writer to "
         "release the DuckDB file.", minimum=0),
 )

@@ -1,10 +1,10 @@
-"""Immutable, numbered KB versions on disk: `versions/<n>/` holds the FAISS index, the chunk
-manifest, the lexical index and `version.json`. A version is written into a temporary
-directory and renamed into place, so a reader sees a complete version or none."""
+"""Immutable, numbered KB versions on disk: `versions/<n>/version.json` names the immutable
+segments (resources/segments.py: layout, merge rules) the version is made of and the rows it
+deleted from them. A version is written into a temporary directory and renamed into place, so a
+reader sees a complete version or none."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -16,37 +16,22 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 from dagster import ConfigurableResource
 
 from kb_core.serving import version_numbers
 from kb_core.hooks import fault_point
-from kb_core.lexical import BM25Index
-from resources.ann_index import build_vector_index, read_vector_index
+from kb_core.lexical import BM25Index, term_counts
+
+from .segments import (SEG_CHUNKS, SEG_INDEX, fsync_tree, is_segmented, live_rows, merged_parts,
+                       no_deletions, remove_orphans, segment_digest, segment_vectors, write_deleted,
+                       write_segment)
 
 INDEX_FILE = "index.faiss"
 MANIFEST_FILE = "manifest.parquet"
 INFO_FILE = "version.json"
 SOURCES_FILE = "sources.json"
 TMP_PREFIX = ".tmp-"
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _fsync_tree(path: Path) -> None:
-    for p in path.iterdir():
-        with open(p, "rb") as f:
-            os.fsync(f.fileno())
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass
@@ -88,18 +73,21 @@ class VersionStore(ConfigurableResource):
         return json.loads((self.path / str(number) / INFO_FILE).read_text(encoding="utf-8"))
 
     def clean_stale_tmp(self) -> list[str]:
-        """Remove half-written versions left by a crashed publisher."""
+        """Remove half-written versions and segments, and segments no version names, left by
+        a crashed publisher."""
         removed = []
         if self.path.exists():
             for p in self.path.iterdir():
                 if p.name.startswith(TMP_PREFIX):
                     shutil.rmtree(p, ignore_errors=True)
                     removed.append(p.name)
-        return removed
+        return removed + remove_orphans(self.path)
 
-    def publish(self, number: int, index: faiss.Index, manifest: pd.DataFrame,
-                lexical: BM25Index, info: dict, sources: list[dict]) -> Path:
-        """Write a version into a temporary directory, then rename it into place atomically."""
+    def publish(self, number: int, segments: list[str], deleted: pd.DataFrame, info: dict,
+                sources: list[dict]) -> Path:
+        """Write version `number` (its manifest of `segments`, already written, and the
+        (segment, chunk_id) rows it no longer holds) into a temporary directory, then rename
+        it into place atomically: the one commit point of a publish."""
         self.path.mkdir(parents=True, exist_ok=True)
         final = self.path / str(number)
         if final.exists():
@@ -107,17 +95,16 @@ class VersionStore(ConfigurableResource):
         tmp = self.path / f"{TMP_PREFIX}{number}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
-            faiss.write_index(index, str(tmp / INDEX_FILE))
-            manifest.to_parquet(tmp / MANIFEST_FILE, index=False)
-            lexical.save(tmp)
+            write_deleted(tmp, deleted)
             (tmp / SOURCES_FILE).write_text(json.dumps(sources, ensure_ascii=False, indent=1),
                                             encoding="utf-8")
-            info = dict(info, version=number,
-                        index_sha256=file_sha256(tmp / INDEX_FILE),
-                        manifest_sha256=file_sha256(tmp / MANIFEST_FILE))
+            info = dict(info, version=number, segments=list(segments))
+            # The tmp dir sits beside versions/segments/, so segment lookups work from it.
+            info.update(index_sha256=segment_digest(tmp, info, SEG_INDEX),
+                        manifest_sha256=segment_digest(tmp, info, SEG_CHUNKS))
             (tmp / INFO_FILE).write_text(json.dumps(info, ensure_ascii=False, indent=1),
                                          encoding="utf-8")
-            _fsync_tree(tmp)
+            fsync_tree(tmp)
             fault_point("publish:before_rename")
             os.rename(tmp, final)  # atomic on POSIX within one filesystem
             fd = os.open(self.path, os.O_RDONLY)
@@ -130,14 +117,61 @@ class VersionStore(ConfigurableResource):
             raise
         return final
 
-    def load(self, number: int) -> KBVersion:
+    def publish_whole(self, number: int, index: faiss.Index, manifest: pd.DataFrame,
+                      info: dict, sources: list[dict], lexical_texts: list[str] | None = None
+                      ) -> Path:
+        """Version `number` as one new segment holding everything (tools and tests that build
+        a whole version; `lexical_texts` defaults to the manifest's texts)."""
+        texts = manifest["text"].tolist() if lexical_texts is None else lexical_texts
+        seg = write_segment(self.path, index, manifest, *term_counts(texts))
+        return self.publish(number, [seg], no_deletions(), info, sources)
+
+    def remove(self, number: int) -> list[str]:
+        """Remove version `number`'s files (retention): renamed out of sight first, so a
+        reader sees the version whole or not at all; then segments no version names."""
+        path = self.path / str(number)
+        gone = self.path / f"{TMP_PREFIX}removed-{number}-{uuid.uuid4().hex[:8]}"
+        os.rename(path, gone)
+        shutil.rmtree(gone, ignore_errors=True)
+        return remove_orphans(self.path)
+
+    def live_rows(self, number: int, columns: list[str]) -> pd.DataFrame:
+        return live_rows(self.path / str(number), self.info(number), columns)
+
+    def load(self, number: int, texts: bool = True) -> KBVersion:
         path = self.path / str(number)
         if not (path / INFO_FILE).exists():
             raise FileNotFoundError(f"KB version {number} does not exist under {self.path}")
-        info = json.loads((path / INFO_FILE).read_text(encoding="utf-8"))
-        index = read_vector_index(path / INDEX_FILE, info)
-        manifest = pd.read_parquet(path / MANIFEST_FILE)
+        return load_version_dir(path, number, texts)
+
+
+def load_version_dir(path: Path, number: int | None = None, texts: bool = True) -> KBVersion:
+    """A KBVersion from any directory holding a version: a segmented version (segments in
+    `path/segments/` or beside it), or an older full-copy version (files directly in `path`).
+    `texts=False` leaves the manifest's text column empty (the bulk of its bytes)."""
+    info = json.loads((path / INFO_FILE).read_text(encoding="utf-8"))
+    number = int(number if number is not None else info.get("version", 0))
+    if not is_segmented(info):
+        index = faiss.read_index(str(path / INDEX_FILE))
+        if texts:
+            manifest = pd.read_parquet(path / MANIFEST_FILE)
+        else:
+            columns = [c for c in pq.read_schema(path / MANIFEST_FILE).names if c != "text"]
+            manifest = pd.read_parquet(path / MANIFEST_FILE, columns=columns).assign(text="")
         return KBVersion(number, path, info, index, manifest, BM25Index.load(path))
+    manifest, counts, terms, (ids, vectors), single = merged_parts(path, info, texts)
+    index = single if single is not None else build_faiss_index(vectors, ids, int(info["dim"]))
+    return KBVersion(number, path, info, index, manifest, BM25Index.from_counts(counts, terms))
+
+
+def version_vectors(path: Path) -> np.ndarray | None:
+    """The vectors of a version's index, in index order (None if empty or missing)."""
+    if not (Path(path) / INFO_FILE).exists():
+        return None
+    index = load_version_dir(Path(path), texts=False).index
+    if index.ntotal == 0:
+        return None
+    return segment_vectors(index)[1]
 
 
 def build_faiss_index(vectors: np.ndarray, ids: np.ndarray, dim: int) -> faiss.Index:

@@ -72,7 +72,6 @@ def publish_damaged(versions_root: Path, source: int, number: int) -> Path:
     rotated onto the wrong chunks: every file is well-formed, retrieval is garbage. Its
     fingerprint is the source's, so the next faiss_index run adopts it (as it would a
     version whose publisher crashed) without publishing another."""
-    from kb_core.lexical import BM25Index
     from resources.vector_index import SOURCES_FILE, VersionStore, build_faiss_index
 
     store = VersionStore(root=str(versions_root))
@@ -83,14 +82,14 @@ def publish_damaged(versions_root: Path, source: int, number: int) -> Path:
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     texts = v.manifest["text"].tolist()
     shift = max(1, len(texts) // 2)
-    lexical = BM25Index.build(texts[shift:] + texts[:shift])
     info = {k: val for k, val in v.info.items()
             if k not in ("version", "index_sha256", "manifest_sha256")}
     info.update(created_at=datetime.now(timezone.utc).replace(tzinfo=None).isoformat(),
                 run_id="damaged-by-test", previous_version=source)
     sources = json.loads((v.path / SOURCES_FILE).read_text(encoding="utf-8"))
-    return store.publish(number, build_faiss_index(vectors, ids, int(v.info["dim"])),
-                         v.manifest, lexical, info, sources)
+    return store.publish_whole(number, build_faiss_index(vectors, ids, int(v.info["dim"])),
+                               v.manifest, info, sources,
+                               lexical_texts=texts[shift:] + texts[:shift])
 
 
 def open_registry(paths):

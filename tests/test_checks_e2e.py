@@ -224,8 +224,8 @@ def publish_missing_ids(paths, source: int, number: int, drop: int) -> list[int]
     info = {k: val for k, val in v.info.items()
             if k not in ("version", "index_sha256", "manifest_sha256")}
     sources = json.loads((v.path / SOURCES_FILE).read_text(encoding="utf-8"))
-    store.publish(number, build_faiss_index(vectors, keep, v.index.d), v.manifest, v.lexical,
-                  info, sources)
+    store.publish_whole(number, build_faiss_index(vectors, keep, v.index.d), v.manifest, info,
+                        sources)
     return ids[-drop:].tolist()
 
 
@@ -238,8 +238,8 @@ def publish_foreign_vectors(paths, source: int, number: int) -> None:
     info = {k: val for k, val in v.info.items()
             if k not in ("version", "index_sha256", "manifest_sha256")}
     sources = json.loads((v.path / SOURCES_FILE).read_text(encoding="utf-8"))
-    store.publish(number, build_faiss_index(np.roll(vectors, 1, axis=0), ids, v.index.d),
-                  v.manifest, v.lexical, info, sources)
+    store.publish_whole(number, build_faiss_index(np.roll(vectors, 1, axis=0), ids, v.index.d),
+                        v.manifest, info, sources)
 
 
 def test_incident_damaged_index_blocks_release(kb_paths):

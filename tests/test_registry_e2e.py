@@ -233,5 +233,5 @@ def test_unreachable_mlflow_fails_the_release_and_keeps_versions(kb_paths, monke
     msg = failures[0].event_specific_data.error.message
     assert f"MLflow tracking server {uri} is unreachable" in msg
     assert "KB version 1 on disk is intact" in msg
-    assert (kb_paths.versions / "1" / "index.faiss").exists()
+    assert (kb_paths.versions / "1" / "version.json").exists()
     assert resolve(kb_paths).version == 1  # search still serves the latest version

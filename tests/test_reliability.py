@@ -110,8 +110,8 @@ def crash_at(paths, point: str, tmp_path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("point", ["embedding:after_first_batch", "publish:before_rename",
-                                   "publish:after_rename"])
+@pytest.mark.parametrize("point", ["embedding:after_first_batch", "publish:segment_written",
+                                   "publish:before_rename", "publish:after_rename"])
 def test_sigkill_leaves_no_half_version_and_next_run_completes(kb_paths, tmp_path, point):
     write(kb_paths, "base.jsonl", policy_docs(5, "base"))
     assert kb(kb_paths, "build", "--select", "index").returncode == 0
@@ -138,6 +138,9 @@ def test_sigkill_leaves_no_half_version_and_next_run_completes(kb_paths, tmp_pat
     assert r.returncode == 0, r.stdout + r.stderr
     assert store.numbers() == [1, 2]                    # sequential, complete, no duplicate
     assert not [p for p in kb_paths.versions.iterdir() if p.name.startswith(".tmp")]
+    # The segment a killed publisher wrote but no version named is gone; the rest are named.
+    named = {s for n in store.numbers() for s in store.info(n)["segments"]}
+    assert {p.name for p in (kb_paths.versions / "segments").iterdir()} == named
     v2 = store.load(2)
     assert set(v2.manifest["doc_id"]) >= {"travel-0", "travel-59", "base-0"}
     with duckdb.connect(str(kb_paths.db), read_only=True) as con:

@@ -15,7 +15,6 @@ import pytest
 from dagster_project.cli import main
 from tests.serve_thread import ServerThread, free_port
 from kb_core.serving import write_pointer
-from kb_core.lexical import BM25Index
 from resources.embedder import Embedder
 from resources.vector_index import VersionStore, build_faiss_index
 from tests.test_registry_e2e import Hammer, _wait_for_version
@@ -36,9 +35,8 @@ def publish(paths, number: int, docs: dict[str, str]) -> None:
     import numpy as np
 
     index = build_faiss_index(emb.encode(texts), np.array(ids), emb.dim)
-    VersionStore(root=str(paths.versions)).publish(
-        number, index, manifest, BM25Index.build(texts),
-        {"embedding_model": emb.model_id, "dim": emb.dim}, [])
+    VersionStore(root=str(paths.versions)).publish_whole(
+        number, index, manifest, {"embedding_model": emb.model_id, "dim": emb.dim}, [])
 
 
 def top(url, q, k=3):

@@ -171,6 +171,8 @@ def md_version(r: dict, runs: dict | None = None) -> str:
                 f"{c['documents']} / {c['chunks']} / {c['source_files']}"),
                ("fingerprint", code(short(r["fingerprint"], 16))),
                ("index sha256", code(short(r["hashes"]["index_sha256"], 16))),
+               ("files", f"on disk at {code(r.get('path'))}" if r.get("files_on_disk", True)
+                else "removed by retention (lineage kept; cannot be served or rolled back to)"),
                ("MLflow", f"model `kb` version {reg.get('mlflow_version')}, run "
                           f"{code(reg.get('run_id'))}, status {reg.get('status')}"
                 if reg else "not registered"),

@@ -10,6 +10,7 @@ Pure-ish: functions take an open (read-only) DuckDB connection and return JSON-r
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 
 from resources.lineage.diff import chunk_stats, diff_versions
 from resources.lineage.query import (ASSISTANT_MODEL, DATASET_TAG_KEYS, KB_MODEL,
@@ -120,6 +121,8 @@ def version_report(lin: Lineage, n: int) -> dict:
     return {
         "kind": "version", "version": n, "created_at": created, "run_id": run_id,
         "code_version": v["code_version"], "fingerprint": v["fingerprint"], "path": v["path"],
+        # Retention may have removed the files; the lineage rows above stay.
+        "files_on_disk": bool(v["path"]) and (Path(v["path"]) / "version.json").exists(),
         "chunker": v["chunker"], "embedding_model": v["embedding_model"], "dim": v["dim"],
         "lexical": (v["info"] or {}).get("lexical"),
         "hashes": {"index_sha256": v["index_sha256"], "manifest_sha256": v["manifest_sha256"],

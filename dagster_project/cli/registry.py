@@ -133,6 +133,7 @@ def cmd_versions(args) -> int:
     production = next((r["version"] for r in rows if "production" in r["aliases"]), None)
     out: dict = {"model": spec.name, "production": production}
     unregistered: list[int] = []
+    removed: list[int] = []
     repaired = None
     if spec.serving_pointer:
         from resources.vector_index import VersionStore
@@ -140,6 +141,9 @@ def cmd_versions(args) -> int:
         repaired = repair_pointer(paths, production)
         on_disk = VersionStore(root=str(paths.versions)).numbers()
         unregistered = sorted(set(on_disk) - {r["version"] for r in rows})
+        for r in rows:  # retention removes old versions' files; their lineage stays
+            r["servable"] = r["version"] in on_disk
+        removed = [r["version"] for r in rows if not r["servable"]]
         out.update(serving_pointer=pointer_version(paths), pointer_repaired=bool(repaired))
     if args.json:
         out["versions"] = rows
@@ -163,6 +167,9 @@ def cmd_versions(args) -> int:
     print(line)
     if unregistered:
         print(f"on disk but not registered: {unregistered} (the next `kb build` registers the latest)")
+    if spec.serving_pointer and removed:
+        print(f"files removed by retention (lineage kept; cannot be served or rolled back to): "
+              f"{removed}")
     return 0
 
 
@@ -203,6 +210,13 @@ def check_promotable(spec: ModelSpec, paths: Paths, store, version: int, force: 
             if version in VersionStore(root=str(paths.versions)).numbers():
                 where = "exists on disk but is not registered in MLflow: run `kb build`"
         raise CLIError(f"{spec.label} {version} {where} (registered: {sorted(rows) or 'none'})")
+    if spec.serving_pointer:
+        from resources.vector_index import VersionStore
+
+        if version not in VersionStore(root=str(paths.versions)).numbers():
+            raise CLIError(f"{spec.label} {version}'s files were removed by retention "
+                           "(KB_RETAIN_LAST / KB_RETAIN_DAYS): it cannot be served; its lineage "
+                           f"stays (`kb audit version {version}`)")
     status = rows[version]["status"]
     if status == "rejected" and not force:
         raise CLIError(f"{spec.label} {version} {spec.rejected_means}: refused "

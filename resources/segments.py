@@ -1,0 +1,263 @@
+"""Immutable KB segments and the versions made of them.
+
+Layout under `$KB_HOME/versions/`:
+
+    segments/<id>/            one immutable segment, written as segments/.tmp-<id> and renamed
+        index.faiss           the segment's vectors (resources.vector_index.build_faiss_index),
+                              row i = chunk row i
+        chunks.parquet        the segment's chunk rows (manifest columns), sorted by chunk_id
+        bm25_counts.npz       raw term counts per row (CSR), columns = bm25_terms.json
+        bm25_terms.json       the segment's own term list
+        segment.json          row count, dimension and the sha256 of each file
+    <n>/                      version n: appears complete by one rename (the commit point)
+        version.json          info, with "segments": [ids, in order]
+        deleted.parquet       (segment, chunk_id) rows the version no longer contains
+        sources.json          the source files of the version
+
+A row (segment s, chunk c) is live in a version unless (s, c) is in its deleted file, so an
+edited chunk that keeps its chunk_id (new title, say) is deleted from its old segment and
+added in the new one. Loading a version merges its segments exactly as one build would: the
+live rows sorted by chunk_id, one flat FAISS index over their vectors, and one BM25 index built
+from the summed raw counts (N, df and avgdl over live rows only). A version of one segment
+without deletions serves that segment's index file as it is.
+
+Older full-copy versions (index.faiss, manifest.parquet and bm25_* directly in `<n>/`) still
+load: `load_version_dir` reads them the old way, as a version of one segment."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from kb_core.hooks import fault_point
+from kb_core.lexical import merge_counts
+
+SEGMENTS_DIR = "segments"
+SEG_INDEX = "index.faiss"
+SEG_CHUNKS = "chunks.parquet"
+SEG_COUNTS = "bm25_counts.npz"
+SEG_TERMS = "bm25_terms.json"
+SEG_INFO = "segment.json"
+DELETED_FILE = "deleted.parquet"
+TMP_PREFIX = ".tmp-"
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fsync_tree(path: Path) -> None:
+    for p in path.iterdir():
+        with open(p, "rb") as f:
+            os.fsync(f.fileno())
+    fsync_dir(path)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_segment(versions_root: Path, index: faiss.Index, chunks: pd.DataFrame,
+                  counts: sparse.spmatrix, terms: list[str]) -> str:
+    """Write one segment (rows of `chunks` aligned with `index` and `counts`) into a temporary
+    directory and rename it into `segments/<id>`; returns the id. Until a version names it,
+    a segment is an orphan that `remove_orphans` deletes."""
+    root = versions_root / SEGMENTS_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    seg_id = uuid.uuid4().hex[:16]
+    tmp = root / f"{TMP_PREFIX}{seg_id}"
+    tmp.mkdir()
+    try:
+        faiss.write_index(index, str(tmp / SEG_INDEX))
+        chunks.to_parquet(tmp / SEG_CHUNKS, index=False)
+        sparse.save_npz(tmp / SEG_COUNTS, sparse.csr_matrix(counts, dtype=np.float32),
+                        compressed=False)
+        (tmp / SEG_TERMS).write_text(json.dumps(terms, ensure_ascii=False), encoding="utf-8")
+        info = {"id": seg_id, "rows": len(chunks), "dim": index.d,
+                "sha256": {f: file_sha256(tmp / f) for f in (SEG_INDEX, SEG_CHUNKS, SEG_COUNTS,
+                                                             SEG_TERMS)}}
+        (tmp / SEG_INFO).write_text(json.dumps(info, indent=1), encoding="utf-8")
+        fsync_tree(tmp)
+        os.rename(tmp, root / seg_id)
+        fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fault_point("publish:segment_written")
+    return seg_id
+
+
+def segment_dir(version_dir: Path, seg_id: str) -> Path:
+    """A segment of a version: inside the version dir (a materialized copy, e.g. MLflow's
+    artifact) or beside it (the shared `versions/segments/`)."""
+    for d in (version_dir / SEGMENTS_DIR / seg_id, version_dir.parent / SEGMENTS_DIR / seg_id):
+        if (d / SEG_INFO).exists():
+            return d
+    raise FileNotFoundError(f"segment {seg_id} of KB version dir {version_dir} is missing "
+                            f"(looked in {version_dir / SEGMENTS_DIR} and "
+                            f"{version_dir.parent / SEGMENTS_DIR})")
+
+
+def is_segmented(info: dict) -> bool:
+    return "segments" in info
+
+
+def no_deletions() -> pd.DataFrame:
+    return pd.DataFrame({"segment": pd.Series([], dtype=str),
+                         "chunk_id": pd.Series([], dtype="int64")})
+
+
+def read_deleted(version_dir: Path) -> pd.DataFrame:
+    p = version_dir / DELETED_FILE
+    return pd.read_parquet(p) if p.exists() else no_deletions()
+
+
+def write_deleted(version_dir: Path, deleted: pd.DataFrame) -> None:
+    deleted[["segment", "chunk_id"]].astype({"segment": str, "chunk_id": "int64"}).to_parquet(
+        version_dir / DELETED_FILE, index=False)
+
+
+def live_mask(seg_id: str, chunk_ids: np.ndarray, deleted: pd.DataFrame) -> np.ndarray:
+    gone = deleted.loc[deleted["segment"] == seg_id, "chunk_id"].to_numpy(np.int64)
+    return ~np.isin(chunk_ids, gone)
+
+
+def segment_vectors(index: faiss.Index) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, vectors) of a segment index, rows in stored order."""
+    inner = faiss.downcast_index(index.index) if hasattr(index, "id_map") else index
+    ids = (faiss.vector_to_array(index.id_map).astype(np.int64) if hasattr(index, "id_map")
+           else np.arange(index.ntotal, dtype=np.int64))
+    if index.ntotal == 0:
+        return ids, np.zeros((0, index.d), np.float32)
+    return ids, inner.reconstruct_n(0, inner.ntotal)
+
+
+def read_chunks(seg: Path, texts: bool = True) -> pd.DataFrame:
+    if texts:
+        return pd.read_parquet(seg / SEG_CHUNKS)
+    import pyarrow.parquet as pq
+
+    cols = [c for c in pq.read_schema(seg / SEG_CHUNKS).names if c != "text"]
+    return pd.read_parquet(seg / SEG_CHUNKS, columns=cols).assign(text="")
+
+
+def read_counts(seg: Path) -> tuple[sparse.csr_matrix, list[str]]:
+    terms = json.loads((seg / SEG_TERMS).read_text(encoding="utf-8"))
+    return sparse.load_npz(seg / SEG_COUNTS).tocsr(), terms
+
+
+def live_rows(version_dir: Path, info: dict, columns: list[str]) -> pd.DataFrame:
+    """Some chunk columns of the live rows of a segmented version, without reading vectors,
+    counts or (unless asked) texts: what a publisher diffs the next version against."""
+    deleted = read_deleted(version_dir)
+    parts = []
+    for seg_id in info["segments"]:
+        df = pd.read_parquet(segment_dir(version_dir, seg_id) / SEG_CHUNKS, columns=columns)
+        df = df[live_mask(seg_id, df["chunk_id"].to_numpy(np.int64), deleted)]
+        parts.append(df.assign(segment=seg_id))
+    out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
+    return out.sort_values("chunk_id", kind="stable").reset_index(drop=True)
+
+
+def merged_parts(version_dir: Path, info: dict, texts: bool = True,
+                 deleted: pd.DataFrame | None = None):
+    """The live rows of a segmented version, merged: (chunks sorted by chunk_id, counts in the
+    same order, terms, (index ids, vectors) sorted by id, the single segment's index when the
+    version is one segment without deletions, else None). `deleted` overrides the version's
+    deleted file (a publisher merging the segments of a version not yet written). Vectors are
+    taken by the index's own ids, so an index that lost ids stays visible to the checks."""
+    deleted = read_deleted(version_dir) if deleted is None else deleted
+    chunks, counts, ids, vecs = [], [], [], []
+    single = None
+    for seg_id in info["segments"]:
+        seg = segment_dir(version_dir, seg_id)
+        index = faiss.read_index(str(seg / SEG_INDEX))
+        rows = read_chunks(seg, texts)
+        c, terms = read_counts(seg)
+        if c.shape[0] != len(rows):
+            raise ValueError(f"{seg / SEG_COUNTS}: {c.shape[0]} rows of term counts for "
+                             f"{len(rows)} chunks in {seg / SEG_CHUNKS}")
+        keep = live_mask(seg_id, rows["chunk_id"].to_numpy(np.int64), deleted)
+        seg_ids, vectors = segment_vectors(index)
+        keep_vec = live_mask(seg_id, seg_ids, deleted)
+        if len(info["segments"]) == 1 and keep.all() and keep_vec.all():
+            single = index
+        chunks.append(rows[keep])
+        counts.append((c[np.flatnonzero(keep)], terms))
+        ids.append(seg_ids[keep_vec])
+        vecs.append(vectors[keep_vec])
+    tf, terms = merge_counts(counts)
+    manifest = pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame()
+    order = (np.argsort(manifest["chunk_id"].to_numpy(np.int64), kind="stable")
+             if len(manifest) else np.arange(0))
+    ids_all = np.concatenate(ids) if ids else np.zeros(0, np.int64)
+    vec_all = np.concatenate(vecs) if vecs else np.zeros((0, int(info["dim"])), np.float32)
+    by_id = np.argsort(ids_all, kind="stable")
+    return (manifest.iloc[order].reset_index(drop=True), tf[order], terms,
+            (ids_all[by_id], vec_all[by_id]), single)
+
+
+def referenced_segments(versions_root: Path) -> set[str]:
+    refs: set[str] = set()
+    for p in versions_root.iterdir() if versions_root.exists() else []:
+        info_file = p / "version.json"
+        if p.name.isdigit() and info_file.exists():
+            refs.update(json.loads(info_file.read_text(encoding="utf-8")).get("segments", []))
+    return refs
+
+
+def remove_orphans(versions_root: Path) -> list[str]:
+    """Half-written segments and segments no complete version names (a publisher killed
+    between writing its segment and renaming its version). Call under the writer lock."""
+    root = versions_root / SEGMENTS_DIR
+    if not root.exists():
+        return []
+    refs = referenced_segments(versions_root)
+    removed = []
+    for p in root.iterdir():
+        if p.name.startswith(TMP_PREFIX) or p.name not in refs:
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(f"{SEGMENTS_DIR}/{p.name}")
+    return removed
+
+
+def segment_digest(version_dir: Path, info: dict, which: str) -> str:
+    """One digest over the version's segments (their `which` file digests) and its deleted
+    rows: the version's index_sha256 / manifest_sha256."""
+    h = hashlib.sha256()
+    for seg_id in info["segments"]:
+        seg_info = json.loads((segment_dir(version_dir, seg_id) / SEG_INFO).read_text("utf-8"))
+        h.update(f"{seg_id}:{seg_info['sha256'][which]}\n".encode())
+    if (version_dir / DELETED_FILE).exists():
+        h.update(f"deleted:{file_sha256(version_dir / DELETED_FILE)}\n".encode())
+    return h.hexdigest()
+
+
+def materialize(version_dir: Path, dest: Path) -> Path:
+    """A self-contained copy of a version (its files and the segments it names, under
+    dest/segments/), loadable anywhere by `load_version_dir` (the MLflow model artifact)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for p in version_dir.iterdir():
+        if p.is_file():
+            shutil.copy2(p, dest / p.name)
+    info = json.loads((version_dir / "version.json").read_text(encoding="utf-8"))
+    for seg_id in info.get("segments", []):
+        shutil.copytree(segment_dir(version_dir, seg_id), dest / SEGMENTS_DIR / seg_id)
+    return dest
