@@ -22,6 +22,7 @@ from dagster import ConfigurableResource
 from kb_core.serving import version_numbers
 from kb_core.hooks import fault_point
 from kb_core.lexical import BM25Index, term_counts
+from resources.ann_index import build_vector_index, read_vector_index
 
 from .segments import (SEG_CHUNKS, SEG_INDEX, fsync_tree, is_segmented, live_rows, merged_parts,
                        no_deletions, remove_orphans, segment_digest, segment_vectors, write_deleted,
@@ -152,7 +153,7 @@ def load_version_dir(path: Path, number: int | None = None, texts: bool = True) 
     info = json.loads((path / INFO_FILE).read_text(encoding="utf-8"))
     number = int(number if number is not None else info.get("version", 0))
     if not is_segmented(info):
-        index = faiss.read_index(str(path / INDEX_FILE))
+        index = read_vector_index(path / INDEX_FILE, info)
         if texts:
             manifest = pd.read_parquet(path / MANIFEST_FILE)
         else:
