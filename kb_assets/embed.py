@@ -86,6 +86,38 @@ def load_vectors(store: KBStore, model_id: str, text_hashes: list[str], dim: int
     return matrix[[found[h] for h in text_hashes]]
 
 
+QUESTION_CACHE_SUFFIX = "#questions"  # kept apart from chunk vectors (the checks count those)
+
+
+def encode_cached(store: KBStore, embedder: Embedder, texts: list[str]) -> np.ndarray:
+    """Question vectors through the embedding cache: calibration encodes the same unrelated
+    questions and mostly the same synthetic questions for every version, so a publish encodes
+    only the new ones (the cost of a change, not of the KB)."""
+    from kb_core.text import sha256_text as text_hash
+
+    key = embedder.model_id + QUESTION_CACHE_SUFFIX
+    hashes = [text_hash(t) for t in texts]
+    found: dict[str, bytes] = {}
+    if hashes:
+        with store.connect() as con:
+            con.register("wanted", pd.DataFrame({"text_hash": list(dict.fromkeys(hashes))}))
+            found = dict(con.execute("""
+                SELECT e.text_hash, e.vector FROM embedding_cache e JOIN wanted w USING (text_hash)
+                WHERE e.model_id = ?""", [key]).fetchall())
+    todo = list(dict.fromkeys(t for t, h in zip(texts, hashes) if h not in found))
+    if todo:
+        vecs = embedder.encode_questions(todo)
+        new = {text_hash(t): v.astype(np.float32).tobytes() for t, v in zip(todo, vecs)}
+        with store.transaction() as con:
+            persistence.cache_embeddings(con, pd.DataFrame({
+                "model_id": key, "text_hash": list(new), "vector": list(new.values()),
+                "created_at": utc_now()}))
+        found.update(new)
+    if not texts:
+        return np.zeros((0, embedder.dim), np.float32)
+    return np.stack([np.frombuffer(found[h], dtype=np.float32) for h in hashes])
+
+
 @asset(
     deps=[cleaned_chunks],
     group_name="index",

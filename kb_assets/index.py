@@ -8,6 +8,7 @@ import hashlib
 import json
 import math
 import time
+from dataclasses import asdict
 
 import pandas as pd
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
@@ -20,9 +21,10 @@ from resources.store import KBStore, fetch_one
 from resources.segments import merged_parts, read_deleted
 from resources.vector_index import SOURCES_FILE, KBVersion, VersionStore, build_faiss_index
 
-from .embed import embeddings
+from .embed import embeddings, encode_cached
 from kb_core.hooks import fault_point
 from .eval_set import synthetic_questions
+from .synthetic_questions import SyntheticQuestion
 from kb_core.lexical import LEXICAL_VERSION, BM25Index
 from .relevance import Calibration, calibrate_version
 from .report import md_table
@@ -70,12 +72,21 @@ def recover_unregistered(con, versions: VersionStore) -> list[int]:
 
 
 def calibrate_new_version(manifest: pd.DataFrame, index, lexical: BM25Index, info: dict,
-                          embedder: Embedder) -> dict:
+                          embedder: Embedder, store: KBStore | None = None,
+                          previous: list[dict] | None = None) -> dict:
     """The version's zero-hit thresholds, calibrated on its own data before it is published
-    (kb_assets/relevance.py): unrelated questions vs the KB's own synthetic questions."""
+    (kb_assets/relevance.py): unrelated questions vs the KB's own synthetic questions.
+    `previous`: the base version's questions, reused for documents whose content is unchanged
+    (writing a question reads every sentence of its document), and the question vectors come
+    through the embedding cache: a publish pays for what changed. Sets
+    info["calibration_questions"] for the next publish."""
     version = KBVersion(0, None, info, index, manifest, lexical)
-    positives = [q.question for q in synthetic_questions(version)]
-    return calibrate_version(version, embedder.encode_questions, positives).as_dict()
+    keep = {q["content_hash"]: SyntheticQuestion(**q) for q in previous or []}
+    questions = synthetic_questions(version, keep=keep)
+    info["calibration_questions"] = [asdict(q) for q in questions]
+    encode = (embedder.encode_questions if store is None
+              else lambda texts: encode_cached(store, embedder, texts))
+    return calibrate_version(version, encode, [q.question for q in questions]).as_dict()
 
 
 def write_segments(store: KBStore, versions: VersionStore, model_id: str, dim: int,
@@ -171,8 +182,10 @@ def publish_if_changed(store: KBStore, versions: VersionStore, embedder: Embedde
     }
     t2 = time.perf_counter()
     pending = load_pending(versions, segments, deleted, info)
+    previous = (versions.info(base_version).get("calibration_questions")
+                if base_version is not None else None)
     info["relevance"] = calibrate_new_version(pending.manifest, pending.index, pending.lexical,
-                                              info, embedder)
+                                              info, embedder, store, previous)
     calibration_s = time.perf_counter() - t2
     path = versions.publish(number, segments, deleted, info, sources)
     info = versions.info(number)
@@ -238,7 +251,8 @@ def faiss_index(context: AssetExecutionContext, store: KBStore, versions: Versio
             "embedding_model": info["embedding_model"], "chunker_version": info["chunker"]["version"],
             "version_info": MetadataValue.md(md_table(
                 [(k, v) for k, v in info.items()
-                 if k not in ("chunker", "relevance", "duplicates", "vector_index")],
+                 if k not in ("chunker", "relevance", "duplicates", "vector_index",
+                            "calibration_questions")],
                 ["field", "value"])),
             "duplicates_indexed_once": len(info.get("duplicates") or {}),
             "calibration_s": r["calibration_s"],

@@ -60,12 +60,16 @@ def readable_dense_top(version, ids: np.ndarray, scores: np.ndarray, look: int =
     return 0.0
 
 
-def evidence(version, query: str, query_vec: np.ndarray) -> Evidence:
+def evidence(version, query: str, query_vec: np.ndarray,
+             neighbours: tuple[np.ndarray, np.ndarray] | None = None) -> Evidence:
+    """`neighbours`: this query's (scores, ids) row of a batched dense search, if done."""
     dense = 0.0
     if version.index.ntotal:
-        scores, ids = version.index.search(query_vec.reshape(1, -1).astype(np.float32),
-                                           min(50, version.index.ntotal))
-        dense = readable_dense_top(version, ids[0], scores[0])
+        if neighbours is None:
+            scores, ids = version.index.search(query_vec.reshape(1, -1).astype(np.float32),
+                                               min(50, version.index.ntotal))
+            neighbours = (scores[0], ids[0])
+        dense = readable_dense_top(version, neighbours[1], neighbours[0])
     _, lex = version.lexical.search(query, 1)
     lexical = float(lex[0]) / math.log1p(max(1, version.lexical.n_docs)) if len(lex) else 0.0
     return Evidence(dense, lexical, is_cjk_query(query))
@@ -182,6 +186,12 @@ def calibrate_version(version, encode, positives: list[str], target_refusal: flo
     """Calibrate a (loaded or about-to-be-published) version: `encode` embeds a list of
     texts, `positives` are questions the KB should answer (its synthetic eval questions)."""
     null = null_questions()
-    vecs = encode(null + positives)
-    ev = [evidence(version, q, v) for q, v in zip(null + positives, vecs)]
+    queries = null + positives
+    vecs = np.ascontiguousarray(encode(queries), dtype=np.float32)
+    if version.index.ntotal and len(queries):  # one batched search: BLAS over all queries
+        scores, ids = version.index.search(vecs, min(50, version.index.ntotal))
+        ev = [evidence(version, q, v, (scores[i], ids[i]))
+              for i, (q, v) in enumerate(zip(queries, vecs))]
+    else:
+        ev = [evidence(version, q, v) for q, v in zip(queries, vecs)]
     return calibrate(ev[:len(null)], ev[len(null):], target_refusal, max_positive_loss)

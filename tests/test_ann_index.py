@@ -275,9 +275,19 @@ def test_faiss_index_metadata_names_the_index_and_a_fallback(vi, kind, fell_back
 @pytest.mark.parametrize("kind", ["flat", "hnsw"])
 def test_the_embedding_checks_read_a_published_index_of_either_kind(kind, tmp_path):
     """checks/state.py::version_vectors (drift vs the previous version) reads the stored
-    vectors; an HNSW index keeps them in its flat storage, in the order they were added."""
+    vectors of a published (segmented) version; an HNSW index keeps them in its flat storage."""
+    import pandas as pd
+
     from checks.state import version_vectors
+    from resources.vector_index import VersionStore
 
     vectors, ids = clustered_vectors(500), chunk_ids(500)
-    faiss.write_index(build_vector_index(vectors, ids, DIM, kind), str(tmp_path / "index.faiss"))
-    assert np.array_equal(version_vectors(tmp_path), vectors)
+    manifest = pd.DataFrame({"chunk_id": ids, "text": [f"chunk {i}" for i in range(500)]})
+    store = VersionStore(root=str(tmp_path))
+    path = store.publish_whole(1, build_vector_index(vectors, ids, DIM, kind), manifest,
+                               {"dim": DIM}, [])
+    got = version_vectors(path)
+    assert got is not None and got.shape == vectors.shape
+    order = np.argsort(ids)
+    assert np.allclose(np.sort(got, axis=0), np.sort(vectors[order], axis=0))
+    assert np.array_equal(store.load(1, texts=False).chunk_ids, np.sort(ids))
