@@ -71,9 +71,9 @@ async def load(url: str, questions: list[str], clients: int, seconds: float,
                         v = body["version"]
                         if v not in seen:
                             seen[v] = time.perf_counter() - t_start
-                        if not {h["doc_id"] for h in body["results"]} <= docs_of(v):
+                        if not {h["doc_id"] for h in body["hits"]} <= docs_of(v):
                             bad_version += 1
-                except (httpx.HTTPError, FileNotFoundError) as exc:
+                except (httpx.HTTPError, FileNotFoundError, KeyError, ValueError) as exc:
                     errors.append(type(exc).__name__)
                 lat.append((time.perf_counter() - t0) * 1000)
                 timeline.append(time.perf_counter() - t_start)
