@@ -204,7 +204,7 @@ def previous_subsection(title_start: str) -> list[str]:
     if not block:
         return []
     body = (title_start + block).split("\n### ")[0].split("\n_Machine:")[0].rstrip()
-    machine = section.partition("_Machine: ")[2].partition("_")[0]
+    machine = section.partition("_Machine: ")[2].partition("\n")[0].rstrip("_")
     return ["", body, "", f"(Not re-run in the latest measurement: figures from {machine}.)"]
 
 
