@@ -203,8 +203,15 @@ def previous_subsection(title_start: str) -> list[str]:
     block = section.partition(title_start)[2]
     if not block:
         return []
-    body = (title_start + block).split("\n### ")[0].split("\n_Machine:")[0].rstrip()
-    machine = section.partition("_Machine: ")[2].partition("\n")[0].rstrip("_")
+    body = (title_start + block).split("\n### ")[0].split("\n_Machine:")[0]
+    # Notes this script adds around a table are not part of it: a second partial run must
+    # not carry them along twice.
+    kept = [x for x in body.splitlines()
+            if not x.startswith(("(Not re-run in the latest measurement", "Load average (1/5/15"))]
+    body = "\n".join(kept).rstrip()
+    noted = block.partition("(Not re-run in the latest measurement: figures from ")[2]
+    machine = (noted.partition(".)")[0] if noted
+               else section.partition("_Machine: ")[2].partition("\n")[0].rstrip("_"))
     return ["", body, "", f"(Not re-run in the latest measurement: figures from {machine}.)"]
 
 
