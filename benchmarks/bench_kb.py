@@ -12,6 +12,7 @@ import json
 import os
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -22,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from benchmarks.common import DATASETS, load_beir, md_row, median, pct, write_section  # noqa: E402
+from benchmarks.common import (DATASETS, load_beir, machine, md_row, median, pct,  # noqa: E402
+                               write_section)
 from kb_core.paths import Paths  # noqa: E402
 
 
@@ -67,7 +69,26 @@ def bench_incremental(root: Path, label: str, docs: list[tuple[str, str, str]]) 
 
 
 # --- 2. nothing changed over many files -----------------------------------------------------
-def bench_noop(root: Path, n_files: int, repeats: int = 3) -> dict:
+def kb_cli(code_root: Path, *args: str) -> tuple[float, str]:
+    """`kb ARGS` of the checkout at `code_root` in a new process: (seconds, stdout)."""
+    env = {**os.environ, "PYTHONPATH": str(code_root)}
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "dagster_project.cli", *args], cwd=code_root,
+                       env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise RuntimeError(f"kb {' '.join(args)} ({code_root}) failed: {r.stdout[-2000:]}"
+                           f"{r.stderr[-2000:]}")
+    return elapsed, r.stdout
+
+
+def bench_noop(root: Path, n_files: int, repeats: int = 3,
+               compare_with: Path | None = None, full_repeats: int | None = None) -> dict:
+    """`kb build --select index` in a new process over `n_files` unchanged files: skipped
+    (this checkout), alternated with `--force` (the same no-change work done in full); then,
+    if given, another checkout's `kb build` (which knows no skip) on the same KB."""
+    from benchmarks.common import REPO
+
     paths = fresh_paths(root, "noop")
     rng = random.Random(7)
     words = "leave overtime vpn expense travel laptop password parking visitor training".split()
@@ -76,12 +97,41 @@ def bench_noop(root: Path, n_files: int, repeats: int = 3) -> dict:
         d.mkdir(exist_ok=True)
         (d / f"doc{i:05d}.txt").write_text(
             f"Policy {i}. " + " ".join(rng.choice(words) for _ in range(40)), encoding="utf-8")
-    first_s, _ = timed_build(paths)
-    runs = [timed_build(paths) for _ in range(repeats)]
-    md = runs[-1][1]
-    assert md["faiss_index"]["new_version"] is False and md["raw_docs"]["files_read"] == 0
-    return {"files": n_files, "first_s": first_s, "noop_s": [r[0] for r in runs],
-            "raw_docs_s": md["raw_docs"]["duration_s"]}
+    first_s, _ = kb_cli(REPO, "build", "--select", "index")
+    full_repeats = repeats if full_repeats is None else full_repeats
+    skip, force = [], []
+    for i in range(repeats):  # a forced run re-records, so the next plain build skips again
+        s, out = kb_cli(REPO, "build", "--select", "index")
+        assert "nothing changed since" in out, out
+        skip.append(s)
+        if i < full_repeats:
+            force.append(kb_cli(REPO, "build", "--select", "index", "--force")[0])
+    other = []
+    if compare_with is not None:  # after ours: its runs write DuckDB, which ends our skipping
+        other = [kb_cli(compare_with, "build", "--select", "index")[0]
+                 for _ in range(full_repeats)]
+    return {"files": n_files, "first_s": first_s, "skip_s": skip, "force_s": force,
+            "other_s": other, "compare_with": compare_with, "loadavg": os.getloadavg()}
+
+
+def noop_lines(noop: dict) -> list[str]:
+    def row(label, runs):
+        return md_row(label, ", ".join(f"{x:.2f}" for x in runs), f"{median(runs):.2f}", "<= 3 s")
+    lines = [f"### Nothing changed, {noop['files']:,} unchanged files: `kb build --select index` "
+             "in a new process", "",
+             md_row("how", "runs s (each)", "median s", "target"), md_row(*["---"] * 4),
+             row("skipped: nothing changed since the last build (this checkout)", noop["skip_s"]),
+             row("`--force`: the no-change run done in full, alternated", noop["force_s"])]
+    if noop["other_s"]:
+        lines.append(row(f"`{noop['compare_with']}` (no skip), after", noop["other_s"]))
+    la = noop["loadavg"]
+    lines += ["", f"First build {noop['first_s']:.0f} s. A skip reads the inbox listing (hashing "
+              "only files whose size or mtime moved), the KB_* settings, the code files and "
+              "library versions, and the DuckDB, versions and serving-pointer state left by the "
+              "last successful build (`$KB_HOME/last_build.json`); no Dagster run, no Great "
+              "Expectations import, no model load. Load average (1/5/15 min) at the end: "
+              f"{la[0]:.1f} / {la[1]:.1f} / {la[2]:.1f} on {os.cpu_count()} cores."]
+    return lines
 
 
 # --- 3. embedding throughput: pipeline vs bare encode ---------------------------------------
@@ -205,10 +255,29 @@ def main() -> None:
     ap.add_argument("--latency-chunks", type=int, default=100_000)
     ap.add_argument("--throughput-texts", type=int, default=600)
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    ap.add_argument("--only", choices=["noop"], default=None,
+                    help="run one part and update only its table in BENCHMARKS.md")
+    ap.add_argument("--noop-full-runs", type=int, default=None,
+                    help="forced / other-checkout no-change runs (default: as many as skips)")
+    ap.add_argument("--compare-with", type=Path, default=None,
+                    help="another checkout whose `kb build` is timed on the same no-change KB")
     args = ap.parse_args()
     if args.quick:
         args.max_docs, args.generated_docs, args.noop_files = 300, 300, 1000
         args.latency_chunks, args.throughput_texts = 10_000, 100
+    if args.only == "noop":
+        from benchmarks.common import write_subsection
+
+        root = Path(tempfile.mkdtemp(prefix="kb-bench-"))
+        try:
+            noop = bench_noop(root, args.noop_files, compare_with=args.compare_with,
+                              full_repeats=args.noop_full_runs)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        text = "\n".join(noop_lines(noop)) + f"\n\n_Measured {machine()}_\n"
+        write_subsection("kb", "### Nothing changed", text)
+        print(text)
+        return
 
     from resources.embedder import Embedder
 
@@ -240,7 +309,7 @@ def main() -> None:
             print("quality:", row)
         thr = bench_throughput(incr[1]["paths"], args.throughput_texts)
         print("throughput:", thr)
-        noop = bench_noop(root, args.noop_files)
+        noop = bench_noop(root, args.noop_files, compare_with=args.compare_with)
         print("no-op:", noop)
         lat_queries = [queries[q] for q in list(qrels)[:150]] + [
             json.loads(x)["question"] for x in (Path(__file__).resolve().parents[1] /
@@ -259,11 +328,7 @@ def main() -> None:
         lines.append(md_row(r["label"], r["docs"], r["chunks"], f"{r['full_s']:.1f}", r["added"],
                             f"{r['incr_s']:.2f}", r["embedded_incr"],
                             f"{100 * r['incr_s'] / r['full_s']:.1f}%", "<= 5%"))
-    lines += ["", f"### Nothing changed, {noop['files']:,} unchanged files", "",
-              md_row("first build s", "no-change runs s (each)", "median s", "raw_docs scan s", "target"),
-              md_row(*["---"] * 5),
-              md_row(f"{noop['first_s']:.1f}", ", ".join(f"{x:.2f}" for x in noop["noop_s"]),
-                     f"{median(noop['noop_s']):.2f}", noop["raw_docs_s"], "<= 3 s"),
+    lines += [""] + noop_lines(noop) + [
               "", "### Embedding throughput: pipeline (cache lookups, batching, DuckDB writes) vs bare "
               "`SentenceTransformer.encode`, same chunks, alternated", "",
               md_row("texts", "bare texts/s", "pipeline texts/s", "pipeline / bare", "target"),

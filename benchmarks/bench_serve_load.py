@@ -4,8 +4,12 @@ response is checked: no failed request, and every answer names a complete versio
 manifest contains each returned document.
 
     .venv/bin/python benchmarks/bench_serve_load.py [--clients 50] [--seconds 60]
+        [--mid-run build|rollback]
 
-Writes the `load` section of RELIABILITY.md."""
+`--mid-run rollback` switches with `kb rollback` (v2 -> v1, a new process) at half time
+instead: a switch that surely lands inside the window on a loaded machine, where the
+build may outlast it. Writes the `load` (build) or `load-rollback` section of
+RELIABILITY.md."""
 
 from __future__ import annotations
 
@@ -71,9 +75,9 @@ async def load(url: str, questions: list[str], clients: int, seconds: float,
                         v = body["version"]
                         if v not in seen:
                             seen[v] = time.perf_counter() - t_start
-                        if not {h["doc_id"] for h in body["results"]} <= docs_of(v):
+                        if not {h["doc_id"] for h in body["hits"]} <= docs_of(v):
                             bad_version += 1
-                except (httpx.HTTPError, FileNotFoundError) as exc:
+                except (httpx.HTTPError, FileNotFoundError, KeyError, ValueError) as exc:
                     errors.append(type(exc).__name__)
                 lat.append((time.perf_counter() - t0) * 1000)
                 timeline.append(time.perf_counter() - t_start)
@@ -87,6 +91,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", type=int, default=50)
     ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--mid-run", choices=["build", "rollback"], default="build")
     args = ap.parse_args()
     from tests.serve_thread import free_port
     from kb_assets.golden import load_golden
@@ -104,18 +109,25 @@ def main() -> None:
             nonlocal builder
             task = asyncio.create_task(load(url, questions, args.clients, args.seconds, {},
                                             paths.versions))
-            await asyncio.sleep(args.seconds / 6)
-            (paths.inbox / NEW_DOC[0]).write_text(NEW_DOC[1], encoding="utf-8")
+            at = args.seconds / (2 if args.mid_run == "rollback" else 6)
+            await asyncio.sleep(at)
             t0 = time.perf_counter()
-            builder = subprocess.Popen([sys.executable, "-c", BUILD_V3], cwd=REPO,
-                                       env=dict(os.environ), stdout=subprocess.DEVNULL,
-                                       stderr=subprocess.PIPE, text=True)
+            if args.mid_run == "rollback":
+                builder = subprocess.Popen(
+                    [sys.executable, "-m", "dagster_project.cli", "rollback", "--reason",
+                     "bench mid-run"], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            else:
+                (paths.inbox / NEW_DOC[0]).write_text(NEW_DOC[1], encoding="utf-8")
+                builder = subprocess.Popen([sys.executable, "-c", BUILD_V3], cwd=REPO,
+                                           env=dict(os.environ), stdout=subprocess.DEVNULL,
+                                           stderr=subprocess.PIPE, text=True)
             while builder.poll() is None:
                 await asyncio.sleep(0.5)
             build_s = time.perf_counter() - t0
             if builder.returncode != 0:
-                raise SystemExit(f"mid-run build failed: {builder.stderr.read()[-2000:]}")
-            return await task, build_s, args.seconds / 6
+                raise SystemExit(f"mid-run {args.mid_run} failed: {builder.stderr.read()[-2000:]}")
+            return await task, build_s, at
 
         result, build_s, started_at = asyncio.run(scenario())
     finally:
@@ -127,11 +139,19 @@ def main() -> None:
 
     lat = result["lat"]
     seen = ", ".join(f"v{v} from {t:.1f}s" for v, t in sorted(result["seen"].items()))
-    text = "\n".join([
-        f"## Load: `kb serve`, {args.clients} clients x {args.seconds:.0f} s, new version published "
-        "and promoted mid-run (`benchmarks/bench_serve_load.py`)", "",
-        f"A separate process ran `kb_job` (ingest -> index -> register -> evaluate -> promote) for "
-        f"one added document starting at {started_at:.0f} s; it took {build_s:.1f} s.", "",
+    if args.mid_run == "rollback":
+        head = [f"## Load: `kb serve`, {args.clients} clients x {args.seconds:.0f} s, rollback "
+                "v2 -> v1 mid-run (`benchmarks/bench_serve_load.py --mid-run rollback`)", "",
+                f"`kb rollback` (a new process) started at {started_at:.0f} s; the command took "
+                f"{build_s:.1f} s (serving switches before its MLflow/Dagster imports).", ""]
+    else:
+        head = [f"## Load: `kb serve`, {args.clients} clients x {args.seconds:.0f} s, new version "
+                "published and promoted mid-run (`benchmarks/bench_serve_load.py`)", "",
+                f"A separate process ran `kb_job` (ingest -> index -> register -> evaluate -> "
+                f"promote) for one added document starting at {started_at:.0f} s; it took "
+                f"{build_s:.1f} s (the load window ends at {args.seconds:.0f} s: a version "
+                "promoted after it is not in 'versions served').", ""]
+    text = "\n".join(head + [
         md_row("requests", "req/s", "failed", "answers not from a complete version", "p50 ms",
                "p95 ms", "max ms", "versions served"),
         md_row(*["---"] * 8),
@@ -144,7 +164,8 @@ def main() -> None:
     print(text)
     if result["errors"]:
         print("errors:", sorted(set(result["errors"])))
-    write_section("load", text, path=REPO / "RELIABILITY.md")
+    write_section("load" if args.mid_run == "build" else "load-rollback", text,
+                  path=REPO / "RELIABILITY.md")
 
 
 if __name__ == "__main__":

@@ -78,3 +78,22 @@ def load_beir(folder: Path, split: str = "test"):
 
 def md_row(*cells) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def write_subsection(name: str, heading_prefix: str, markdown: str,
+                     path: Path = BENCHMARKS_MD) -> None:
+    """Replace one `### ...` subsection (the one whose heading starts with `heading_prefix`)
+    of section `name`, for a script that re-ran only that part; the rest stays as it was."""
+    text = path.read_text(encoding="utf-8")
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    head, sep, rest = text.partition(start)
+    body, sep2, tail = rest.partition(end)
+    if not sep or not sep2:
+        raise ValueError(f"{path}: no section {name!r} to update")
+    i = body.find(heading_prefix)
+    if i < 0:
+        raise ValueError(f"{path}: section {name!r} has no subsection {heading_prefix!r}")
+    nexts = [j for j in (body.find("\n### ", i + 1), body.find("\n_Machine:", i + 1)) if j >= 0]
+    j = min(nexts) if nexts else len(body)
+    body = body[:i] + markdown.strip() + "\n" + body[j:]
+    path.write_text(head + start + body + end + tail, encoding="utf-8")

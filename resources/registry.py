@@ -57,8 +57,11 @@ from kb_core.models import MODELS
 from kb_core.paths import apply_offline_env
 from resources import persistence
 
+from . import registry_mirror
+from .duckdb_files import rows_of
+from .registry_mirror import rollback_target  # noqa: F401 (part of this module's API)
 from .release_config import ReleaseConfig
-from .store import KBStore, fetch_one
+from .store import KBStore
 
 STATUSES = ("registered", "passed", "rejected")
 VERSION_TAG = "version_key"  # MLflow model-version tag carrying our version number
@@ -351,46 +354,20 @@ def _insert_mirror(store: KBStore, model_name: str, version_key: int, mlflow_ver
             run_id=mlflow_run_id, tags=tags)
 
 
-def _rows(con, sql: str, params: list) -> list[dict]:
-    cur = con.execute(sql, params)
-    cols = [d[0] for d in cur.description]
-    return [dict(zip(cols, r)) for r in cur.fetchall()]
-
-
 def _mirror_row(store: KBStore, model_name: str, version_key: int) -> dict | None:
     with store.connect(read_only=True) as con:
-        rows = _rows(con, "SELECT * FROM registry_versions WHERE model_name = ? AND version = ?",
-                     [model_name, int(version_key)])
+        rows = rows_of(con, "SELECT * FROM registry_versions WHERE model_name = ? AND version = ?",
+                       [model_name, int(version_key)])
     return rows[0] if rows else None
 
 
 def registered_versions(store: KBStore, model_name: str) -> list[dict]:
-    with store.connect(read_only=True) as con:
-        if fetch_one(con, "SELECT 1 FROM information_schema.tables "
-                          "WHERE table_name = 'registry_versions'") is None:
-            return []
-        rows = _rows(con, "SELECT * FROM registry_versions WHERE model_name = ? ORDER BY version",
-                     [model_name])
-    for r in rows:
-        r["tags"] = json.loads(r["tags"]) if isinstance(r["tags"], str) else (r["tags"] or {})
-    return rows
+    return registry_mirror.registered_versions(store.db_path, model_name)
 
 
 def alias_history(store: KBStore, model_name: str | None = None,
                   alias: str | None = None) -> list[dict]:
-    sql = "SELECT * FROM alias_history WHERE 1=1"
-    params: list = []
-    if model_name:
-        sql += " AND model_name = ?"
-        params.append(model_name)
-    if alias:
-        sql += " AND alias = ?"
-        params.append(alias)
-    with store.connect(read_only=True) as con:
-        if fetch_one(con, "SELECT 1 FROM information_schema.tables "
-                          "WHERE table_name = 'alias_history'") is None:
-            return []
-        return _rows(con, sql + " ORDER BY event_at, rowid", params)
+    return registry_mirror.alias_history(store.db_path, model_name, alias)
 
 
 def registry_resources(paths) -> dict:
@@ -399,22 +376,3 @@ def registry_resources(paths) -> dict:
                                  artifact_root=str(paths.mlflow_artifacts),
                                  kb_home=str(paths.home)),
             "release_config": ReleaseConfig.from_env(kb_home=str(paths.home))}
-
-
-def rollback_target(history: list[dict], current: int | None) -> int | None:
-    """The version a rollback returns to: the production before `current`, skipping versions
-    that were themselves rolled back. Moves whose reason starts with "rollback" pop the stack
-    of promotions back to their target, so repeated rollbacks walk further back."""
-    stack: list[int] = []
-    for m in history:
-        to = m["to_version"]
-        if str(m.get("reason") or "").startswith("rollback"):
-            while stack and stack[-1] != to:
-                stack.pop()
-            if not stack:
-                stack.append(to)
-        elif not stack or stack[-1] != to:
-            stack.append(to)
-    while stack and stack[-1] == current:
-        stack.pop()
-    return stack[-1] if stack else None

@@ -6,7 +6,6 @@ immutable version directories instead. The schema, its migrations and every writ
 
 from __future__ import annotations
 
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -14,6 +13,7 @@ from typing import Iterator
 import duckdb
 from dagster import ConfigurableResource
 
+from resources.duckdb_files import connect_with_retry, fetch_one  # noqa: F401 (fetch_one: API)
 from resources.persistence import insert, migrate
 
 
@@ -29,7 +29,7 @@ class KBStore(ConfigurableResource):
         path.parent.mkdir(parents=True, exist_ok=True)
         if read_only and not path.exists():
             read_only = False  # first use: create the schema
-        con = _connect_with_retry(str(path), read_only, timeout_s)
+        con = connect_with_retry(str(path), read_only, timeout_s)
         try:
             if not read_only:
                 migrate(con)
@@ -52,24 +52,3 @@ class KBStore(ConfigurableResource):
         """Insert dict rows by column name in their own transaction (see persistence.insert)."""
         with self.transaction() as con:
             return insert(con, table, rows)
-
-
-def _connect_with_retry(path: str, read_only: bool, timeout_s: float):
-    """Another process (a build, an audit) may hold the file lock briefly: wait for it."""
-    deadline = time.monotonic() + timeout_s
-    delay = 0.05
-    while True:
-        try:
-            return duckdb.connect(path, read_only=read_only)
-        except duckdb.IOException as exc:
-            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
-                raise
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
-
-
-def fetch_one(con, sql: str, params: list | None = None):
-    """First row or None. DuckDB 2 refuses new work on a connection whose previous result
-    was not read to the end, so never leave a `fetchone()` cursor half-read."""
-    rows = con.execute(sql, params or []).fetchall()
-    return rows[0] if rows else None

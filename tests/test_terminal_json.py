@@ -78,7 +78,7 @@ def test_build_json_shape_and_a_quiet_terminal(built):
 
 def test_build_verbose_brings_the_event_stream_back(built):
     home, _ = built
-    build = kb_process(home, "build", "--verbose")
+    build = kb_process(home, "build", "--verbose", "--force")  # nothing changed: forced
     assert build.returncode == 0, build.stderr[-2000:]
     assert " - DEBUG - " in build.stderr and "STEP_SUCCESS" in build.stderr
     assert build.stdout.splitlines()[0].startswith("kb build (kb) run ")

@@ -31,6 +31,8 @@ def register(sub) -> None:
                    help="kb: ingest, index, evaluate, release (default); index: up to the "
                         "published version; all: kb plus fine-tuning")
     run_flags(p)
+    p.add_argument("--force", action="store_true",
+                   help="run even when nothing changed since the last successful build")
     p.set_defaults(func=cmd_build)
     p = sub.add_parser("finetune", help="build the fine-tuning dataset, fine-tune, evaluate "
                                         "and release the assistant (the KB is not rebuilt)")
@@ -173,8 +175,63 @@ def cmd_finetune(args) -> int:
     return cmd_build(args, job="ft_job")
 
 
+def unchanged_since_last_build(paths: Paths, job_name: str):
+    """(reason to run or None, the snapshot taken now): the no-change check, under the
+    writer lock so that a run in progress elsewhere is never mistaken for nothing to do."""
+    from dagster_project.cli import build_skip
+    from kb_core.writer_lock import writer_lock
+
+    record = build_skip.read_record(paths)
+    try:
+        with writer_lock(paths.home, wait_s=0, announce=lambda _msg: None):
+            now = build_skip.take_snapshot(paths, job_name, previous=record)
+    except TimeoutError:
+        return "another build is writing the knowledge base", None
+    return build_skip.reason_to_run(record, now), now
+
+
+def print_skipped(paths: Paths, label: str, job_name: str, record, seconds: float,
+                  as_json: bool) -> int:
+    version = record.kb_version
+    since = f"KB version {version}" if version is not None else "the last build (no KB version yet)"
+    if as_json:
+        print(json.dumps({"command": label, "run_id": None, "job": job_name, "succeeded": True,
+                          "skipped": True, "kb_version": version,
+                          "reason": f"nothing changed since {since}",
+                          "duration_s": round(seconds, 3), "kb_home": str(paths.home),
+                          "steps": [], "not_run": [], "materialized": {}, "checks": [],
+                          "warnings": []}, indent=2))
+    else:
+        print(f"kb {label}: nothing changed since {since} (inbox, settings, code, the KB "
+              f"state and the last run {record.run_id or 'recorded'} checked in "
+              f"{seconds:.2f}s); `kb build --force` runs anyway")
+    return 0
+
+
 def cmd_build(args, job: str | None = None) -> int:
     import uuid
+
+    from dagster_project.cli import build_skip
+
+    t0 = time.perf_counter()
+    paths = Paths.from_env().ensure()
+    mark_home(paths.home)
+    label = f"build ({args.select})" if job is None else args.select
+    job_name = job or SELECTIONS[args.select]
+    verbose, as_json = getattr(args, "verbose", False), getattr(args, "json", False)
+    before = None
+    if job_name in build_skip.SKIPPABLE_JOBS:
+        reason, before = unchanged_since_last_build(paths, job_name)
+        if reason is None and not getattr(args, "force", False):
+            record = build_skip.read_record(paths)
+            if record.inbox != before.inbox:  # touched files: remember their new stat
+                record.inbox = before.inbox
+                build_skip.write_record(paths, record)
+            return print_skipped(paths, label, job_name, record, time.perf_counter() - t0,
+                                 as_json)
+    elif job_name in build_skip.COVERS:
+        before = build_skip.take_snapshot(paths, job_name)
+    build_skip.forget_record(paths)
 
     from dagster._loggers import colored_console_logger
 
@@ -182,11 +239,6 @@ def cmd_build(args, job: str | None = None) -> int:
                                                     terminal_logger_def, terminal_stream,
                                                     third_party_quiet)
 
-    paths = Paths.from_env().ensure()
-    mark_home(paths.home)
-    label = f"build ({args.select})" if job is None else args.select
-    job_name = job or SELECTIONS[args.select]
-    verbose, as_json = getattr(args, "verbose", False), getattr(args, "json", False)
     run_id = str(uuid.uuid4())  # known before the run starts, to print it first
     stream = terminal_stream()
     printer = StepPrinter(stream, f"kb {label}: run {run_id} of {job_name}, KB_HOME={paths.home}")
@@ -204,10 +256,11 @@ def cmd_build(args, job: str | None = None) -> int:
         if stream is not sys.stderr:
             stream.close()
     lines, ok = summarize(result)
+    if ok and before is not None:
+        build_skip.write_record(paths, build_skip.after_run(before, paths, result.run_id))
     if as_json:
         out = summary_json(result, ok, label, seconds)
-        out["kb_home"] = str(paths.home)
-        out["warnings"] = printer.warnings
+        out.update(kb_home=str(paths.home), warnings=printer.warnings, skipped=False)
         print(json.dumps(out, indent=2, default=str))
         return 0 if ok else 1
     print(f"kb {label} run {result.run_id}: "
@@ -216,4 +269,3 @@ def cmd_build(args, job: str | None = None) -> int:
     if not ok:
         print("The last good KB version keeps serving. Fix the cause above and run `kb build` again.")
     return 0 if ok else 1
-

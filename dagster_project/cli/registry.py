@@ -194,14 +194,15 @@ def report_move(spec: ModelSpec, move) -> None:
               file=sys.stderr)
 
 
-def check_promotable(spec: ModelSpec, paths: Paths, store, version: int, force: bool,
+def check_promotable(spec: ModelSpec, paths: Paths, version: int, force: bool,
                      served_before: bool = False) -> None:
     """Refuse a version that is not registered, failed its gate, or never ran one (unless
-    forced, or a rollback to a version that already served)."""
+    forced, or a rollback to a version that already served). Reads the DuckDB mirror only
+    (no MLflow or Dagster import): a rollback runs it before switching serving."""
     from kb_core.errors import CLIError
-    from resources.registry import registered_versions
+    from resources.registry_mirror import registered_versions
 
-    rows = {r["version"]: r for r in registered_versions(store, spec.name)}
+    rows = {r["version"]: r for r in registered_versions(paths.db, spec.name)}
     if version not in rows:
         where = "does not exist"
         if spec.serving_pointer:
@@ -259,7 +260,7 @@ def move_production(spec: ModelSpec, store, registry, version: int, reason: str,
 def cmd_promote(args) -> int:
     spec = _spec(args)
     paths, store, registry = _context()
-    check_promotable(spec, paths, store, args.version, args.force)
+    check_promotable(spec, paths, args.version, args.force)
     current = _guard(registry.get_alias, spec.name, "production")
     if current == args.version:
         repaired = repair_pointer(paths, current) if spec.serving_pointer else None
@@ -271,16 +272,17 @@ def cmd_promote(args) -> int:
                            args.reason or "manual promote", args.force, args.json)
 
 
-def rollback_choice(store, spec: ModelSpec, current: int | None, to: int | None) -> int:
+def rollback_choice(paths: Paths, spec: ModelSpec, current: int | None, to: int | None) -> int:
     """The version a rollback goes to (`--to` or the previous production one); one-line
-    errors for nothing in production, no earlier version, or already there."""
+    errors for nothing in production, no earlier version, or already there. Reads the DuckDB
+    mirror only."""
     from kb_core.errors import CLIError
-    from resources.registry import alias_history, rollback_target
+    from resources.registry_mirror import alias_history, rollback_target
 
     if current is None:
         raise CLIError(f"{spec.none_in_production} is in production yet: nothing to roll back")
     target = to if to is not None else rollback_target(
-        alias_history(store, spec.name, "production"), current)
+        alias_history(paths.db, spec.name, "production"), current)
     if target is None:
         raise CLIError(f"{spec.name} production ({current}) has no earlier production version "
                        "to roll back to (use --to VERSION)")
@@ -303,21 +305,29 @@ def _serving_production(paths: Paths) -> int | None:
 
 
 def cmd_rollback(args) -> int:
+    """For the KB, serving switches before anything slow happens: the decision reads the
+    serving pointer and the DuckDB mirror (kb_core + duckdb, well under a second), the
+    pointer is rewritten, and only then are MLflow and Dagster imported to move the alias,
+    record it in alias_history and report it (seconds of imports). `kb serve` follows within
+    its poll interval. If recording fails, serving switches back."""
     spec = _spec(args)
-    paths, store, registry = _context()
-    current = (_serving_production(paths) if spec.serving_pointer
-               else _guard(registry.get_alias, spec.name, "production"))
-    target = rollback_choice(store, spec, current, args.to)
-    # A previous production version already served: being unevaluated does not block it.
-    check_promotable(spec, paths, store, target, args.force, served_before=args.to is None)
-    reason = rollback_reason(args.reason, current)
     if not spec.serving_pointer:
-        return move_production(spec, store, registry, target, reason, args.force, args.json)
-    # An emergency: serving switches first (kb serve follows within its poll interval), then
-    # the MLflow alias and alias_history record it. If recording fails, serving switches back.
+        paths, store, registry = _context()
+        current = _guard(registry.get_alias, spec.name, "production")
+        target = rollback_choice(paths, spec, current, args.to)
+        check_promotable(spec, paths, target, args.force, served_before=args.to is None)
+        return move_production(spec, store, registry, target,
+                               rollback_reason(args.reason, current), args.force, args.json)
+    paths = Paths.from_env().ensure()
+    current = _serving_production(paths)
+    target = rollback_choice(paths, spec, current, args.to)
+    # A previous production version already served: being unevaluated does not block it.
+    check_promotable(spec, paths, target, args.force, served_before=args.to is None)
     write_pointer(paths, target)
     try:
-        return move_production(spec, store, registry, target, reason, args.force, args.json)
+        _, store, registry = _context()
+        return move_production(spec, store, registry, target,
+                               rollback_reason(args.reason, current), args.force, args.json)
     except BaseException:
         write_pointer(paths, current)
         raise
