@@ -107,3 +107,17 @@ def use_home(paths: Paths, monkeypatch) -> Paths:
     monkeypatch.setenv("KB_HOME", str(paths.home))
     monkeypatch.setenv("DAGSTER_HOME", str(paths.dagster_home))
     return paths
+
+
+# The Dagster UI address the session's shared registry KB (`registry_kb` in tests/conftest.py)
+# records in its versions' tags.
+REGISTRY_KB_DAGSTER_URL = "http://dagster.example:3000"
+
+
+def registry_kb_env(home):
+    """The environment of `registry_kb` (a context manager): KB_HOME and its Dagster
+    instance, MLflow from KB_HOME, the recorded Dagster UI address."""
+    home = Path(home)
+    return env_vars(KB_HOME=str(home), DAGSTER_HOME=str(home / "dagster"), KB_INBOX=None,
+                    MLFLOW_TRACKING_URI=None, OPENAI_API_KEY=None,
+                    KB_DAGSTER_URL=REGISTRY_KB_DAGSTER_URL)

@@ -22,8 +22,8 @@ import httpx
 import mlflow
 import pytest
 
-from tests.kbtest import materialized, run_job
-from tests.registry_fixtures import write_corpus, write_golden
+from tests.kbtest import materialized
+from tests.registry_fixtures import NEW_DOC, NEW_QUESTION
 from tests.serve_thread import free_port
 
 pytestmark = pytest.mark.slow
@@ -73,15 +73,13 @@ def _make_venv(where: Path, requirements: Path, log: Path) -> float:
     return time.monotonic() - t0
 
 
-def test_mlflow_models_serve_from_a_clean_venv(kb_paths, tmp_path):
-    paths = kb_paths
-    from resources.registry import ReleaseConfig
-
-    write_corpus(paths.inbox)
-    cfg = ReleaseConfig(golden_path=str(write_golden(paths.home / "golden.jsonl")),
-                        max_p95_latency_ms=10_000, max_latency_regression=50.0)
-    result = run_job(paths, release_config=cfg)
-    assert result.success and materialized(result)["kb_promotion"]["promoted"]
+def test_mlflow_models_serve_from_a_clean_venv(registry_kb, tmp_path):
+    # The session's two-version KB (tests/conftest.py), only read here: version 2 added
+    # NEW_DOC, so a query only it can answer shows the production version is what serves.
+    paths, (_, r2) = registry_kb
+    assert r2.success and materialized(r2)["kb_promotion"]["promoted"]
+    production = materialized(r2)["kb_release"]["kb_version"]
+    assert production == 2
 
     mlflow.set_tracking_uri(paths.mlflow_uri)
     model_dir = Path(mlflow.artifacts.download_artifacts("models:/kb@production",
@@ -91,7 +89,7 @@ def test_mlflow_models_serve_from_a_clean_venv(kb_paths, tmp_path):
     assert "torch==2.13.0" in reqs and all("==" in r for r in reqs), reqs
 
     venv = Path(os.environ.get("KB_SERVE_VENV") or tmp_path / "venv")
-    seconds = _make_venv(venv, requirements, tmp_path / "pip.log")
+    seconds = _make_venv(venv, requirements, tmp_path / "install.log")
     print(f"\nclean venv: installed {len(reqs)} pinned requirements in {seconds:.0f} s")
     torch_version = subprocess.run(
         [str(venv / "bin" / "python"), "-c", "import torch; print(torch.__version__)"],
@@ -126,13 +124,15 @@ def test_mlflow_models_serve_from_a_clean_venv(kb_paths, tmp_path):
         r = httpx.post(f"{url}/invocations", timeout=120, json={
             "dataframe_split": {"columns": ["query"],
                                 "data": [["Who replaces a broken laptop?"],
-                                         ["How many days of paid annual leave do I get?"]]},
+                                         ["How many days of paid annual leave do I get?"],
+                                         [NEW_QUESTION]]},
             "params": {"k": 2}})
         assert r.status_code == 200, r.text[:2000]
         rows = r.json()["predictions"]
         top = {row["query_index"]: row["doc_id"] for row in rows if row["rank"] == 1}
-        assert top == {0: "policies/laptop.md", 1: "policies/leave.md"}, json.dumps(rows)[:2000]
-        assert len(rows) == 4 and {row["kb_version"] for row in rows} == {1}
+        assert top == {0: "policies/laptop.md", 1: "policies/leave.md", 2: NEW_DOC[0]}, \
+            json.dumps(rows)[:2000]
+        assert len(rows) == 6 and {row["kb_version"] for row in rows} == {production}
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
