@@ -1,3 +1,12 @@
+"""Fixtures shared by every test module.
+
+- `kb_paths`: a fresh, empty KB_HOME per test (the default; any test that writes uses it).
+- `registry_kb` (session): two KB versions of tests/registry_fixtures.py's corpus built once
+  through kb_job, shared READ-ONLY by the modules that only inspect them (pages, serving).
+- For a module's own built KB shared by its read-only tests, see `module_home` and `use_home`
+  in tests/kbtest.py.
+Building a KB costs 20-60 s on 2 shared cores: share a built one only where tests read it."""
+
 import pytest
 
 from kb_core.paths import Paths
