@@ -4,8 +4,8 @@ repository (so the project's packages come from the model's own `code/` folder),
 loopback against the KB's registry; a query posted to /invocations gets the right document.
 
 Slow: the install of ~2 GB of packages. uv (a dev dependency) installs the requirements file
-as a user would with pip, in parallel and without compiling bytecode: ~1 min where pip took
-~13 under load. uv reads no pip configuration, so it is given the machine's pip `find-links`
+as a user would with pip, in parallel and without compiling bytecode: 38 s where pip took
+19 min (both measured on the same loaded 2-core machine). uv reads no pip configuration, so it is given the machine's pip `find-links`
 (where the local CPU wheel of torch==2.13.0 lies; the requirements pin torch, and the test
 checks that the CPU build was installed, never a CUDA one).
 Set KB_SERVE_VENV=<dir> to reuse an existing venv (it is created there if missing)."""
