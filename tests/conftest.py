@@ -1,3 +1,12 @@
+"""Fixtures shared by every test module.
+
+- `kb_paths`: a fresh, empty KB_HOME per test (the default; any test that writes uses it).
+- `registry_kb` (session): two KB versions of tests/registry_fixtures.py's corpus built once
+  through kb_job, shared READ-ONLY by the modules that only inspect them (pages, serving).
+- For a module's own built KB shared by its read-only tests, see `module_home` and `use_home`
+  in tests/kbtest.py.
+Building a KB costs 20-60 s on 2 shared cores: share a built one only where tests read it."""
+
 import os
 import tempfile
 from pathlib import Path
@@ -21,3 +30,34 @@ def kb_paths(tmp_path, monkeypatch) -> Paths:
     monkeypatch.setenv("KB_HOME", str(tmp_path / "kb"))
     paths = Paths.from_env().ensure()
     yield paths
+
+
+@pytest.fixture(scope="session")
+def registry_kb(tmp_path_factory):
+    """Two published, evaluated KB versions built once per session through kb_job on
+    tests/registry_fixtures.py's corpus (sqlite MLflow, that golden set): version 1, then
+    version 2 adds NEW_DOC and changes policies/parking.md; both are auto-promoted.
+    Returns (paths, [run 1 result, run 2 result]).
+
+    Two kb_job runs cost ~2 min on 2 shared cores, so the modules that only READ such a KB
+    share it (tests/test_pages.py, tests/test_mlflow_serve.py): never build, promote or roll
+    back on it; a test that writes builds its own KB under `kb_paths`. The environment points
+    at it only while it is built: a user sets it again with `registry_kb_env(paths)`."""
+    from tests.kbtest import registry_kb_env, run_job, write
+    from tests.registry_fixtures import NEW_DOC, write_corpus, write_golden
+
+    home = tmp_path_factory.mktemp("registry_kb") / "kb"
+    with registry_kb_env(home):
+        from resources.registry import ReleaseConfig
+
+        paths = Paths.from_env().ensure()
+        cfg = ReleaseConfig(golden_path=str(write_golden(paths.home / "golden.jsonl")),
+                            max_p95_latency_ms=10_000, max_latency_regression=50.0)
+        write_corpus(paths.inbox)
+        r1 = run_job(paths, release_config=cfg)
+        write(paths, *NEW_DOC)
+        write(paths, "policies/parking.md", "# Car parking\nThe office car park has 55 spaces; "
+              "book one in the parking app the day before. Charging points are on level one.")
+        r2 = run_job(paths, release_config=cfg)
+    return paths, [r1, r2]
+

@@ -68,3 +68,56 @@ def env_vars(**values: str | None):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+# -- KB_HOMEs built once per module -------------------------------------------------------
+# Building a KB (a real Dagster run, the real embedder) costs 20-40 s on 2 shared cores. Tests
+# that only READ a built KB (search, ask, pages, JSON shapes) share one built per module:
+#
+#     @pytest.fixture(scope="module")
+#     def built_home(tmp_path_factory):
+#         with module_home(tmp_path_factory, "ask") as paths:
+#             ...write documents, run_job(paths, ...) / run_assets(paths, ...)...
+#             yield paths
+#
+#     @pytest.fixture
+#     def kb_built(built_home, monkeypatch):
+#         return use_home(built_home, monkeypatch)
+#
+# A test that writes (a build, a promotion, a rollback) must not use a shared home: it takes
+# the function-scoped `kb_paths` (tests/conftest.py) and builds its own.
+
+_KB_ENV = ("KB_INBOX", "DAGSTER_HOME", "MLFLOW_TRACKING_URI", "OPENAI_API_KEY")
+
+
+@contextmanager
+def module_home(tmp_path_factory, name: str):
+    """A fresh, empty KB_HOME with the environment pointed at it for the block (the whole
+    module when a module-scoped fixture yields inside it); restored after."""
+    home = tmp_path_factory.mktemp(name) / "kb"
+    with env_vars(KB_HOME=str(home), **{var: None for var in _KB_ENV}):
+        yield Paths.from_env().ensure()  # ensure() also sets DAGSTER_HOME, restored after
+
+
+def use_home(paths: Paths, monkeypatch) -> Paths:
+    """Point this test's environment at an already built KB_HOME (as `kb_paths` does for a
+    fresh one)."""
+    for var in _KB_ENV:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("KB_HOME", str(paths.home))
+    monkeypatch.setenv("DAGSTER_HOME", str(paths.dagster_home))
+    return paths
+
+
+# The Dagster UI address the session's shared registry KB (`registry_kb` in tests/conftest.py)
+# records in its versions' tags.
+REGISTRY_KB_DAGSTER_URL = "http://dagster.example:3000"
+
+
+def registry_kb_env(home):
+    """The environment of `registry_kb` (a context manager): KB_HOME and its Dagster
+    instance, MLflow from KB_HOME, the recorded Dagster UI address."""
+    home = Path(home)
+    return env_vars(KB_HOME=str(home), DAGSTER_HOME=str(home / "dagster"), KB_INBOX=None,
+                    MLFLOW_TRACKING_URI=None, OPENAI_API_KEY=None,
+                    KB_DAGSTER_URL=REGISTRY_KB_DAGSTER_URL)

@@ -7,16 +7,25 @@ import json
 import pytest
 
 from dagster_project.cli import main as kb
+from tests.kbtest import module_home, use_home
 from tests.test_ft_helpers import KB_CORE, run_assets, write_topics
 
 TOPICS = ["parking", "expenses", "laptops", "travel"]
 
 
+@pytest.fixture(scope="module")
+def built_home(tmp_path_factory):
+    """One KB built for the module: `kb ask` only reads it (the tests that need no KB, or
+    another one, take `kb_paths`)."""
+    with module_home(tmp_path_factory, "ask") as paths:
+        write_topics(paths, TOPICS)
+        assert run_assets(paths, KB_CORE).success
+        yield paths
+
+
 @pytest.fixture
-def kb_built(kb_paths):
-    write_topics(kb_paths, TOPICS)
-    assert run_assets(kb_paths, KB_CORE).success
-    return kb_paths
+def kb_built(built_home, monkeypatch):
+    return use_home(built_home, monkeypatch)
 
 
 def test_nothing_relevant_is_said_not_invented(kb_built, capsys):

@@ -9,39 +9,24 @@ import mlflow
 import pytest
 from dagster import AssetKey, DagsterInstance, TableMetadataValue
 
-from resources.registry import Registry, ReleaseConfig, registered_versions
+from resources.registry import Registry, registered_versions
 from resources.registry_pages import kb_description, logged_model_id, version_changes
 from resources.store import KBStore
-from tests.kbtest import env_vars, materialized, run_job, write
-from tests.registry_fixtures import NEW_DOC, write_corpus, write_golden
-
-
-def _release_config(paths) -> ReleaseConfig:
-    return ReleaseConfig(golden_path=str(write_golden(paths.home / "golden.jsonl")),
-                         max_p95_latency_ms=10_000, max_latency_regression=50.0)
+from tests.kbtest import materialized, registry_kb_env
+from tests.registry_fixtures import NEW_DOC
 
 
 @pytest.fixture(scope="module")
-def two_versions(tmp_path_factory):
-    """(paths, [run 1 result, run 2 result]) for two published, evaluated KB versions."""
-    from kb_core.paths import Paths
-
-    home = tmp_path_factory.mktemp("pages")
-    with env_vars(KB_HOME=str(home), DAGSTER_HOME=str(home / "dagster"), KB_INBOX=None,
-                  MLFLOW_TRACKING_URI=None, KB_DAGSTER_URL="http://dagster.example:3000"):
-        paths = Paths.from_env().ensure()
+def two_versions(registry_kb):
+    """(paths, [run 1 result, run 2 result]) for two published, evaluated KB versions: the
+    session's shared `registry_kb` (tests/conftest.py), which these tests only read."""
+    paths, runs = registry_kb
+    with registry_kb_env(paths.home):
         import mlflow
 
         mlflow.set_tracking_uri(paths.mlflow_uri)
         mlflow.set_registry_uri(paths.mlflow_uri)
-        cfg = _release_config(paths)
-        write_corpus(paths.inbox)
-        r1 = run_job(paths, release_config=cfg)
-        write(paths, *NEW_DOC)
-        write(paths, "policies/parking.md", "# Car parking\nThe office car park has 55 spaces; "
-              "book one in the parking app the day before. Charging points are on level one.")
-        r2 = run_job(paths, release_config=cfg)
-        yield paths, [r1, r2]
+        yield paths, runs
 
 
 @pytest.mark.slow  # two real kb_job runs (~2 min on 2 shared cores)
