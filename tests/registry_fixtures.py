@@ -92,6 +92,21 @@ def publish_damaged(versions_root: Path, source: int, number: int) -> Path:
                                lexical_texts=texts[shift:] + texts[:shift])
 
 
+def publish_tiny(versions_root: Path, number: int) -> Path:
+    """A real, servable-shaped KB version `number` of three chunks (random 8-d vectors): for
+    registry tests that need a version's files to exist without building a KB."""
+    import pandas as pd
+
+    from resources.vector_index import VersionStore, build_faiss_index
+
+    ids = np.arange(3, dtype=np.int64) + 100 * number
+    vectors = np.random.default_rng(number).normal(size=(3, 8)).astype(np.float32)
+    manifest = pd.DataFrame({"chunk_id": ids, "doc_id": [f"d{i}" for i in ids],
+                             "text": [f"tiny chunk {i}" for i in ids]})
+    return VersionStore(root=str(versions_root)).publish_whole(
+        number, build_faiss_index(vectors, ids, 8), manifest, {"dim": 8}, [])
+
+
 def open_registry(paths):
     """(paths, store, registry) on a KB_HOME's own DuckDB file and sqlite MLflow."""
     from resources.registry import Registry

@@ -13,7 +13,7 @@ import pytest
 from dagster_project.cli import main
 from kb_core.serving import resolve
 from resources.registry import alias_history
-from tests.registry_fixtures import open_registry
+from tests.registry_fixtures import open_registry, publish_tiny
 from tests.test_registry import _register
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
@@ -40,6 +40,7 @@ sys.exit(main(["rollback", "--reason", "probe"]))
 def two_promoted(kb_paths):
     paths, store, registry = open_registry(kb_paths)
     for n in (1, 2, 3):
+        publish_tiny(paths.versions, n)  # a rollback refuses a version without its files
         _register(paths, store, registry, "kb", n)
         registry.set_status(store, "kb", n, "passed" if n < 3 else "rejected")
     registry.move_alias(store, "kb", "production", 1, "a@h", "first")
@@ -85,4 +86,16 @@ def test_refused_rollbacks_leave_serving_alone(two_promoted, capsys, argv, messa
     paths, store, registry = two_promoted
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+    assert resolve(paths).version == 2 and registry.get_alias("kb", "production") == 2
+
+
+def test_rollback_to_a_version_whose_files_are_gone_is_refused(two_promoted, capsys):
+    """Retention removed version 1's files (lineage stays): serving must not point at it."""
+    from resources.vector_index import VersionStore
+
+    paths, store, registry = two_promoted
+    VersionStore(root=str(paths.versions)).remove(1)
+    assert main(["rollback", "--to", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "KB version 1 has no files under" in err and "retention" in err
     assert resolve(paths).version == 2 and registry.get_alias("kb", "production") == 2

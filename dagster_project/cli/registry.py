@@ -206,18 +206,11 @@ def check_promotable(spec: ModelSpec, paths: Paths, version: int, force: bool,
     if version not in rows:
         where = "does not exist"
         if spec.serving_pointer:
-            from resources.vector_index import VersionStore
+            from kb_core.serving import version_numbers
 
-            if version in VersionStore(root=str(paths.versions)).numbers():
+            if version in version_numbers(paths.versions):
                 where = "exists on disk but is not registered in MLflow: run `kb build`"
         raise CLIError(f"{spec.label} {version} {where} (registered: {sorted(rows) or 'none'})")
-    if spec.serving_pointer:
-        from resources.vector_index import VersionStore
-
-        if version not in VersionStore(root=str(paths.versions)).numbers():
-            raise CLIError(f"{spec.label} {version}'s files were removed by retention "
-                           "(KB_RETAIN_LAST / KB_RETAIN_DAYS): it cannot be served; its lineage "
-                           f"stays (`kb audit version {version}`)")
     status = rows[version]["status"]
     if status == "rejected" and not force:
         raise CLIError(f"{spec.label} {version} {spec.rejected_means}: refused "
@@ -225,6 +218,13 @@ def check_promotable(spec: ModelSpec, paths: Paths, version: int, force: bool,
     if status == "registered" and not force and not served_before:
         raise CLIError(f"{spec.label} {version} {spec.unevaluated_means}: refused "
                        "(run `kb build`, or use --force; it is recorded as forced)")
+    if spec.serving_pointer:
+        from kb_core.serving import version_numbers  # not vector_index: it imports Dagster
+
+        if version not in version_numbers(paths.versions):
+            raise CLIError(f"{spec.label} {version} has no files under {paths.versions} "
+                           "(removed by retention: KB_RETAIN_LAST / KB_RETAIN_DAYS): it cannot "
+                           f"be served; its lineage stays (`kb audit version {version}`)")
 
 
 def move_json(model: str, move=None, current: int | None = None) -> str:
