@@ -10,7 +10,7 @@ import pytest
 from dagster_project.cli import main
 from kb_core.serving import pointer_path, resolve
 from resources.registry import alias_history
-from tests.registry_fixtures import open_registry
+from tests.registry_fixtures import open_registry, publish_tiny
 
 
 class EchoModel(mlflow.pyfunc.PythonModel):
@@ -24,6 +24,8 @@ def reg(kb_paths):
 
 
 def _register(paths, store, registry, model, n, status):
+    if model == "kb" and not (paths.versions / str(n)).exists():
+        publish_tiny(paths.versions, n)  # a KB version is promotable only while its files exist
     d = paths.home / f"art-{model}-{n}"
     d.mkdir(exist_ok=True)
     (d / "v.txt").write_text(f"{model} v{n}")
