@@ -18,8 +18,9 @@ from resources import persistence
 from resources.config import KBConfig, code_version
 from resources.embedder import Embedder
 from resources.store import KBStore, fetch_one
-from resources.segments import merged_parts, read_deleted
-from resources.vector_index import SOURCES_FILE, KBVersion, VersionStore, build_faiss_index
+from resources.segments import read_deleted
+from resources.vector_index import (SOURCES_FILE, KBVersion, VersionStore,
+                                    segmented_version)
 
 from .embed import embeddings, encode_cached
 from kb_core.hooks import fault_point
@@ -31,7 +32,7 @@ from .report import md_table
 from .segment_publish import (META_COLUMNS, NO_DELETIONS, apply_retention, compacted_parts,
                               compaction_limits,
                               expected_build, incremental_base, membership_diff,
-                              needs_compaction, new_parts, write_parts)
+                              needs_compaction, new_parts, segments_record, write_parts)
 
 # Duplicate documents are indexed once (see the indexed_documents view).
 FINGERPRINT_SQL = """
@@ -112,19 +113,14 @@ def write_segments(store: KBStore, versions: VersionStore, model_id: str, dim: i
         seg, record = write_parts(versions, parts, dim)
         return [seg], NO_DELETIONS, True, record
     segments = base_segments + ([write_parts(versions, added, dim)[0]] if added is not None else [])
-    record = {"kind": "flat", "requested": "merged", "params": {}, "recall_at_10": 1.0,
-              "note": f"{len(segments)} segments merged into one exact index when loaded; the "
-                      "next compaction rebuilds one segment (HNSW past KB_ANN_MIN_CHUNKS)"}
-    return segments, deleted, False, record
+    return segments, deleted, False, segments_record(versions, segments)
 
 
 def load_pending(versions: VersionStore, segments: list[str], deleted: pd.DataFrame,
                  info: dict) -> KBVersion:
     """The version about to be published, merged from its segments (for calibration)."""
-    manifest, counts, terms, (ids, vectors), single = merged_parts(
-        versions.path / ".pending", {"segments": segments, "dim": info["dim"]}, True, deleted)
-    index = single if single is not None else build_faiss_index(vectors, ids, info["dim"])
-    return KBVersion(0, None, info, index, manifest, BM25Index.from_counts(counts, terms))
+    return segmented_version(versions.path / ".pending", {"segments": segments, "dim": info["dim"]},
+                             0, True, deleted)
 
 
 def publish_if_changed(store: KBStore, versions: VersionStore, embedder: Embedder,
@@ -184,8 +180,8 @@ def publish_if_changed(store: KBStore, versions: VersionStore, embedder: Embedde
     pending = load_pending(versions, segments, deleted, info)
     previous = (versions.info(base_version).get("calibration_questions")
                 if base_version is not None else None)
-    info["relevance"] = calibrate_new_version(pending.manifest, pending.index, pending.lexical,
-                                              info, embedder, store, previous)
+    info["relevance"] = calibrate_new_version(pending.manifest, pending.search_index,
+                                              pending.lexical, info, embedder, store, previous)
     calibration_s = time.perf_counter() - t2
     path = versions.publish(number, segments, deleted, info, sources)
     info = versions.info(number)

@@ -92,10 +92,10 @@ class Hit:
 
 
 def dense_search(version, query_vec: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    n = min(n, version.index.ntotal)
+    n = min(n, version.search_index.ntotal)
     if n == 0:
         return np.empty(0, np.int64), np.empty(0, np.float32)
-    scores, ids = version.index.search(query_vec.reshape(1, -1).astype(np.float32), n)
+    scores, ids = version.search_index.search(query_vec.reshape(1, -1).astype(np.float32), n)
     keep = ids[0] >= 0
     return version.rows_for_ids(ids[0][keep]), scores[0][keep]
 

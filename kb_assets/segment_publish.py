@@ -12,7 +12,7 @@ import pandas as pd
 
 from kb_core import settings
 from kb_core.lexical import LEXICAL_VERSION, merge_counts, term_counts
-from resources.segments import merged_parts, no_deletions, write_segment
+from resources.segments import merged_parts, no_deletions, segment_info, write_segment
 from resources.store import KBStore
 from resources.ann_index import IndexPolicy, build_version_index
 from resources.vector_index import VersionStore
@@ -147,7 +147,29 @@ def write_parts(versions: VersionStore, parts: SegmentParts, dim: int) -> tuple[
                                         parts.chunks["chunk_id"].to_numpy(np.int64), dim,
                                         IndexPolicy.from_settings())
     return write_segment(Path(versions.path), index, parts.chunks, parts.counts,
-                         parts.terms), record
+                         parts.terms, record), record
+
+
+def segments_record(versions: VersionStore, segments: list[str]) -> dict:
+    """The vector search of a version of several segments (its info "vector_index"): HNSW
+    segments are searched as they are beside one exact index of the others, so the version's
+    recall@10 is the lowest of its HNSW segments' (each measured when written)."""
+    per = [segment_info(Path(versions.path), seg).get("vector_index") or {"kind": "flat"}
+           for seg in segments]
+    approximate = [r for r in per if r.get("kind") == "hnsw"]
+    kinds = [r.get("kind", "flat") for r in per]
+    if not approximate:
+        return {"kind": "flat", "requested": "merged", "params": {}, "recall_at_10": 1.0,
+                "segment_kinds": kinds,
+                "note": f"{len(segments)} exact segments merged into one exact index when "
+                        "loaded; a compaction rebuilds one segment (HNSW past KB_ANN_MIN_CHUNKS)"}
+    worst = min(approximate, key=lambda r: r.get("recall_at_10", 0.0))
+    return {"kind": "hnsw", "requested": "sharded", "params": worst.get("params", {}),
+            "recall_at_10": worst.get("recall_at_10"), "n_queries": worst.get("n_queries"),
+            "segment_kinds": kinds,
+            "note": f"{len(approximate)} HNSW segment(s) searched as written, beside one exact "
+                    f"index of the other {len(segments) - len(approximate)}; answers merged by "
+                    "score (recall@10: the lowest HNSW segment's, vs exact)"}
 
 
 ALIAS_TARGETS_SQL = """

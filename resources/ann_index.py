@@ -201,3 +201,52 @@ def build_version_index(vectors: np.ndarray, ids: np.ndarray, dim: int,
                    "note": (f"fell back to exact search: HNSW {params} reached recall@10 "
                             f"{tried[-1]['recall_at_10']} < {policy.min_recall} "
                             f"even at efSearch {tried[-1]['efSearch']}")}
+
+
+class ShardedSearch:
+    """Several segment indexes searched as one (a version whose large segments are HNSW):
+    each shard answers its own top k, an HNSW shard skipping the rows the version deleted
+    from it (a FAISS id selector, so no rebuild), and the answers are merged by score. Exact
+    where every shard is exact; otherwise the HNSW shards' measured recall bounds the whole.
+    Offers what retrieval and calibration use of a FAISS index: `search`, `ntotal`, `d`."""
+
+    def __init__(self, shards: list[tuple[faiss.Index, np.ndarray]]):
+        self._shards = []
+        for index, dead in shards:
+            dead = np.ascontiguousarray(dead, dtype=np.int64)
+            params, keep_alive = None, ()
+            if len(dead):
+                batch = faiss.IDSelectorBatch(dead)
+                params = (faiss.SearchParametersHNSW() if index_kind(index) == "hnsw"
+                          else faiss.SearchParameters())
+                params.sel = faiss.IDSelectorNot(batch)
+                if index_kind(index) == "hnsw":
+                    params.efSearch = ef_search_of(index)
+                keep_alive = (batch, params.sel)  # SWIG does not keep selectors alive
+            self._shards.append((index, params, index.ntotal - len(dead), keep_alive))
+        self.d = shards[0][0].d if shards else 0
+        self.ntotal = sum(live for _, _, live, _ in self._shards)
+
+    @property
+    def kinds(self) -> list[str]:
+        return [index_kind(index) for index, *_ in self._shards]
+
+    def search(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        x = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, self.d)
+        scores, ids = [], []
+        for index, params, live, _ in self._shards:
+            if live <= 0:
+                continue
+            s, i = index.search(x, min(k, live), params=params)
+            scores.append(np.where(i >= 0, s, -np.inf))
+            ids.append(i)
+        if not scores:
+            return (np.full((len(x), k), -np.inf, np.float32), np.full((len(x), k), -1, np.int64))
+        s, i = np.concatenate(scores, axis=1), np.concatenate(ids, axis=1)
+        order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+        s, i = np.take_along_axis(s, order, 1), np.take_along_axis(i, order, 1)
+        if s.shape[1] < k:  # fewer live rows than k: pad as FAISS does
+            pad = k - s.shape[1]
+            s = np.pad(s, ((0, 0), (0, pad)), constant_values=-np.inf)
+            i = np.pad(i, ((0, 0), (0, pad)), constant_values=-1)
+        return s.astype(np.float32), np.where(np.isfinite(s), i, -1).astype(np.int64)

@@ -75,7 +75,8 @@ def fsync_dir(path: Path) -> None:
 
 
 def write_segment(versions_root: Path, index: faiss.Index, chunks: pd.DataFrame,
-                  counts: sparse.spmatrix, terms: list[str]) -> str:
+                  counts: sparse.spmatrix, terms: list[str],
+                  vector_index: dict | None = None) -> str:
     """Write one segment (rows of `chunks` aligned with `index` and `counts`) into a temporary
     directory and rename it into `segments/<id>`; returns the id. Until a version names it,
     a segment is an orphan that `remove_orphans` deletes."""
@@ -92,7 +93,8 @@ def write_segment(versions_root: Path, index: faiss.Index, chunks: pd.DataFrame,
         (tmp / SEG_TERMS).write_text(json.dumps(terms, ensure_ascii=False), encoding="utf-8")
         info = {"id": seg_id, "rows": len(chunks), "dim": index.d,
                 "sha256": {f: file_sha256(tmp / f) for f in (SEG_INDEX, SEG_CHUNKS, SEG_COUNTS,
-                                                             SEG_TERMS)}}
+                                                             SEG_TERMS)},
+                "vector_index": vector_index or {"kind": "flat"}}
         (tmp / SEG_INFO).write_text(json.dumps(info, indent=1), encoding="utf-8")
         fsync_tree(tmp)
         os.rename(tmp, root / seg_id)
@@ -102,6 +104,11 @@ def write_segment(versions_root: Path, index: faiss.Index, chunks: pd.DataFrame,
         raise
     fault_point("publish:segment_written")
     return seg_id
+
+
+def segment_info(versions_root: Path, seg_id: str) -> dict:
+    """A segment's segment.json (rows, dim, file hashes, and its vector index record)."""
+    return json.loads((versions_root / SEGMENTS_DIR / seg_id / SEG_INFO).read_text("utf-8"))
 
 
 def segment_dir(version_dir: Path, seg_id: str) -> Path:
@@ -177,12 +184,13 @@ def live_rows(version_dir: Path, info: dict, columns: list[str]) -> pd.DataFrame
 
 
 def merged_parts(version_dir: Path, info: dict, texts: bool = True,
-                 deleted: pd.DataFrame | None = None):
+                 deleted: pd.DataFrame | None = None, shards: list | None = None):
     """The live rows of a segmented version, merged: (chunks sorted by chunk_id, counts in the
     same order, terms, (index ids, vectors) sorted by id, the single segment's index when the
     version is one segment without deletions, else None). `deleted` overrides the version's
     deleted file (a publisher merging the segments of a version not yet written). Vectors are
-    taken by the index's own ids, so an index that lost ids stays visible to the checks."""
+    taken by the index's own ids, so an index that lost ids stays visible to the checks.
+    `shards`, if given, receives (segment index, live ids, deleted ids) per segment."""
     deleted = read_deleted(version_dir) if deleted is None else deleted
     chunks, counts, ids, vecs = [], [], [], []
     single = None
@@ -199,6 +207,8 @@ def merged_parts(version_dir: Path, info: dict, texts: bool = True,
         keep_vec = live_mask(seg_id, seg_ids, deleted)
         if len(info["segments"]) == 1 and keep.all() and keep_vec.all():
             single = index
+        if shards is not None:
+            shards.append((index, seg_ids[keep_vec], seg_ids[~keep_vec]))
         chunks.append(rows[keep])
         counts.append((c[np.flatnonzero(keep)], terms))
         ids.append(seg_ids[keep_vec])

@@ -22,7 +22,7 @@ from dagster import ConfigurableResource
 from kb_core.serving import version_numbers
 from kb_core.hooks import fault_point
 from kb_core.lexical import BM25Index, term_counts
-from resources.ann_index import build_vector_index, read_vector_index
+from resources.ann_index import ShardedSearch, build_vector_index, index_kind, read_vector_index
 
 from .segments import (SEG_CHUNKS, SEG_INDEX, fsync_tree, is_segmented, live_rows, merged_parts,
                        no_deletions, remove_orphans, segment_digest, segment_vectors, write_deleted,
@@ -45,6 +45,13 @@ class KBVersion:
     index: faiss.Index
     manifest: pd.DataFrame  # sorted by chunk_id; row i is BM25 row i
     lexical: BM25Index
+    # What queries search when it is not `index` (the exact merge of several segments): the
+    # HNSW segments as they are beside one exact index of the rest (ann_index.ShardedSearch).
+    sharded: ShardedSearch | None = None
+
+    @property
+    def search_index(self):
+        return self.sharded if self.sharded is not None else self.index
 
     @cached_property
     def chunk_ids(self) -> np.ndarray:
@@ -160,9 +167,28 @@ def load_version_dir(path: Path, number: int | None = None, texts: bool = True) 
             columns = [c for c in pq.read_schema(path / MANIFEST_FILE).names if c != "text"]
             manifest = pd.read_parquet(path / MANIFEST_FILE, columns=columns).assign(text="")
         return KBVersion(number, path, info, index, manifest, BM25Index.load(path))
-    manifest, counts, terms, (ids, vectors), single = merged_parts(path, info, texts)
-    index = single if single is not None else build_faiss_index(vectors, ids, int(info["dim"]))
-    return KBVersion(number, path, info, index, manifest, BM25Index.from_counts(counts, terms))
+    return segmented_version(path, info, number, texts)
+
+
+def segmented_version(path: Path, info: dict, number: int, texts: bool = True,
+                      deleted: pd.DataFrame | None = None) -> KBVersion:
+    """A segmented version merged for reading: one exact index over the live rows (the checks
+    and audits read it), and, when some segments are HNSW, a sharded search that keeps them."""
+    shards: list = []
+    manifest, counts, terms, (ids, vectors), single = merged_parts(path, info, texts, deleted,
+                                                                   shards)
+    dim = int(info["dim"])
+    index = single if single is not None else build_faiss_index(vectors, ids, dim)
+    sharded = None
+    approximate = [s for s in shards if index_kind(s[0]) == "hnsw"]
+    if single is None and approximate:
+        in_hnsw = np.concatenate([live for _, live, _ in approximate])
+        rest = ~np.isin(ids, in_hnsw)
+        sharded = ShardedSearch([(idx, dead) for idx, _, dead in approximate]
+                                + [(build_faiss_index(vectors[rest], ids[rest], dim),
+                                    np.zeros(0, np.int64))])
+    return KBVersion(number, path, info, index, manifest, BM25Index.from_counts(counts, terms),
+                     sharded)
 
 
 def version_vectors(path: Path) -> np.ndarray | None:

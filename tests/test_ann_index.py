@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from kb_core.settings import SettingError
-from resources.ann_index import (HNSW_PARAMS, IndexPolicy, build_vector_index,
+from kb_core.lexical import term_counts
+from resources.ann_index import (HNSW_PARAMS, IndexPolicy, ShardedSearch, build_vector_index,
                                  build_version_index, ef_search_of, exact_neighbours,
                                  index_kind, measure_recall, read_vector_index, recall_at_k,
                                  recall_queries)
@@ -291,3 +292,67 @@ def test_the_embedding_checks_read_a_published_index_of_either_kind(kind, tmp_pa
     order = np.argsort(ids)
     assert np.allclose(np.sort(got, axis=0), np.sort(vectors[order], axis=0))
     assert np.array_equal(store.load(1, texts=False).chunk_ids, np.sort(ids))
+
+# --- several segments, some HNSW: searched shard by shard (ann_index.ShardedSearch) --------
+def test_sharded_search_of_exact_shards_equals_one_exact_index():
+    vectors, ids = random_vectors(900), chunk_ids(900)
+    one = build_vector_index(vectors, ids, DIM, "flat")
+    dead = ids[:40]  # deleted from the first shard: never returned
+    sharded = ShardedSearch([(build_vector_index(vectors[:500], ids[:500], DIM, "flat"), dead),
+                             (build_vector_index(vectors[500:], ids[500:], DIM, "flat"),
+                              np.zeros(0, np.int64))])
+    live = ~np.isin(ids, dead)
+    exact = build_vector_index(vectors[live], ids[live], DIM, "flat")
+    queries = recall_queries(vectors, 50)
+    assert sharded.ntotal == live.sum() and sharded.d == DIM
+    s_sharded, i_sharded = sharded.search(queries, 10)
+    s_exact, i_exact = exact.search(queries, 10)
+    assert (i_sharded == i_exact).all() and np.allclose(s_sharded, s_exact, atol=1e-5)
+    assert not np.isin(i_sharded, dead).any()
+    assert not (i_sharded == one.search(queries, 10)[1]).all()  # the deletions mattered
+    # More asked than there are live rows: padded with -1, like FAISS.
+    small = ShardedSearch([(build_vector_index(vectors[:3], ids[:3], DIM, "flat"), ids[:1])])
+    _, i_small = small.search(queries[:2], 5)
+    assert (i_small[:, 2:] == -1).all() and set(i_small[0, :2]) == set(ids[1:3])
+
+
+def test_segmented_version_keeps_its_hnsw_segment_and_skips_deleted_rows(tmp_path):
+    """A large HNSW segment plus a small new one, some rows deleted from the large one: the
+    loaded version searches the HNSW segment as written (not a rebuilt exact merge), never
+    returns a deleted row, reaches the recorded recall against exact search of the live rows,
+    and the version record says so."""
+    import pandas as pd
+
+    from kb_assets.segment_publish import segments_record
+    from resources.segments import write_segment
+    from resources.vector_index import VersionStore
+
+    vectors, ids = clustered_vectors(3200), chunk_ids(3200)
+    store = VersionStore(root=str(tmp_path / "versions"))
+    segments = []
+    for part, policy in ((slice(0, 3000), IndexPolicy(kind="hnsw")),
+                         (slice(3000, 3200), IndexPolicy(kind="auto"))):
+        index, record = build_version_index(vectors[part], ids[part], DIM, policy)
+        rows = pd.DataFrame({"chunk_id": ids[part], "doc_id": "d", "text": "t"})
+        order = np.argsort(ids[part], kind="stable")
+        segments.append(write_segment(store.path, index, rows.iloc[order].reset_index(drop=True),
+                                      *term_counts(["t"] * len(rows)), record))
+    record = segments_record(store, segments)
+    assert record["kind"] == "hnsw" and record["segment_kinds"] == ["hnsw", "flat"]
+    assert record["recall_at_10"] >= 0.95
+    dead = ids[:100]
+    deleted = pd.DataFrame({"segment": segments[0], "chunk_id": dead})
+    store.publish(1, segments, deleted, {"dim": DIM, "vector_index": record}, [])
+
+    v = store.load(1)
+    assert v.sharded is not None and v.search_index is v.sharded
+    assert v.sharded.kinds == ["hnsw", "flat"]
+    live = ~np.isin(ids, dead)
+    assert v.search_index.ntotal == v.index.ntotal == live.sum() == len(v.manifest)
+    queries = recall_queries(vectors[live], 200)
+    _, found = v.search_index.search(queries, 10)
+    assert not np.isin(found, dead).any()
+    truth = exact_neighbours(vectors[live], ids[live], queries, 10)
+    assert recall_at_k(found, truth) >= 0.95
+    # The new segment's rows are found exactly: a query equal to one of them finds it first.
+    assert v.search_index.search(vectors[3100:3101], 1)[1][0, 0] == ids[3100]
