@@ -248,6 +248,23 @@ def test_kb_build_with_hnsw_records_recall_and_search_answers_as_exact(tmp_path,
     hits = json.loads(search.stdout)["hits"]
     assert hits and golden[0]["doc_id"] in {h["doc_id"] for h in hits}
 
+    # A change with default settings adds a small exact segment; the HNSW one is kept and
+    # searched as it is beside it (not merged into a rebuilt exact index).
+    (home / "inbox" / "bike.md").write_text(
+        "# Bicycle allowance\nStaff who cycle to work receive a bicycle allowance of 17 "
+        "credits a month, claimed through the facilities portal.\n", encoding="utf-8")
+    build = kb_process(home, "build", "--json")
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    info2 = json.loads((home / "versions" / "2" / "version.json").read_text())
+    assert len(info2["segments"]) == 2 and info2["vector_index"]["requested"] == "sharded"
+    assert info2["vector_index"]["segment_kinds"] == ["hnsw", "flat"]
+    v2 = Searcher.open(Paths.from_env(), 2).version
+    assert v2.sharded is not None and v2.sharded.kinds == ["hnsw", "flat"]
+    search = kb_process(home, "search", "How much is the bicycle allowance?", "-k", "3",
+                        "--json", "--kb-version", "2")
+    assert search.returncode == 0, search.stderr[-2000:]
+    assert "bike.md" in {h["doc_id"] for h in json.loads(search.stdout)["hits"]}
+
 
 @pytest.mark.parametrize("vi, kind, fell_back", [
     (None, None, False),
