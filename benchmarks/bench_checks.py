@@ -62,8 +62,11 @@ def write_jsonl(folder: Path, name: str, docs: list[dict], per_file: int = 500) 
             f.write("\n".join(json.dumps(d) for d in docs[k:k + per_file]) + "\n")
 
 
-def seed_cache(store, model_id: str, dim: int) -> int:
-    """Random unit vectors for every chunk text the cache lacks (stands in for embedding)."""
+def seed_cache(store, model_id: str, dim: int, kind: str = "random") -> int:
+    """Unit vectors for every chunk text the cache lacks (stands in for embedding): "random"
+    (uniform on the sphere: no neighbourhoods, the worst case for an approximate index), or
+    "clustered" (a gaussian mixture of 200 clusters at cosine ~0.7 from their centre, like
+    real embeddings of a corpus; what benchmarks/bench_ann.py measures HNSW on)."""
     import numpy as np
     import pandas as pd
 
@@ -75,9 +78,13 @@ def seed_cache(store, model_id: str, dim: int) -> int:
             "SELECT DISTINCT text_hash FROM chunks WHERE text_hash NOT IN "
             "(SELECT text_hash FROM embedding_cache WHERE model_id = ?)", [model_id]).fetchall()]
         rng = np.random.default_rng(0)
+        centres = rng.normal(size=(200, dim))
+        centres /= np.linalg.norm(centres, axis=1, keepdims=True)
         for k in range(0, len(hashes), 20000):
             part = hashes[k:k + 20000]
             v = rng.normal(size=(len(part), dim)).astype(np.float32)
+            if kind == "clustered":
+                v = centres[rng.integers(0, len(centres), len(part))] + v / np.sqrt(dim)
             v /= np.linalg.norm(v, axis=1, keepdims=True)
             persistence.cache_embeddings(con, pd.DataFrame({
                 "model_id": model_id, "text_hash": part, "vector": [row.tobytes() for row in v],

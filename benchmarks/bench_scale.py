@@ -1,8 +1,9 @@
 """Cost of a change at 10k / 100k (/ 1M) chunks: a `kb build --select index` adding 10 documents.
 
 Per scale, in a temporary KB_HOME: a synthetic corpus (benchmarks/bench_checks.py's random-word
-documents) is ingested and chunked, the embedding cache is seeded with random unit vectors for
-those chunks (embedding 100k chunks for real would take hours here), and version 1 is published.
+documents) is ingested and chunked, the embedding cache is seeded with clustered unit vectors
+for those chunks (`--seed-vectors random` for uniform ones; embedding 100k chunks for real would
+take hours here), and version 1 is published (exact, or HNSW past KB_ANN_MIN_CHUNKS).
 Then, as whole `kb build --select index` processes (what a user runs), three times: 10 new
 documents (embedded for real) are dropped into the inbox and the build is timed: wall time of
 the process, the `faiss_index` (publish) step, and the bytes written under `versions/`. Query
@@ -28,11 +29,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-if "--child" in sys.argv and os.environ.get("PYTHONPATH"):
-    sys.path.insert(0, os.environ["PYTHONPATH"])  # the checkout under test (--compare)
-
 from benchmarks.bench_checks import corpus, seed_cache, write_jsonl  # noqa: E402
 from benchmarks.common import md_row, median, pct  # noqa: E402
+
+# The benchmark's own modules (above) come from this checkout; the platform's from the
+# checkout under test (--compare).
+if "--child" in sys.argv and os.environ.get("PYTHONPATH"):
+    sys.path.insert(0, os.environ["PYTHONPATH"])
 
 NEW_DOCS = 10
 # Chunks per synthetic 1,000-word document with the model-token chunker (measured: 462
@@ -71,7 +74,8 @@ def setup_scale(chunks: int) -> dict:
     t0 = time.perf_counter()
     write_jsonl(paths.inbox / "base", "base", corpus(max(1, round(chunks / CHUNKS_PER_DOC)), 1, "base"))
     run(("raw_docs", "cleaned_chunks"))
-    seed_cache(res["store"], res["embedder"].model_id, res["embedder"].dim)
+    seed_cache(res["store"], res["embedder"].model_id, res["embedder"].dim,
+               os.environ.get("BENCH_SEED_VECTORS", "clustered"))
     run(("embeddings", "faiss_index"))
     with res["store"].connect() as con:
         n = con.execute("SELECT count(*) FROM chunks").fetchall()[0][0]
@@ -105,7 +109,18 @@ def query_latency(home: str) -> dict:
         took.append((time.perf_counter() - t) * 1000)
     return {"version": number, "load_s": round(load_s, 2), "p50_ms": round(pct(took, 50), 1),
             "p95_ms": round(pct(took, 95), 1),
-            "segments": len(searcher.version.info.get("segments") or [None])}
+            "segments": len(searcher.version.info.get("segments") or [None]),
+            "search": search_kind(searcher.version)}
+
+
+def search_kind(version) -> str:
+    """What the query searched: one index (flat or hnsw) or shards (hnsw + flat, ...)."""
+    from resources.ann_index import index_kind
+
+    sharded = getattr(version, "sharded", None)  # older checkouts (--compare) lack it
+    if sharded is not None:
+        return "+".join(sharded.kinds)
+    return index_kind(version.index)
 
 
 def code_env(home: str, code: Path) -> dict:
@@ -185,8 +200,8 @@ def table(rows: list[dict]) -> str:
             r["code"], f"{r['chunks']:,}", NEW_DOCS, round(median([x["wall_s"] for x in b]), 1),
             round(median([x["publish_s"] or 0 for x in b]), 2),
             round(median([x["written_mb"] for x in b]), 2), round(r["disk_mb"], 1),
-            f"{q['p50_ms']} / {q['p95_ms']} ({q['segments']} segments)",
-            f"{qc['p50_ms']} / {qc['p95_ms']} ({r['compact_index']}; that build "
+            f"{q['p50_ms']} / {q['p95_ms']} ({q['segments']} segments: {q['search']})",
+            f"{qc['p50_ms']} / {qc['p95_ms']} ({qc['search']}; that build "
             f"{r['compact_build_s']} s)", target))
     return "\n".join(lines)
 
@@ -195,6 +210,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scales", type=int, nargs="+", default=[10_000, 100_000])
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--seed-vectors", choices=("clustered", "random"), default="clustered",
+                    help="vectors standing in for the base corpus's embeddings (random ones "
+                         "have no neighbourhoods: HNSW cannot reach its recall on them)")
     ap.add_argument("--compare", type=Path,
                     help="another checkout (e.g. a worktree of the previous release) run side "
                          "by side, scale by scale, before this one")
@@ -207,6 +225,7 @@ def main() -> int:
         res = setup_scale(int(n)) if mode == "setup" else query_latency(args.home)
         print("RESULT " + json.dumps(res))
         return 0
+    os.environ["BENCH_SEED_VECTORS"] = args.seed_vectors  # read by the setup child
     t0 = time.perf_counter()
     rows = []
     for n in args.scales:
@@ -217,8 +236,8 @@ def main() -> int:
     md = ("## Cost of a change: +10 documents at scale (`benchmarks/bench_scale.py`)\n\n"
           + table(rows) + f"\n\nEach build is a whole `kb build --select index` process (model "
           f"load, checks, publish) after dropping {NEW_DOCS} new documents; the cache was seeded "
-          f"with random unit vectors for the base corpus, the new documents are embedded for "
-          f"real. 'Written per version' counts files created or changed under `versions/` by "
+          f"with {args.seed_vectors} unit vectors for the base corpus, the new documents are "
+          f"embedded for real. 'Written per version' counts files created or changed under `versions/` by "
           f"one build. Query: {QUERIES} queries of 6 words drawn from KB chunks, embed + hybrid "
           f"search, one thread. 1-minute load average at the end: {load:.1f}.")
     print("\n" + md)
