@@ -19,7 +19,8 @@ edited chunk that keeps its chunk_id (new title, say) is deleted from its old se
 added in the new one. Loading a version merges its segments exactly as one build would: the
 live rows sorted by chunk_id, one flat FAISS index over their vectors, and one BM25 index built
 from the summed raw counts (N, df and avgdl over live rows only). A version of one segment
-without deletions serves that segment's index file as it is.
+without deletions serves that segment's index file as it is; HNSW segments of a version of
+several are also searched as they are (resources/vector_index.segmented_version).
 
 Older full-copy versions (index.faiss, manifest.parquet and bm25_* directly in `<n>/`) still
 load: `load_version_dir` reads them the old way, as a version of one segment."""
