@@ -84,7 +84,8 @@ def seed_cache(store, model_id: str, dim: int, kind: str = "random") -> int:
             part = hashes[k:k + 20000]
             v = rng.normal(size=(len(part), dim)).astype(np.float32)
             if kind == "clustered":
-                v = centres[rng.integers(0, len(centres), len(part))] + v / np.sqrt(dim)
+                v = (centres[rng.integers(0, len(centres), len(part))]
+                     + v / np.sqrt(dim)).astype(np.float32)
             v /= np.linalg.norm(v, axis=1, keepdims=True)
             persistence.cache_embeddings(con, pd.DataFrame({
                 "model_id": model_id, "text_hash": part, "vector": [row.tobytes() for row in v],
