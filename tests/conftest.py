@@ -8,6 +8,7 @@
 Building a KB costs 20-60 s on 2 shared cores: share a built one only where tests read it."""
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -22,10 +23,42 @@ from kb_core.paths import Paths
 os.environ.setdefault("KB_MODEL_CACHE", str(Path(tempfile.gettempdir()) / "kb-test-model-cache"))
 
 
+MLFLOW_URI_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+def _mlflow_uris() -> tuple:
+    if "mlflow" not in sys.modules:
+        return None, None
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    return tracking_utils._tracking_uri, registry_utils._registry_uri
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_uris_restored():
+    """MLflow keeps its tracking and registry URIs in module globals and copies them into
+    os.environ: put both back after each test, so that no test (or process it starts) reads
+    another test's registry. Test files share worker processes in any order (pytest-xdist)."""
+    env = {k: os.environ.get(k) for k in MLFLOW_URI_VARS}
+    before = _mlflow_uris()
+    yield
+    if _mlflow_uris() != before:
+        import mlflow
+
+        mlflow.set_tracking_uri(before[0])
+        mlflow.set_registry_uri(before[1])
+    for key, value in env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture
 def kb_paths(tmp_path, monkeypatch) -> Paths:
     """A fresh KB_HOME (inbox, DuckDB, versions, Dagster instance, MLflow) per test."""
-    for var in ("KB_INBOX", "DAGSTER_HOME", "MLFLOW_TRACKING_URI", "OPENAI_API_KEY"):
+    for var in ("KB_INBOX", "DAGSTER_HOME", *MLFLOW_URI_VARS, "OPENAI_API_KEY"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("KB_HOME", str(tmp_path / "kb"))
     paths = Paths.from_env().ensure()

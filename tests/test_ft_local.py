@@ -100,6 +100,7 @@ def test_local_fine_tune_trains_registers_promotes_and_answers(kb_paths, capsys)
     import mlflow
 
     mlflow.set_tracking_uri(kb_paths.mlflow_uri)
+    mlflow.set_registry_uri(kb_paths.mlflow_uri)  # not one an earlier test set
     logged = Path(mlflow.artifacts.download_artifacts(
         artifact_uri=f"models:/kb-assistant/{mv.version}", dst_path=str(kb_paths.home / "dl")))
     assert list(logged.rglob("adapter_model.safetensors"))  # the adapter is in MLflow

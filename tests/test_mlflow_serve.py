@@ -82,6 +82,7 @@ def test_mlflow_models_serve_from_a_clean_venv(registry_kb, tmp_path):
     assert production == 2
 
     mlflow.set_tracking_uri(paths.mlflow_uri)
+    mlflow.set_registry_uri(paths.mlflow_uri)  # not one an earlier test set
     model_dir = Path(mlflow.artifacts.download_artifacts("models:/kb@production",
                                                          dst_path=str(tmp_path / "model")))
     requirements = model_dir / "requirements.txt"
