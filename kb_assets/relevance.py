@@ -64,10 +64,11 @@ def evidence(version, query: str, query_vec: np.ndarray,
              neighbours: tuple[np.ndarray, np.ndarray] | None = None) -> Evidence:
     """`neighbours`: this query's (scores, ids) row of a batched dense search, if done."""
     dense = 0.0
-    if version.search_index.ntotal:
+    index = version.search_index
+    if index.ntotal:
         if neighbours is None:
-            scores, ids = version.search_index.search(query_vec.reshape(1, -1).astype(np.float32),
-                                               min(50, version.search_index.ntotal))
+            scores, ids = index.search(query_vec.reshape(1, -1).astype(np.float32),
+                                       min(50, index.ntotal))
             neighbours = (scores[0], ids[0])
         dense = readable_dense_top(version, neighbours[1], neighbours[0])
     _, lex = version.lexical.search(query, 1)
@@ -188,8 +189,9 @@ def calibrate_version(version, encode, positives: list[str], target_refusal: flo
     null = null_questions()
     queries = null + positives
     vecs = np.ascontiguousarray(encode(queries), dtype=np.float32)
-    if version.search_index.ntotal and len(queries):  # one batched search: BLAS over all queries
-        scores, ids = version.search_index.search(vecs, min(50, version.search_index.ntotal))
+    index = version.search_index
+    if index.ntotal and len(queries):  # one batched search: BLAS over all queries
+        scores, ids = index.search(vecs, min(50, index.ntotal))
         ev = [evidence(version, q, v, (scores[i], ids[i]))
               for i, (q, v) in enumerate(zip(queries, vecs))]
     else:

@@ -217,10 +217,10 @@ class ShardedSearch:
             params, keep_alive = None, ()
             if len(dead):
                 batch = faiss.IDSelectorBatch(dead)
-                params = (faiss.SearchParametersHNSW() if index_kind(index) == "hnsw"
-                          else faiss.SearchParameters())
+                hnsw = index_kind(index) == "hnsw"
+                params = faiss.SearchParametersHNSW() if hnsw else faiss.SearchParameters()
                 params.sel = faiss.IDSelectorNot(batch)
-                if index_kind(index) == "hnsw":
+                if hnsw:
                     params.efSearch = ef_search_of(index)
                 keep_alive = (batch, params.sel)  # SWIG does not keep selectors alive
             self._shards.append((index, params, index.ntotal - len(dead), keep_alive))
