@@ -39,6 +39,21 @@ def _as_text(frame: pd.DataFrame) -> np.ndarray:
     return obj.where(frame.notna(), "").astype(str).to_numpy()
 
 
+def same_rows(a: pd.DataFrame, b: pd.DataFrame) -> np.ndarray:
+    """Row-wise equality of two frames with the same index and columns: equal values, or both
+    missing, column by column (fast); the rows that differ there are compared again as text
+    (DuckDB and parquet may spell a missing value or a number's type differently)."""
+    same = np.ones(len(a), dtype=bool)
+    for col in a.columns:
+        x, y = a[col].to_numpy(), b[col].to_numpy()
+        eq = np.asarray(x == y, dtype=bool) | (pd.isna(x) & pd.isna(y))
+        same &= eq
+    if not same.all():
+        rows = np.flatnonzero(~same)
+        same[rows] = (_as_text(a.iloc[rows]) == _as_text(b.iloc[rows])).all(axis=1)
+    return same
+
+
 def membership_diff(previous: pd.DataFrame, current: pd.DataFrame) -> Diff:
     """`previous`: live rows of the previous version (META_COLUMNS + segment); `current`: the
     active rows now (META_COLUMNS). A row whose metadata changed under the same chunk_id is
@@ -47,7 +62,7 @@ def membership_diff(previous: pd.DataFrame, current: pd.DataFrame) -> Diff:
     cur = current.set_index("chunk_id")
     common = cur.index.intersection(prev.index)
     cols = [c for c in META_COLUMNS if c != "chunk_id"]
-    same = (_as_text(cur.loc[common, cols]) == _as_text(prev.loc[common, cols])).all(axis=1)
+    same = same_rows(cur.loc[common, cols], prev.loc[common, cols])
     unchanged = common[same]
     added = current[~current["chunk_id"].isin(unchanged)]
     gone = previous[~previous["chunk_id"].isin(unchanged)]

@@ -92,10 +92,12 @@ def folder_digest(folder: str) -> str:
 
 
 def export_key(folder: Path, backend: str) -> str:
-    import torch
+    # The installed torch's version, read without importing torch (2-4 s): the exporter's
+    # version is part of the key, but loading an existing export never needs torch.
+    from importlib.metadata import version
 
     parts = [folder_digest(str(folder)), backend, str(QUANTIZATIONS[backend]),
-             EXPORTER_VERSION, f"opset{OPSET}", f"torch{torch.__version__}"]
+             EXPORTER_VERSION, f"opset{OPSET}", f"torch{version('torch')}"]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
 
 
@@ -183,6 +185,69 @@ def export(layout: ModelLayout, backend: str, target: Path) -> Path:
     return target
 
 
+class FastTokenizer:
+    """The model's tokenizer.json through the `tokenizers` package, set to what
+    transformers' AutoTokenizer does for `(batch, padding=True, truncation="longest_first",
+    max_length=...)`: same ids (tests/test_embedder_backends.py), without importing
+    transformers (6-9 s of every process that embeds, measured under a `kb build`)."""
+
+    def __init__(self, transformer_dir: Path, max_length: int):
+        from tokenizers import Tokenizer
+
+        config_file = transformer_dir / "tokenizer_config.json"
+        config = (json.loads(config_file.read_text(encoding="utf-8"))
+                  if config_file.is_file() else {})
+        self.tokenizer = Tokenizer.from_file(str(transformer_dir / "tokenizer.json"))
+        # tokenizer.json carries its own (often 128-token, fixed) truncation and padding;
+        # the sentence-transformers max_seq_length and longest-in-batch padding win.
+        self.tokenizer.enable_truncation(max_length=max_length, strategy="longest_first")
+        pad_token = config.get("pad_token", "[PAD]")
+        pad_token = pad_token.get("content", "[PAD]") if isinstance(pad_token, dict) else pad_token
+        pad_id = self.tokenizer.token_to_id(pad_token)
+        if pad_id is None:
+            raise OnnxUnavailable(f"{config_file}: pad token {pad_token!r} not in tokenizer.json")
+        self.tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token,
+                                      direction=config.get("padding_side", "right"))
+        unk = config.get("unk_token", "[UNK]")
+        self.unk_token_id = self.tokenizer.token_to_id(
+            unk.get("content", "[UNK]") if isinstance(unk, dict) else unk)
+
+    def __call__(self, batch: list[str] | str, add_special_tokens: bool = True) -> dict:
+        """A batch: padded int64 arrays. One string (as Embedder.reads_cjk asks, like
+        transformers): its list of ids."""
+        if isinstance(batch, str):
+            return {"input_ids": self.tokenizer.encode(
+                batch, add_special_tokens=add_special_tokens).ids}
+        encodings = self.tokenizer.encode_batch(batch, add_special_tokens=add_special_tokens)
+        return {"input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+                "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+                "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64)}
+
+
+class HFTokenizer:
+    """transformers' AutoTokenizer, for model folders without a tokenizer.json."""
+
+    def __init__(self, transformer_dir: Path, max_length: int):
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(str(transformer_dir), local_files_only=True)
+        self.max_length = max_length
+        self.unk_token_id = self.tokenizer.unk_token_id
+
+    def __call__(self, batch: list[str] | str, add_special_tokens: bool = True) -> dict:
+        if isinstance(batch, str):
+            return self.tokenizer(batch, add_special_tokens=add_special_tokens)
+        enc = self.tokenizer(batch, padding=True, truncation="longest_first",
+                             max_length=self.max_length, return_tensors="np")
+        return {k: np.asarray(v, dtype=np.int64) for k, v in enc.items()}
+
+
+def load_tokenizer(transformer_dir: Path, max_length: int):
+    if (transformer_dir / "tokenizer.json").is_file():
+        return FastTokenizer(transformer_dir, max_length)
+    return HFTokenizer(transformer_dir, max_length)
+
+
 class OnnxEncoder:
     """Tokenise -> ONNX Runtime -> mean pooling over the attention mask -> L2 norm."""
 
@@ -191,7 +256,6 @@ class OnnxEncoder:
             import onnxruntime as ort
         except ImportError as e:
             raise OnnxUnavailable(f"onnxruntime is not installed ({e})") from e
-        from transformers import AutoTokenizer
 
         self.layout = read_layout(folder)
         self.target = cache_root / "onnx" / export_key(folder, backend)
@@ -203,8 +267,7 @@ class OnnxEncoder:
             except Exception as e:  # noqa: BLE001 - any exporter failure means "use torch"
                 raise OnnxUnavailable(f"export of {folder} failed: {type(e).__name__}: {e}") from e
         self.meta = json.loads((self.target / META_FILE).read_text(encoding="utf-8"))
-        self.tokenizer = AutoTokenizer.from_pretrained(str(self.layout.transformer_dir),
-                                                       local_files_only=True)
+        self.tokenizer = load_tokenizer(self.layout.transformer_dir, self.layout.max_seq_length)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -223,9 +286,8 @@ class OnnxEncoder:
         for start in range(0, len(texts), batch_size):
             idx = order[start:start + batch_size]
             batch = [texts[i].lower() if self.layout.do_lower_case else texts[i] for i in idx]
-            enc = self.tokenizer(batch, padding=True, truncation="longest_first",
-                                 max_length=self.layout.max_seq_length, return_tensors="np")
-            feeds = {n: enc[n].astype(np.int64) for n in self.meta["inputs"]}
+            enc = self.tokenizer(batch)
+            feeds = {n: enc[n] for n in self.meta["inputs"]}
             hidden = self.session.run(None, feeds)[0]
             mask = feeds["attention_mask"][..., None].astype(np.float32)
             pooled = (hidden * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +16,8 @@ import pytest
 from kb_core import settings
 from resources import embedder as embedder_module
 from resources.embedder import PACKAGED_MODEL_ID, Embedder, model_cache_root
-from resources.onnx_encoder import META_FILE, MODEL_FILE, OnnxUnavailable, read_layout
+from resources.onnx_encoder import (META_FILE, MODEL_FILE, FastTokenizer, HFTokenizer,
+                                    OnnxUnavailable, read_layout)
 from tests.counting_embedder import ENCODED_TEXTS, CountingEmbedder
 from tests.kbtest import REPO, materialized, run_job, write
 
@@ -47,6 +49,45 @@ def test_onnx_fp32_vectors_equal_torch_and_share_the_cache_key():
     assert _cosines(single, ref).min() >= 0.9999
     assert onnx_e.model_id == torch_e.model_id == PACKAGED_MODEL_ID
     assert onnx_e.dim == 384 and onnx_e.reads_cjk is torch_e.reads_cjk is False
+
+
+def test_fast_tokenizer_gives_transformers_ids():
+    layout = read_layout(Path(Embedder().resolved_path))
+    fast = FastTokenizer(layout.transformer_dir, layout.max_seq_length)
+    slow = HFTokenizer(layout.transformer_dir, layout.max_seq_length)
+    # Batches of mixed lengths (padding), a text past max_seq_length (truncation), CJK,
+    # accents and an empty string.
+    for batch in (TEXTS, TEXTS[-1:], ["", "Café résumé naïve", "  spaces\tand\nnewlines "]):
+        got, want = fast(batch), slow(batch)
+        assert set(got) == set(want) == {"input_ids", "attention_mask", "token_type_ids"}
+        for name in got:
+            assert got[name].dtype == np.int64
+            assert np.array_equal(got[name], want[name]), name
+    assert fast(TEXTS)["input_ids"].shape[1] == layout.max_seq_length
+    probe = "請假規定 annual leave"
+    assert fast(probe, add_special_tokens=False)["input_ids"] == \
+        slow.tokenizer(probe, add_special_tokens=False)["input_ids"]
+    assert fast.unk_token_id == slow.unk_token_id == slow.tokenizer.unk_token_id
+
+
+LIGHT_IMPORTS = """
+import sys
+from pathlib import Path
+from resources.embedder import Embedder
+e = Embedder(backend="onnx")
+assert e.active_backend == "onnx", e.active_backend
+v = e.encode_query("annual leave policy")
+print(sorted(m for m in ("torch", "transformers", "sentence_transformers") if m in sys.modules))
+"""
+
+
+def test_onnx_embedding_imports_neither_torch_nor_transformers():
+    # Importing them costs 6-9 s per process (build, search, serve); a cached export needs neither.
+    Embedder(backend="onnx").encode_query("export first, if this machine has no export yet")
+    out = subprocess.run([sys.executable, "-c", LIGHT_IMPORTS], capture_output=True, text=True,
+                         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_int8_has_its_own_cache_key_and_close_vectors():
@@ -144,6 +185,7 @@ def test_export_is_atomic_under_concurrency_and_cached(tmp_path, monkeypatch):
 
 FALLBACK = """
 import sys
+from pathlib import Path
 sys.modules["onnxruntime"] = None  # this process has no ONNX Runtime: the import fails
 from resources.embedder import Embedder
 e = Embedder(backend=sys.argv[1])

@@ -11,7 +11,7 @@ import pytest
 from scipy import sparse
 
 from kb_assets.searcher import Searcher
-from kb_assets.segment_publish import membership_diff, needs_compaction
+from kb_assets.segment_publish import membership_diff, needs_compaction, same_rows
 from kb_core.lexical import BM25Index, merge_counts, term_counts
 from kb_core.paths import Paths
 from resources.embedder import Embedder
@@ -69,6 +69,17 @@ def test_membership_diff_edit_delete_add():
     d = membership_diff(prev, cur)
     assert sorted(d.added["chunk_id"]) == [3, 4]
     assert sorted(zip(d.deleted["segment"], d.deleted["chunk_id"])) == [("a", 2), ("b", 3)]
+
+
+@pytest.mark.parametrize("left,right,expected", [
+    ({"t": [None, "x"], "n": [1, 2]}, {"t": [float("nan"), "x"], "n": [1, 2]}, [True, True]),
+    ({"t": [None, "x"]}, {"t": ["", "y"]}, [True, False]),  # DuckDB NULL vs parquet ""
+    ({"n": [1, 2]}, {"n": [1.0, 3.0]}, [True, False]),  # int64 vs float64 spelling
+    ({"n": pd.array([1, None], dtype="Int32")}, {"n": [1.0, float("nan")]}, [True, True]),
+    ({"t": ["a", "b"], "n": [1, 2]}, {"t": ["a", "b"], "n": [1, 5]}, [True, False]),
+])
+def test_same_rows_ignores_spelling_not_values(left, right, expected):
+    assert same_rows(pd.DataFrame(left), pd.DataFrame(right)).tolist() == expected
 
 
 # --- whole builds -----------------------------------------------------------------------------
