@@ -144,7 +144,7 @@ def kb(home: str, code: Path, *args: str, **env: str) -> subprocess.CompletedPro
                           env={**code_env(home, code), **env})
 
 
-def one_scale(chunks: int, code: Path) -> dict:
+def one_scale(chunks: int, code: Path, compact: bool = True) -> dict:
     home = tempfile.mkdtemp(prefix=f"bench-scale-{chunks}-")
     os.environ["KB_HOME"] = home
     try:
@@ -169,6 +169,9 @@ def one_scale(chunks: int, code: Path) -> dict:
                   f"{steps.get('faiss_index')} s, wrote {written / 2**20:.1f} MB", file=sys.stderr)
         r["builds"] = builds
         r["query"] = child("query", home, code)
+        r["disk_mb"] = sum(dir_bytes(versions).values()) / 2**20
+        if not compact:
+            return r
         # One more +10 build with a segment limit of 2: this publish compacts (segmented
         # code) into one segment, exact or HNSW by size; the old code rebuilds as always.
         write_jsonl(Path(home) / "inbox" / "compact", "compact", corpus(NEW_DOCS, 99, "compact"))
@@ -202,7 +205,7 @@ def table(rows: list[dict]) -> str:
             round(median([x["written_mb"] for x in b]), 2), round(r["disk_mb"], 1),
             f"{q['p50_ms']} / {q['p95_ms']} ({q['segments']} segments: {q['search']})",
             f"{qc['p50_ms']} / {qc['p95_ms']} ({qc['search']}; that build "
-            f"{r['compact_build_s']} s)", target))
+            f"{r['compact_build_s']} s)" if qc else "not run (--no-compact)", target))
     return "\n".join(lines)
 
 
@@ -216,6 +219,8 @@ def main() -> int:
     ap.add_argument("--compare", type=Path,
                     help="another checkout (e.g. a worktree of the previous release) run side "
                          "by side, scale by scale, before this one")
+    ap.add_argument("--no-compact", action="store_true",
+                    help="skip the compacting build (at 1M chunks it rebuilds the whole index)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--home", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -231,7 +236,7 @@ def main() -> int:
     for n in args.scales:
         for label, code in ([("before", args.compare.resolve())] if args.compare else []) + [
                 ("this", REPO)]:
-            rows.append({"code": label, **one_scale(n, code)})
+            rows.append({"code": label, **one_scale(n, code, not args.no_compact)})
     load = os.getloadavg()[0]
     md = ("## Cost of a change: +10 documents at scale (`benchmarks/bench_scale.py`)\n\n"
           + table(rows) + f"\n\nEach build is a whole `kb build --select index` process (model "

@@ -25,6 +25,7 @@ from kb_core.lexical import BM25Index, term_counts
 from resources.ann_index import ShardedSearch, build_vector_index, index_kind, read_vector_index
 
 from .segments import (SEG_CHUNKS, SEG_INDEX, fsync_tree, is_segmented, live_rows, merged_parts,
+                       merged_vectors,
                        no_deletions, remove_orphans, segment_digest, segment_vectors, write_deleted,
                        write_segment)
 
@@ -193,12 +194,15 @@ def segmented_version(path: Path, info: dict, number: int, texts: bool = True,
 
 def version_vectors(path: Path) -> np.ndarray | None:
     """The vectors of a version's index, in index order (None if empty or missing)."""
-    if not (Path(path) / INFO_FILE).exists():
+    path = Path(path)
+    if not (path / INFO_FILE).exists():
         return None
-    index = load_version_dir(Path(path), texts=False).index
-    if index.ntotal == 0:
-        return None
-    return segment_vectors(index)[1]
+    info = json.loads((path / INFO_FILE).read_text(encoding="utf-8"))
+    if is_segmented(info):
+        vectors = merged_vectors(path, info)[1]
+    else:
+        vectors = segment_vectors(load_version_dir(path, texts=False).index)[1]
+    return vectors if len(vectors) else None
 
 
 def build_faiss_index(vectors: np.ndarray, ids: np.ndarray, dim: int) -> faiss.Index:

@@ -373,3 +373,11 @@ def test_segmented_version_keeps_its_hnsw_segment_and_skips_deleted_rows(tmp_pat
     assert recall_at_k(found, truth) >= 0.95
     # The new segment's rows are found exactly: a query equal to one of them finds it first.
     assert v.search_index.search(vectors[3100:3101], 1)[1][0, 0] == ids[3100]
+    # The drift check reads the live vectors only (segments' indexes, no chunks or counts):
+    # the same rows in the same (id) order as the merged exact index.
+    from checks.state import version_vectors
+    from resources.segments import segment_vectors
+
+    merged_ids, merged = segment_vectors(v.index)
+    assert np.array_equal(version_vectors(v.path), merged)
+    assert np.array_equal(np.sort(merged_ids), merged_ids) and not np.isin(merged_ids, dead).any()
