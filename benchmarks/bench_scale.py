@@ -186,6 +186,49 @@ def one_scale(chunks: int, code: Path, compact: bool = True) -> dict:
         shutil.rmtree(home, ignore_errors=True)
 
 
+def alternating(chunks: int, other: Path, pairs: int) -> dict:
+    """One KB_HOME (set up by this checkout), then +10-document builds alternating between
+    `other` and this checkout: both sides meet the same KB and the same machine load, which
+    sequential sides on a shared machine do not (a 6 s swing between sides was seen here)."""
+    home = tempfile.mkdtemp(prefix=f"bench-alt-{chunks}-")
+    os.environ["KB_HOME"] = home
+    try:
+        out = {"target": chunks, **child(f"setup:{chunks}", home, REPO), "runs": []}
+        for i in range(2 * pairs):
+            label, code = ("before", other) if i % 2 == 0 else ("this", REPO)
+            write_jsonl(Path(home) / "inbox" / f"alt{i}", f"alt{i}", corpus(NEW_DOCS, 50 + i, f"alt{i}"))
+            t = time.perf_counter()
+            p = kb(home, code, "build", "--select", "index", "--json")
+            wall = time.perf_counter() - t
+            if p.returncode:
+                raise RuntimeError(f"kb build failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+            res = json.loads(p.stdout)
+            steps = {s["step"]: s["duration_s"] for s in res["steps"]}
+            number = res["materialized"].get("faiss_index", {}).get("kb_version")
+            info = json.loads((Path(home) / "versions" / str(number) / "version.json").read_text())
+            compacted = bool(info.get("compacted"))
+            out["runs"].append({"code": label, "wall_s": wall, "steps": steps,
+                                "compacted": compacted})
+            print(f"  {label}: {wall:.1f} s " + " ".join(f"{k}={v}" for k, v in steps.items()),
+                  file=sys.stderr)
+        return out
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def alternating_table(r: dict) -> str:
+    runs = [x for x in r["runs"] if not x["compacted"]]  # a compaction is another cost
+    steps = list(dict.fromkeys(k for x in runs for k in x["steps"]))
+    lines = [md_row("code", "builds", "wall s (median)", *[f"{s} s" for s in steps]),
+             md_row(*["---"] * (3 + len(steps)))]
+    for label in ("before", "this"):
+        mine = [x for x in runs if x["code"] == label]
+        lines.append(md_row(label, len(mine), round(median([x["wall_s"] for x in mine]), 1),
+                            *[round(median([x["steps"].get(s, 0) for x in mine]), 2)
+                              for s in steps]))
+    return "\n".join(lines)
+
+
 def table(rows: list[dict]) -> str:
     head = ["code", "chunks", "+docs per build", "build wall s (median of 3)", "publish step s",
             "written per version MB", "versions/ total MB", "query p50 / p95 ms",
@@ -216,6 +259,10 @@ def main() -> int:
     ap.add_argument("--compare", type=Path,
                     help="another checkout (e.g. a worktree of the previous release) run side "
                          "by side, scale by scale, before this one")
+    ap.add_argument("--alternate", type=Path,
+                    help="another checkout: one KB, builds alternating between it and this one "
+                         "(printed, not written)")
+    ap.add_argument("--pairs", type=int, default=3, help="alternating builds per side")
     ap.add_argument("--no-compact", action="store_true",
                     help="skip the compacting build (at 1M chunks it rebuilds the whole index)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -229,6 +276,14 @@ def main() -> int:
         return 0
     os.environ["BENCH_SEED_VECTORS"] = args.seed_vectors  # read by the setup child
     t0 = time.perf_counter()
+    if args.alternate:
+        for n in args.scales:
+            r = alternating(n, args.alternate.resolve(), args.pairs)
+            print(f"\n{r['chunks']:,} chunks, +{NEW_DOCS} documents per build, builds alternating "
+                  f"(1-minute load average at the end: {os.getloadavg()[0]:.1f}):\n"
+                  + alternating_table(r))
+        print(f"(benchmark took {time.perf_counter() - t0:.0f} s)")
+        return 0
     rows = []
     for n in args.scales:
         for label, code in ([("before", args.compare.resolve())] if args.compare else []) + [
