@@ -141,6 +141,19 @@ def kb(home: str, code: Path, *args: str, **env: str) -> subprocess.CompletedPro
                           env={**code_env(home, code), **env})
 
 
+def timed_build(home: str, code: Path, tag: str, seed: int) -> tuple[float, dict, dict]:
+    """Drop NEW_DOCS documents, run `kb build --select index --json` with `code`: (wall s,
+    step durations, the --json result)."""
+    write_jsonl(Path(home) / "inbox" / tag, tag, corpus(NEW_DOCS, seed, tag))
+    t = time.perf_counter()
+    p = kb(home, code, "build", "--select", "index", "--json")
+    wall = time.perf_counter() - t
+    if p.returncode:
+        raise RuntimeError(f"kb build failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    out = json.loads(p.stdout)
+    return wall, {s["step"]: s["duration_s"] for s in out["steps"]}, out
+
+
 def one_scale(chunks: int, code: Path, compact: bool = True) -> dict:
     home = tempfile.mkdtemp(prefix=f"bench-scale-{chunks}-")
     os.environ["KB_HOME"] = home
@@ -149,17 +162,10 @@ def one_scale(chunks: int, code: Path, compact: bool = True) -> dict:
         versions = Path(home) / "versions"
         builds = []
         for i in range(INCREMENTS):
-            write_jsonl(Path(home) / "inbox" / f"new{i}", f"new{i}", corpus(NEW_DOCS, 10 + i, f"new{i}"))
             before = dir_bytes(versions)
-            t = time.perf_counter()
-            p = kb(home, code, "build", "--select", "index", "--json")
-            wall = time.perf_counter() - t
-            if p.returncode:
-                raise RuntimeError(f"kb build failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
-            out = json.loads(p.stdout)
+            wall, steps, _ = timed_build(home, code, f"new{i}", 10 + i)
             after = dir_bytes(versions)
             written = sum(s for f, s in after.items() if before.get(f) != s)
-            steps = {s["step"]: s["duration_s"] for s in out["steps"]}
             builds.append({"wall_s": wall, "publish_s": steps.get("faiss_index"),
                            "written_mb": written / 2**20})
             print(f"  {chunks:,}: +{NEW_DOCS} docs build {wall:.1f} s, publish "
@@ -196,14 +202,7 @@ def alternating(chunks: int, other: Path, pairs: int) -> dict:
         out = {"target": chunks, **child(f"setup:{chunks}", home, REPO), "runs": []}
         for i in range(2 * pairs):
             label, code = ("before", other) if i % 2 == 0 else ("this", REPO)
-            write_jsonl(Path(home) / "inbox" / f"alt{i}", f"alt{i}", corpus(NEW_DOCS, 50 + i, f"alt{i}"))
-            t = time.perf_counter()
-            p = kb(home, code, "build", "--select", "index", "--json")
-            wall = time.perf_counter() - t
-            if p.returncode:
-                raise RuntimeError(f"kb build failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
-            res = json.loads(p.stdout)
-            steps = {s["step"]: s["duration_s"] for s in res["steps"]}
+            wall, steps, res = timed_build(home, code, f"alt{i}", 50 + i)
             number = res["materialized"].get("faiss_index", {}).get("kb_version")
             info = json.loads((Path(home) / "versions" / str(number) / "version.json").read_text())
             compacted = bool(info.get("compacted"))
