@@ -202,11 +202,12 @@ class ServingState:
         return fut.result(timeout=60)
 
     def start(self) -> None:
-        import torch
+        if self.embedder.active_backend == "torch":  # ONNX has its own thread setting
+            import torch  # 2-4 s: only when torch encodes
 
-        # One torch thread: with two, on a busy 2-core machine a short query's encode burnt
-        # ~15x the CPU (OpenMP spinning); batching recovers the throughput instead.
-        torch.set_num_threads(1)
+            # One torch thread: with two, on a busy 2-core machine a short query's encode
+            # burnt ~15x the CPU (OpenMP spinning); batching recovers the throughput instead.
+            torch.set_num_threads(1)
         self.embedder.model()  # load the embedder before the first request
         threading.Thread(target=self._encode_loop, name="kb-encoder", daemon=True).start()
         self.refresh()
