@@ -144,13 +144,19 @@ def test_serve_json_startup_line(built):
         port = s.getsockname()[1]
     env = {**{k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "KB_INBOX")},
            "KB_HOME": str(home), "PYTHONPATH": str(REPO)}
+    # Started with SIGTERM ignored, as nohup, background jobs and some test runners hand it
+    # down (an xdist worker did in CI): kb serve must still stop when terminated right after
+    # its startup line, before uvicorn has installed its own handlers.
+    import signal
+
     proc = subprocess.Popen([*KB, "serve", "--port", str(port), "--json"], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_IGN))
     try:
         line = json.loads(proc.stdout.readline())
     finally:
         # SIGTERM during startup: uvicorn finishes starting (model, version, warm-up query),
-        # then stops; on a loaded CI machine that took over 30 s once.
+        # then stops; on a loaded CI machine that can take tens of seconds.
         proc.terminate()
         try:
             proc.wait(timeout=120)

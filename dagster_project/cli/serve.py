@@ -22,7 +22,14 @@ def register(sub) -> None:
 
 def cmd_serve(args) -> int:
     import logging
+    import signal
     import socket
+
+    # nohup, background jobs and some test runners hand SIGTERM/SIGINT down as ignored; a
+    # server must stop when told to, also before uvicorn installs its own handlers (a
+    # SIGTERM in that window was lost and the server ran on).
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     import uvicorn
 
