@@ -201,8 +201,14 @@ def merged_vectors(version_dir: Path, info: dict) -> tuple[np.ndarray, np.ndarra
         _, seg_ids, vectors, keep = live_vectors(version_dir, seg_id, deleted)
         ids.append(seg_ids[keep])
         vecs.append(vectors[keep])
+    return stack_by_id(ids, vecs, int(info["dim"]))
+
+
+def stack_by_id(ids: list[np.ndarray], vecs: list[np.ndarray], dim: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Segments' (ids, vectors) as one pair, rows sorted by id."""
     ids_all = np.concatenate(ids) if ids else np.zeros(0, np.int64)
-    vec_all = np.concatenate(vecs) if vecs else np.zeros((0, int(info["dim"])), np.float32)
+    vec_all = np.concatenate(vecs) if vecs else np.zeros((0, dim), np.float32)
     by_id = np.argsort(ids_all, kind="stable")
     return ids_all[by_id], vec_all[by_id]
 
@@ -239,11 +245,8 @@ def merged_parts(version_dir: Path, info: dict, texts: bool = True,
     manifest = pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame()
     order = (np.argsort(manifest["chunk_id"].to_numpy(np.int64), kind="stable")
              if len(manifest) else np.arange(0))
-    ids_all = np.concatenate(ids) if ids else np.zeros(0, np.int64)
-    vec_all = np.concatenate(vecs) if vecs else np.zeros((0, int(info["dim"])), np.float32)
-    by_id = np.argsort(ids_all, kind="stable")
     return (manifest.iloc[order].reset_index(drop=True), tf[order], terms,
-            (ids_all[by_id], vec_all[by_id]), single)
+            stack_by_id(ids, vecs, int(info["dim"])), single)
 
 
 def referenced_segments(versions_root: Path) -> set[str]:
