@@ -11,6 +11,7 @@ from dataclasses import replace
 import pandas as pd
 from dagster import AssetCheckExecutionContext, AssetCheckSpec, multi_asset_check
 
+from kb_core.writer_lock import KB_WRITER_POOL
 from resources.config import KBConfig
 from resources.embedder import Embedder
 from resources.store import KBStore
@@ -226,6 +227,7 @@ def collect(store: KBStore, q: QualityThresholds, cfg: KBConfig,
 
 
 @multi_asset_check(
+    pool=KB_WRITER_POOL,
     specs=[AssetCheckSpec(c.name, asset=c.asset, blocking=c.blocking, description=c.description)
            for c in CHECKS],
     name="cleaned_chunks_quality",

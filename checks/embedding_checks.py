@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 from dagster import AssetCheckExecutionContext, AssetCheckSpec, multi_asset_check
 
+from kb_core.writer_lock import KB_WRITER_POOL
 from resources.embedder import Embedder
 from resources.store import KBStore
 
@@ -120,6 +121,7 @@ def collect(store: KBStore, embedder: Embedder, q: QualityThresholds) -> list[Ch
 
 
 @multi_asset_check(
+    pool=KB_WRITER_POOL,
     specs=[AssetCheckSpec(c.name, asset=c.asset, blocking=c.blocking, description=c.description)
            for c in CHECKS],
     name="embeddings_quality",

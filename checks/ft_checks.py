@@ -16,6 +16,7 @@ from kb_assets.ft_release import ft_eval
 from kb_assets.report import md_table
 from kb_core.models import ASSISTANT
 from kb_core.text import find_pii
+from kb_core.writer_lock import KB_WRITER_POOL
 from resources import persistence
 from resources.ft_config import FTConfig
 from resources.registry import Registry, RegistryError
@@ -60,6 +61,7 @@ def check_dataset_files(folder, expected: dict[str, int], min_examples: int,
 
 
 @asset_check(asset=ft_dataset, blocking=True,
+             pool=KB_WRITER_POOL,
              description="Every line is a valid system/user/assistant example within length "
                          "limits, PII-masked, no eval question (or near-duplicate) in training.")
 def ft_dataset_valid(context: AssetCheckExecutionContext, store: KBStore,
@@ -100,6 +102,7 @@ def ft_verdict(metrics: dict, margin: float) -> tuple[bool, str]:
 
 
 @asset_check(asset=ft_eval, name=ASSISTANT.gate_check, blocking=True,
+             pool=KB_WRITER_POOL,
              description="The fine-tune beats both its base model and the retrieval-only "
                          "extractive answer (same questions, same contexts) by the configured "
                          "margin; otherwise it is not promoted and `kb ask` stays extractive.")

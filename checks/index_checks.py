@@ -9,6 +9,7 @@ import pandas as pd
 from dagster import AssetCheckExecutionContext, AssetCheckSpec, multi_asset_check
 
 from kb_core.lexical import lexical_tokens
+from kb_core.writer_lock import KB_WRITER_POOL
 from kb_assets.retrieval import hybrid_search
 from resources.embedder import Embedder
 from resources.store import KBStore, fetch_one
@@ -254,6 +255,7 @@ def collect(store: KBStore, versions: VersionStore, embedder: Embedder,
 
 
 @multi_asset_check(
+    pool=KB_WRITER_POOL,
     specs=[AssetCheckSpec(c.name, asset=c.asset, blocking=c.blocking, description=c.description)
            for c in CHECKS],
     name="faiss_index_quality",

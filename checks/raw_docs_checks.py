@@ -5,6 +5,7 @@ quarantine rows raised since) whole, unique and sane before anything is chunked?
 import pandas as pd
 from dagster import AssetCheckExecutionContext, AssetCheckSpec, multi_asset_check
 
+from kb_core.writer_lock import KB_WRITER_POOL
 from resources.store import KBStore
 
 from . import state
@@ -209,6 +210,7 @@ def collect(store: KBStore, q: QualityThresholds) -> list[CheckOutcome]:
 
 
 @multi_asset_check(
+    pool=KB_WRITER_POOL,
     specs=[AssetCheckSpec(c.name, asset=c.asset, blocking=c.blocking, description=c.description)
            for c in CHECKS],
     name="raw_docs_quality",

@@ -10,6 +10,7 @@ from kb_assets.evals import eval_for_run
 from kb_assets.release import gate_table, retrieval_eval
 from kb_assets.release_gate import floors_of, passed, stored_verdict, thresholds_of
 from kb_core.models import KB
+from kb_core.writer_lock import KB_WRITER_POOL
 from resources import persistence
 from resources.registry import Registry, RegistryError
 from resources.registry_pages import tag_validation
@@ -19,6 +20,7 @@ from resources.store import KBStore
 
 
 @asset_check(asset=retrieval_eval, name=KB.gate_check, blocking=True,
+             pool=KB_WRITER_POOL,
              description="Blocks promotion unless the candidate meets the SLOs (recall@3, "
                          "zero-hit rate, p95 latency) and does not regress against production.")
 def promotion_gate(context: AssetCheckExecutionContext, store: KBStore, registry: Registry,

@@ -23,6 +23,7 @@ from .ingest import raw_docs
 from .parsing import Problem
 from .report import bar_chart, histogram, md_table
 from kb_core.text import PII_LABELS, mask_pii, normalise, sha256_text
+from kb_core.writer_lock import KB_WRITER_POOL
 
 LENGTH_BINS = [0, 25, 50, 100, 150, 200, 300, 500]
 
@@ -117,6 +118,7 @@ def rechunk(store: KBStore, cfg: ChunkerConfig, run_id: str, tokenizer=UNICODE,
 
 
 @asset(
+    pool=KB_WRITER_POOL,
     deps=[raw_docs],
     group_name="ingest",
     kinds={"duckdb", "python"},

@@ -17,6 +17,7 @@ from resources.store import KBStore, fetch_one
 
 from .chunks import cleaned_chunks
 from kb_core.hooks import fault_point
+from kb_core.writer_lock import KB_WRITER_POOL
 
 PROGRESS_EVERY = 128  # texts per encode call: how often a terminal progress bar moves
 
@@ -119,6 +120,7 @@ def encode_cached(store: KBStore, embedder: Embedder, texts: list[str]) -> np.nd
 
 
 @asset(
+    pool=KB_WRITER_POOL,
     deps=[cleaned_chunks],
     group_name="index",
     kinds={"duckdb", "pytorch"},

@@ -25,6 +25,7 @@ from resources.store import KBStore, fetch_one
 from resources.vector_index import VersionStore
 
 from kb_core.ft_data import SourceDoc, eligible, split_group, split_sections
+from kb_core.writer_lock import KB_WRITER_POOL
 
 from .asset_pages import loss_metadata
 from .ft_plan import plan_questions
@@ -167,6 +168,7 @@ def build_dataset(store: KBStore, cfg: FTConfig, run_id: str, questions_fn=None,
 
 
 @asset(
+    pool=KB_WRITER_POOL,
     deps=[faiss_index, eval_set],
     group_name="fine_tune",
     kinds={"duckdb", "python"},
@@ -312,6 +314,7 @@ def train_and_register(store: KBStore, cfg: FTConfig, tuner: FineTuner, registry
 
 
 @asset(
+    pool=KB_WRITER_POOL,
     deps=[ft_dataset],
     group_name="fine_tune",
     kinds={"pytorch", "mlflow"},

@@ -15,6 +15,7 @@ from resources.ft_config import FTConfig
 from resources.llm import LLM, AssistantRef, LLMError
 from kb_core.models import ASSISTANT as SPEC
 from kb_core.models import ASSISTANT_MODEL as ASSISTANT
+from kb_core.writer_lock import KB_WRITER_POOL
 from resources.registry import Registry, RegistryError, registered_versions
 from resources.registry_pages import log_evaluation
 from resources.store import KBStore, fetch_one
@@ -191,6 +192,7 @@ def _clip(text: str, n: int = 120) -> str:
 
 
 @asset(
+    pool=KB_WRITER_POOL,
     deps=[fine_tuned_model],
     group_name="fine_tune",
     kinds={"python", "mlflow"},
@@ -229,6 +231,7 @@ def ft_eval(context: AssetExecutionContext, store: KBStore, ft_config: FTConfig,
 
 
 @asset(
+    pool=KB_WRITER_POOL,
     deps=[ft_eval],
     group_name="fine_tune",
     kinds={"mlflow"},

@@ -27,6 +27,7 @@ from kb_core.hooks import fault_point
 from .eval_set import synthetic_questions
 from .synthetic_questions import SyntheticQuestion
 from kb_core.lexical import LEXICAL_VERSION, BM25Index
+from kb_core.writer_lock import KB_WRITER_POOL
 from .relevance import Calibration, calibrate_version
 from .report import md_table
 from .segment_publish import (META_COLUMNS, NO_DELETIONS, apply_retention, compacted_parts,
@@ -217,6 +218,7 @@ def vector_index_metadata(vi: dict | None) -> dict:
 
 
 @asset(
+    pool=KB_WRITER_POOL,
     deps=[embeddings],
     group_name="index",
     kinds={"faiss", "duckdb"},

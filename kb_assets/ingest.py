@@ -12,6 +12,7 @@ import pandas as pd
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from kb_core.clock import utc_now
+from kb_core.writer_lock import KB_WRITER_POOL
 from resources import persistence
 from resources.config import KBConfig
 from resources.store import KBStore, fetch_one
@@ -168,6 +169,7 @@ def claim_ids(con, parsed: dict, changed_paths: list[str]) -> None:
 
 
 @asset(
+    pool=KB_WRITER_POOL,
     group_name="ingest",
     kinds={"duckdb", "python"},
     description="Documents in the inbox now, with added/changed/removed since the last run; "

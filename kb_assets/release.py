@@ -12,6 +12,7 @@ from kb_core.models import KB
 from resources import persistence
 from resources.embedder import Embedder
 from kb_core.packaging import project_code_paths
+from kb_core.writer_lock import KB_WRITER_POOL
 from resources.registry import Registry, RegistryError, ReleaseConfig
 from resources.registry_pages import log_evaluation, per_question_frame, publish_kb_page
 from resources.store import KBStore, fetch_one
@@ -129,6 +130,7 @@ def _tags(info: dict, run_id: str) -> dict:
 
 # -- assets -----------------------------------------------------------------------------------
 @asset(deps=[faiss_index], group_name="release", kinds={"mlflow", "duckdb"},
+       pool=KB_WRITER_POOL,
        description="Registers each new KB version in MLflow as a version of model `kb` "
                    "(pyfunc search model) with alias `staging`.")
 def kb_release(context: AssetExecutionContext, store: KBStore, versions: VersionStore,
@@ -187,6 +189,7 @@ def registry_rows(store: KBStore) -> list[dict]:
 
 
 @asset(deps=[faiss_index], group_name="release", kinds={"duckdb", "python"},
+       pool=KB_WRITER_POOL,
        description="The KB's own evaluation questions (known-item questions made from its "
                    "documents, labelled synthetic), refreshed incrementally; a curated golden "
                    "set takes precedence when there is one.")
@@ -225,6 +228,7 @@ def eval_set(context: AssetExecutionContext, store: KBStore, versions: VersionSt
 
 
 @asset(deps=[kb_release, eval_set], group_name="release", kinds={"mlflow", "duckdb"},
+       pool=KB_WRITER_POOL,
        description="Scores the candidate KB version on its evaluation set (curated golden set, "
                    "else synthetic) next to production: recall@k, MRR, nDCG, zero-hit, latency.")
 def retrieval_eval(context: AssetExecutionContext, store: KBStore, versions: VersionStore,
@@ -288,6 +292,7 @@ def retrieval_eval(context: AssetExecutionContext, store: KBStore, versions: Ver
 
 
 @asset(deps=[retrieval_eval], group_name="release", kinds={"mlflow"},
+       pool=KB_WRITER_POOL,
        description="Moves alias `production` to the candidate when its blocking gate check "
                    "passed (auto-promotion on); every move recorded in alias_history.")
 def kb_promotion(context: AssetExecutionContext, store: KBStore, registry: Registry,

@@ -39,9 +39,11 @@ concurrency:
       - key: kb/writer
         limit: 1
   pools:
-    # No asset declares a pool today (writers are serialised by the kb/writer tag above
-    # and the $KB_HOME/.kb-writer.lock file lock); these are Dagster's settings for any
-    # pool one might declare later: one op of a pool at a time, queued per run.
+    # Every KB asset and check is in the pool `kb_writer` (kb_core/writer_lock.py). At run
+    # granularity the run queue starts one run holding it at a time, including the UI's
+    # "Materialize" runs that carry no kb/writer tag and runs queued from other machines
+    # sharing this instance's storage. On one machine the store resource's file lock also
+    # covers `kb build`, which does not pass through the queue.
     granularity: run
     default_limit: 1
 run_queue:

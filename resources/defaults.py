@@ -18,7 +18,7 @@ def default_resources(paths: Paths | None = None, **overrides) -> dict:
     """Every resource the definitions need; tests pass temporary paths and overrides."""
     paths = paths or Paths.from_env()
     resources = {
-        "store": KBStore(db_path=str(paths.db)),
+        "store": KBStore(db_path=str(paths.db), writer_lock_home=str(paths.home)),
         "versions": VersionStore(root=str(paths.versions)),
         "embedder": Embedder(),
         "kb_config": KBConfig(inbox=str(paths.inbox),

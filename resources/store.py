@@ -6,13 +6,15 @@ immutable version directories instead. The schema, its migrations and every writ
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import duckdb
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, InitResourceContext
 
+from kb_core.writer_lock import writer_lock, writer_lock_path
 from resources.duckdb_files import connect_with_retry, fetch_one  # noqa: F401 (fetch_one: API)
 from resources.persistence import insert, migrate
 
@@ -21,6 +23,28 @@ class KBStore(ConfigurableResource):
     """DuckDB file holding the platform's row-level state and lineage."""
 
     db_path: str
+    # The KB home whose writer lock a Dagster run using this store holds, from its first step
+    # to its last: with the in-process executor a run initialises its resources once, and
+    # every KB asset and check uses the store. Empty: no lock (a store opened outside a run).
+    writer_lock_home: str = ""
+
+    @contextmanager
+    def yield_for_execution(self, context: InitResourceContext) -> Iterator["KBStore"]:
+        if not self.writer_lock_home:
+            yield self
+            return
+        home = Path(self.writer_lock_home)
+        log = context.log
+
+        def waiting(msg: str) -> None:
+            if log is not None:
+                log.info(f"{msg} (lock file {writer_lock_path(home)})")
+
+        t0 = time.monotonic()
+        with writer_lock(home, announce=waiting):
+            if log is not None:
+                log.info(f"Holding the KB writer lock (waited {time.monotonic() - t0:.1f}s)")
+            yield self
 
     @contextmanager
     def connect(self, read_only: bool = False,

@@ -111,3 +111,25 @@ def test_code_version_follows_the_code():
         assert asset_pages.code_version_of(raw_docs) != before
     finally:
         inspect.getsource = real
+
+
+def test_every_kb_step_is_in_the_writer_pool_and_runs_in_one_process(graph):
+    """Runs that write the KB queue on the `kb_writer` pool at run granularity (whatever
+    job or UI selection made them, whichever machine queued them); launched runs use
+    Dagster's public in-process executor (the store resource holds the file lock)."""
+    import yaml
+    from dagster import in_process_executor
+
+    from kb_core.paths import DAGSTER_YAML
+    from kb_core.writer_lock import KB_WRITER_POOL
+
+    defs, _ = graph
+    job = defs.resolve_job_def("all_job")
+    pools = {node.name: node.definition.pool for node in job.graph.nodes}
+    assert len(pools) >= len(GRAPH) - 1 + 5, pools  # every materializable asset + the checks
+    assert set(pools.values()) == {KB_WRITER_POOL}, pools
+    implicit = defs.resolve_implicit_global_asset_job_def()
+    assert "kb/writer" not in implicit.tags  # so only the pool can queue a UI "Materialize"
+    assert job.executor_def is in_process_executor
+    concurrency = yaml.safe_load(DAGSTER_YAML)["concurrency"]
+    assert concurrency["pools"] == {"granularity": "run", "default_limit": 1}

@@ -116,9 +116,10 @@ def test_dropped_file_is_searchable_within_a_minute(kb_paths, tmp_path):
 
 
 def test_kb_writers_never_overlap(kb_paths, tmp_path):
-    """Three writers at once: the sensor's run, a second kb_job launched from the UI's
-    GraphQL API (queues on the kb/writer tag limit) and a CLI `kb build` (waits on the
-    writer file lock, which the daemon-launched runs also take)."""
+    """Three writers at once: the sensor's kb_job run, a "Materialize" of the index chain
+    launched from the UI's GraphQL API (Dagster's implicit asset job: no kb/writer tag, so
+    only the `kb_writer` pool queues it) and a CLI `kb build` (waits on the writer file lock,
+    which the store resource of the daemon-launched runs also takes)."""
     from dagster_graphql import DagsterGraphQLClient
 
     write(kb_paths, "hr/leave.md", "# Leave\nEmployees get 20 days of annual leave.\n")
@@ -139,8 +140,10 @@ def test_kb_writers_never_overlap(kb_paths, tmp_path):
             location = loc["repositoriesOrError"]["nodes"][0]["location"]["name"]
             client = DagsterGraphQLClient("127.0.0.1", port_number=stack.port)
             ui_run_id = client.submit_job_execution(
-                "kb_job", repository_location_name=location, repository_name="__repository__",
-                tags={"kb/trigger": "test-ui"})
+                "__ASSET_JOB", repository_location_name=location,
+                repository_name="__repository__", tags={"kb/trigger": "test-ui"},
+                asset_selection=["raw_docs", "cleaned_chunks", "embeddings", "faiss_index"])
+            assert "kb/writer" not in instance.get_run_by_id(ui_run_id).tags
             cli = subprocess.run([*KB, "build", "--select", "kb"], cwd=REPO,
                                  env={**os.environ, "KB_HOME": str(kb_paths.home)},
                                  capture_output=True, text=True, timeout=600)
@@ -148,7 +151,7 @@ def test_kb_writers_never_overlap(kb_paths, tmp_path):
             cli_run = instance.get_runs(RunsFilter(tags={"kb/trigger": "cli"}))[0]
             runs = wait_finished(instance, [sensor_run.run_id, ui_run_id], timeout=600)
 
-            # Queue: the two daemon-launched kb_job runs did not even start together.
+            # Queue: the two daemon-launched runs did not even start together.
             a, b = sorted((instance.get_run_record_by_id(r.run_id) for r in runs),
                           key=lambda rec: rec.start_time)
             assert b.start_time >= a.end_time - 0.5, "two kb/writer runs were in progress at once"
