@@ -16,6 +16,9 @@ OFFLINE_ENV = {
     "HF_DATASETS_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
     "MLFLOW_DISABLE_TELEMETRY": "true",
+    # With a tracking server, MLflow writes "View run ... at: <url>" to stdout at each run's
+    # end, which broke `kb build --json` (the run's links are in the asset metadata).
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
     "DO_NOT_TRACK": "1",
     "DAGSTER_DISABLE_TELEMETRY": "1",
     "GIT_PYTHON_REFRESH": "quiet",

@@ -165,6 +165,11 @@ class Registry(ConfigurableResource):
         exp = client.get_experiment_by_name(self.experiment)
         if exp is not None:
             return exp.experiment_id
+        if self.tracking_uri.startswith(("http://", "https://")):
+            # A tracking server decides where artifacts go (its --artifacts-destination or
+            # --default-artifact-root). A local path here would put every version's files
+            # on whichever machine created the experiment first, unreadable elsewhere.
+            return client.create_experiment(self.experiment)
         Path(self.artifact_root).mkdir(parents=True, exist_ok=True)
         location = (Path(self.artifact_root).resolve().as_uri()
                     if "://" not in self.artifact_root else self.artifact_root)

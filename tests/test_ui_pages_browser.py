@@ -6,21 +6,15 @@ playwright), after one real kb_job run on the sample inbox:
   description (what changed), validation status, Dagster run link, and its metrics.
 Screenshots go to test-artifacts/."""
 
-import os
 import re
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 from dagster import DagsterEventType, DagsterInstance
 
 from tests.kbtest import copy_samples, env_vars, materialized, run_job
 from tests.test_ui_browser import ARGS, ARTIFACTS, CHROMIUM, LOADED_JS, wait_loaded
-from tests.serve_thread import free_port
+from tests.team_services import mlflow_server
 from tests.ui_stack import UIStack
 
 pytestmark = pytest.mark.slow
@@ -107,31 +101,6 @@ def test_dagster_asset_page_metadata_checks_and_plot(built_kb, tmp_path):
     assert leftovers == [], f"processes survived the stop: {leftovers}"
 
 
-def _mlflow_server(paths, log: Path):
-    port = free_port()
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    mlflow_bin = Path(sys.executable).parent / "mlflow"
-    proc = subprocess.Popen(
-        [str(mlflow_bin), "server", "--backend-store-uri", paths.mlflow_uri,
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=paths.home, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-        start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mlflow server exited:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGTERM)
-    raise TimeoutError(f"mlflow server not ready:\n{log.read_text()[-3000:]}")
-
-
 def test_mlflow_page_of_the_production_kb_version(built_kb, tmp_path):
     from playwright.sync_api import sync_playwright
 
@@ -142,41 +111,33 @@ def test_mlflow_page_of_the_production_kb_version(built_kb, tmp_path):
     reg = Registry(tracking_uri=paths.mlflow_uri, artifact_root=str(paths.mlflow_artifacts))
     mv = reg.client().get_model_version_by_alias("kb", "production")
     ARTIFACTS.mkdir(exist_ok=True)
-    proc, url = _mlflow_server(paths, tmp_path / "mlflow.log")
-    try:
-        with sync_playwright() as pw:
-            browser = _browser(pw)
-            page = browser.new_page(viewport={"width": 1600, "height": 1000})
-            try:
-                page.goto(f"{url}/#/models/kb/versions/{mv.version}", timeout=120_000)
-                page.get_by_text("validation_status").first.wait_for(timeout=90_000)
-                page.wait_for_timeout(1500)
-                body = page.inner_text("body")
-                page.screenshot(path=str(ARTIFACTS / "mlflow-kb-production.png"), full_page=True)
-                assert "production" in body  # the alias
-                assert "The first KB version" in body and "documents" in body, body[:3000]
-                assert "passed" in body and run.run_id in body, body[:3000]
-                assert "dagster_run_url" in body
-                # Its logged model's page ("Source model"): the metrics, linked to the
-                # evaluation dataset they were computed on, and the params.
-                model_id = logged_model_id(mv)
-                exp_id = reg.client().get_logged_model(model_id).experiment_id
-                page.goto(f"{url}/#/experiments/{exp_id}/models/{model_id}", timeout=120_000)
-                page.get_by_text("recall_at_3").first.wait_for(timeout=90_000)
-                page.wait_for_timeout(1500)
-                body = page.inner_text("body")
-                page.screenshot(path=str(ARTIFACTS / "mlflow-kb-logged-model.png"),
-                                full_page=True)
-                for text in ("recall_at_3", "mrr", "zero_hit_rate", "kb-eval-",
-                             "embedding.model", "chunker.size"):
-                    assert text in body, f"{text} not on the model page:\n{body[:4000]}"
-                # ...and it links back to the registered version.
-                assert re.search(rf"Model versions\s+kb\s+v{mv.version}\b", body), body[:4000]
-            finally:
-                browser.close()
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+    with mlflow_server(tmp_path, paths.mlflow_uri) as url, sync_playwright() as pw:
+        browser = _browser(pw)
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
         try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            page.goto(f"{url}/#/models/kb/versions/{mv.version}", timeout=120_000)
+            page.get_by_text("validation_status").first.wait_for(timeout=90_000)
+            page.wait_for_timeout(1500)
+            body = page.inner_text("body")
+            page.screenshot(path=str(ARTIFACTS / "mlflow-kb-production.png"), full_page=True)
+            assert "production" in body  # the alias
+            assert "The first KB version" in body and "documents" in body, body[:3000]
+            assert "passed" in body and run.run_id in body, body[:3000]
+            assert "dagster_run_url" in body
+            # Its logged model's page ("Source model"): the metrics, linked to the
+            # evaluation dataset they were computed on, and the params.
+            model_id = logged_model_id(mv)
+            exp_id = reg.client().get_logged_model(model_id).experiment_id
+            page.goto(f"{url}/#/experiments/{exp_id}/models/{model_id}", timeout=120_000)
+            page.get_by_text("recall_at_3").first.wait_for(timeout=90_000)
+            page.wait_for_timeout(1500)
+            body = page.inner_text("body")
+            page.screenshot(path=str(ARTIFACTS / "mlflow-kb-logged-model.png"),
+                            full_page=True)
+            for text in ("recall_at_3", "mrr", "zero_hit_rate", "kb-eval-",
+                         "embedding.model", "chunker.size"):
+                assert text in body, f"{text} not on the model page:\n{body[:4000]}"
+            # ...and it links back to the registered version.
+            assert re.search(rf"Model versions\s+kb\s+v{mv.version}\b", body), body[:4000]
+        finally:
+            browser.close()
