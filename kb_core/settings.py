@@ -107,7 +107,11 @@ VARIABLES: tuple[Var, ...] = (
         minimum=1),
     # --- operator and reviewer pages (Dagster UI, MLflow UI)
     Var("KB_DAGSTER_URL", str, "http://127.0.0.1:3000", "The Dagster UI's address, for the "
-        "run links on MLflow model versions."),
+        "run links on MLflow model versions, and where `kb build` submits runs in queue mode."),
+    Var("KB_BUILD_MODE", str, "local", "local: `kb build` runs in this process on this "
+        "KB_HOME; queue: it submits the run to the team's Dagster at KB_DAGSTER_URL, where it "
+        "queues on the kb_writer pool with runs from every machine and executes on the "
+        "writer's KB_HOME, and follows it to the end.", choices=("local", "queue")),
     Var("KB_FRESHNESS_WARN_HOURS", float, 24.0, "Hours after which the Dagster UI warns that "
         "the served KB (faiss_index, kb_promotion) is stale.", minimum=0.01),
     Var("KB_FRESHNESS_FAIL_HOURS", float, 48.0, "Hours after which the served KB fails its "

@@ -20,6 +20,9 @@ WRITER_LOCK = ".kb-writer.lock"
 # The Dagster pool of every KB asset and check: with dagster.yaml's `granularity: run` and
 # limit 1, the run queue starts one run holding it at a time, whichever machine queued it.
 KB_WRITER_POOL = "kb_writer"
+# The host a `kb build` ran on, as a run tag: on an instance several machines share, the
+# stale-run reaper (sensors/stale_runs.py) can only judge runs whose processes it can see.
+HOST_TAG = "kb/host"
 INSTANCE_LOCK = ".kb-instance.lock"
 
 _held = threading.local()  # resolved lock path -> depth, for this thread

@@ -9,10 +9,12 @@ dagster.yaml."""
 from __future__ import annotations
 
 import os
+import socket
 import time
 from pathlib import Path
 
 from kb_core.paths import Paths
+from kb_core.writer_lock import HOST_TAG
 
 IN_PROGRESS = ("STARTING", "STARTED", "CANCELING")
 NO_PID_GRACE_S = 120  # a run this young may simply not have reported its worker yet
@@ -50,7 +52,10 @@ def fail_orphaned_runs(instance, now: float | None = None) -> list[str]:
     now = time.time() if now is None else now
     failed = []
     statuses = [DagsterRunStatus[s] for s in IN_PROGRESS]
+    here = socket.gethostname()
     for run in instance.get_runs(RunsFilter(statuses=statuses)):
+        if run.tags.get(HOST_TAG, here) != here:
+            continue  # a `kb build` on another machine sharing the instance: not ours to judge
         pids = worker_pids(instance, run.run_id)
         if pids and any(alive(p) for p in pids):
             continue

@@ -4,6 +4,7 @@ the KB never overlap (run queue tag limit + writer lock); both processes stop cl
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -149,6 +150,7 @@ def test_kb_writers_never_overlap(kb_paths, tmp_path):
                                  capture_output=True, text=True, timeout=600)
             assert "run " in cli.stdout, cli.stdout + cli.stderr
             cli_run = instance.get_runs(RunsFilter(tags={"kb/trigger": "cli"}))[0]
+            assert cli_run.tags["kb/host"] == socket.gethostname()  # for the stale-run reaper
             runs = wait_finished(instance, [sensor_run.run_id, ui_run_id], timeout=600)
 
             # Queue: the two daemon-launched runs did not even start together.

@@ -2,12 +2,14 @@
 kb/writer tag stops holding the run queue. Real instance, real run records."""
 
 import os
+import socket
 import subprocess
 import sys
 
 from dagster import DagsterEvent, DagsterEventType, DagsterInstance, DagsterRunStatus, job, op
 from dagster._core.events import EngineEventData
 
+from kb_core.writer_lock import HOST_TAG
 from sensors.stale_runs import fail_orphaned_runs
 
 
@@ -21,8 +23,8 @@ def writer_job():
     noop()
 
 
-def started_run(instance, pid: int | None):
-    run = instance.create_run_for_job(job_def=writer_job)
+def started_run(instance, pid: int | None, tags: dict | None = None):
+    run = instance.create_run_for_job(job_def=writer_job, tags=tags)
     if pid is not None:
         instance.report_engine_event(f"Started process for run (pid: {pid}).", run,
                                      EngineEventData.in_process(pid))
@@ -43,8 +45,12 @@ def test_runs_of_dead_workers_are_failed_live_ones_kept(kb_paths):
         orphan = started_run(instance, dead_pid())
         alive = started_run(instance, os.getpid())          # e.g. a `kb build` in progress
         young = started_run(instance, None)                  # worker not reported yet
+        # A `kb build` on another machine sharing the instance: its pid means nothing here.
+        elsewhere = started_run(instance, dead_pid(), tags={HOST_TAG: "another-machine"})
+        here = started_run(instance, dead_pid(), tags={HOST_TAG: socket.gethostname()})
         failed = fail_orphaned_runs(instance)
-        assert failed == [orphan.run_id]
+        assert sorted(failed) == sorted([orphan.run_id, here.run_id])
+        assert instance.get_run_by_id(elsewhere.run_id).status == DagsterRunStatus.STARTED
         assert instance.get_run_by_id(orphan.run_id).status == DagsterRunStatus.FAILURE
         assert instance.get_run_by_id(alive.run_id).status == DagsterRunStatus.STARTED
         assert instance.get_run_by_id(young.run_id).status == DagsterRunStatus.STARTED

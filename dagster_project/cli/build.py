@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import sys
 import time
 from pathlib import Path
 
+from kb_core import settings
 from kb_core.home import find_home, mark_home
 from kb_core.paths import Paths
-from kb_core.writer_lock import instance_init_lock, writer_lock
+from kb_core.writer_lock import HOST_TAG, instance_init_lock, writer_lock
 
 SAMPLE_DATA = Path(__file__).resolve().parents[2] / "sample_data"
 SAMPLE_INBOX = SAMPLE_DATA / "inbox"
@@ -94,7 +96,8 @@ def run_job(paths: Paths, job_name: str, tags: dict | None = None, run_id: str |
     with instance, writer_lock(paths.home, announce=lambda msg: print(msg, file=sys.stderr)):
         return job.execute_in_process(run_config=run_config, instance=instance,
                                       raise_on_error=False, run_id=run_id,
-                                      tags={"kb/trigger": "cli", **(tags or {})})
+                                      tags={"kb/trigger": "cli", HOST_TAG: socket.gethostname(),
+                                            **(tags or {})})
 
 
 def summarize(result) -> tuple[list[str], bool]:
@@ -219,6 +222,8 @@ def cmd_build(args, job: str | None = None) -> int:
     label = f"build ({args.select})" if job is None else args.select
     job_name = job or SELECTIONS[args.select]
     verbose, as_json = getattr(args, "verbose", False), getattr(args, "json", False)
+    if settings.get("KB_BUILD_MODE") == "queue":
+        return build_queued(label, job_name, as_json)
     before = None
     if job_name in build_skip.SKIPPABLE_JOBS:
         reason, before = unchanged_since_last_build(paths, job_name)
@@ -258,9 +263,14 @@ def cmd_build(args, job: str | None = None) -> int:
     lines, ok = summarize(result)
     if ok and before is not None:
         build_skip.write_record(paths, build_skip.after_run(before, paths, result.run_id))
+    return report(result, lines, ok, label, seconds, str(paths.home), printer.warnings, as_json)
+
+
+def report(result, lines: list[str], ok: bool, label: str, seconds: float, kb_home: str,
+           warnings: list[str], as_json: bool) -> int:
     if as_json:
         out = summary_json(result, ok, label, seconds)
-        out.update(kb_home=str(paths.home), warnings=printer.warnings, skipped=False)
+        out.update(kb_home=kb_home, warnings=warnings, skipped=False)
         print(json.dumps(out, indent=2, default=str))
         return 0 if ok else 1
     print(f"kb {label} run {result.run_id}: "
@@ -269,3 +279,14 @@ def cmd_build(args, job: str | None = None) -> int:
     if not ok:
         print("The last good KB version keeps serving. Fix the cause above and run `kb build` again.")
     return 0 if ok else 1
+
+
+def build_queued(label: str, job_name: str, as_json: bool) -> int:
+    """KB_BUILD_MODE=queue: the run goes to the team's Dagster and executes on the writer's
+    KB_HOME (dagster_project/cli/queued.py); nothing is written on this machine."""
+    from dagster_project.cli.queued import run_queued
+
+    t0 = time.perf_counter()
+    result = run_queued(job_name, {"kb/trigger": "cli-queue"})
+    lines, ok = summarize(result)
+    return report(result, lines, ok, label, time.perf_counter() - t0, None, [], as_json)
