@@ -10,10 +10,11 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
+
+from tests.serve_thread import free_port
 
 SUPERUSER = "postgres"
 DEFAULT_DB = "dagster"
@@ -26,12 +27,6 @@ def find_bin_dir() -> Path | None:
     majors = {d: d.parent.name for d in found}
     found.sort(key=lambda d: int(majors[d]) if majors[d].isdigit() else -1)
     return found[-1] if found else None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class PgServer:
