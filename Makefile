@@ -42,10 +42,12 @@ TEST_WORKERS ?= $(shell python3 -c "import os; print(min(4, os.cpu_count() or 1)
 test: setup
 	$(VENV)/bin/lint-imports --no-cache  # one direction of imports (ARCHITECTURE.md)
 	bash scripts/ensure_chromium.sh
+	bash scripts/ensure_postgres.sh  # the Dagster-on-PostgreSQL tests start their own server
 	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: setup
 	$(VENV)/bin/lint-imports --no-cache
+	bash scripts/ensure_postgres.sh
 	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 ui: setup

@@ -4,8 +4,10 @@ overridden by its own environment variable. Also switches telemetry and model hu
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from kb_core import settings
 from kb_core.home import kb_home
@@ -54,6 +56,35 @@ run_queue:
   dequeue_interval_seconds: 2
 """
 
+# Added when KB_DAGSTER_PG_URL is set (a team sharing one Dagster instance): runs, the event
+# log and schedule/sensor state live in PostgreSQL (dagster-postgres). Dagster reads the URL
+# from the environment when it loads the instance, so a password never lands in this file.
+DAGSTER_PG_STORAGE_YAML = """\
+storage:
+  postgres:
+    postgres_url:
+      env: KB_DAGSTER_PG_URL
+"""
+# dagster-postgres hands the URL to SQLAlchemy 2.1, which reads a bare postgresql:// as the
+# psycopg 3 driver; dagster-postgres installs (and is written against) psycopg2.
+PG_SCHEME = "postgresql+psycopg2"
+
+
+def dagster_yaml(environ: Mapping[str, str] | None = None) -> str:
+    """The dagster.yaml the platform writes: DAGSTER_YAML, plus PostgreSQL storage when
+    KB_DAGSTER_PG_URL is set (else exactly DAGSTER_YAML: SQLite under DAGSTER_HOME)."""
+    url = settings.get("KB_DAGSTER_PG_URL", environ)
+    if not url:
+        return DAGSTER_YAML
+    scheme = urlsplit(url).scheme
+    if scheme != PG_SCHEME:  # the value itself is not echoed: it may hold a password
+        hint = (" (SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3, which is not "
+                "installed)" if scheme in ("postgresql", "postgres") else "")
+        raise settings.SettingError(
+            f"KB_DAGSTER_PG_URL: expected a URL starting {PG_SCHEME}:// (e.g. {PG_SCHEME}://"
+            f"user:password@host:5432/dagster), got scheme {scheme!r}{hint}")
+    return DAGSTER_YAML + DAGSTER_PG_STORAGE_YAML
+
 
 def apply_offline_env() -> None:
     for key, value in OFFLINE_ENV.items():
@@ -83,12 +114,13 @@ class Paths:
         for d in (self.home, self.inbox, self.versions, self.dagster_home, self.mlflow_artifacts):
             d.mkdir(parents=True, exist_ok=True)
         cfg = self.dagster_home / "dagster.yaml"
-        # Our own file is kept current; a file someone wrote themselves (e.g. Postgres
-        # storage for scale-out, without our header) is left alone.
+        # Our own file is kept current (KB_DAGSTER_PG_URL set or not); a file someone wrote
+        # themselves (without our header) is left alone.
+        wanted = dagster_yaml()
         current = cfg.read_text(encoding="utf-8") if cfg.exists() else None
-        if current is None or (current != DAGSTER_YAML
+        if current is None or (current != wanted
                                and current.startswith("# Written by the kb platform.")):
-            cfg.write_text(DAGSTER_YAML, encoding="utf-8")
+            cfg.write_text(wanted, encoding="utf-8")
         os.environ["DAGSTER_HOME"] = str(self.dagster_home)
         return self
 

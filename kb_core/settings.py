@@ -37,6 +37,10 @@ VARIABLES: tuple[Var, ...] = (
         "Dagster). Unset: the nearest KB home from the current folder upward, else ./data "
         "(kb_core/home.py)."),
     Var("KB_INBOX", str, "", "The inbox folder (default $KB_HOME/inbox)."),
+    Var("KB_DAGSTER_PG_URL", str, "", "PostgreSQL URL (postgresql+psycopg2://user:password@"
+        "host:5432/db) for the Dagster instance's runs, event log and schedules "
+        "(dagster-postgres); unset: SQLite under DAGSTER_HOME. dagster.yaml names the "
+        "variable, not its value."),
     # --- ingestion and data-quality gates
     Var("KB_DOC_TIME_BUDGET_S", float, 30.0, "Seconds one document may take to parse before "
         "it is quarantined.", minimum=0.001),

@@ -75,7 +75,10 @@ def writer_lock(home: Path, wait_s: float = 3600, announce=print):
 @contextmanager
 def instance_init_lock(home: Path):
     """Two first builds at once would both create the Dagster instance's SQLite schema
-    ("table secondary_indexes already exists"): instance creation is serialised here."""
+    ("table secondary_indexes already exists"): instance creation is serialised here.
+    On PostgreSQL (KB_DAGSTER_PG_URL) this serialises one KB_HOME only; machines sharing the
+    database race too (DuplicateTable, or UniqueViolation on pg_type), and dagster-postgres
+    retries the losers (tests/test_dagster_postgres.py starts three at once)."""
     with open(Path(home) / INSTANCE_LOCK, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:

@@ -5,11 +5,14 @@
   through kb_job, shared READ-ONLY by the modules that only inspect them (pages, serving).
 - For a module's own built KB shared by its read-only tests, see `module_home` and `use_home`
   in tests/kbtest.py.
+- `pg_server` (session): a real PostgreSQL server of this worker (tests/pg_server.py);
+  `pg_url`: a fresh, empty database on it per test, as KB_DAGSTER_PG_URL takes it.
 Building a KB costs 20-60 s on 2 shared cores: share a built one only where tests read it."""
 
 import os
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
@@ -94,3 +97,31 @@ def registry_kb(tmp_path_factory):
         r2 = run_job(paths, release_config=cfg)
     return paths, [r1, r2]
 
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A PostgreSQL server for this session (worker): its own temporary folder and free port,
+    127.0.0.1 only, trust authentication; stopped and removed at the end. Without Debian's
+    server binaries the tests using it skip, or fail under CI (`make test` installs them:
+    scripts/ensure_postgres.sh)."""
+    from tests.pg_server import PgServer, find_bin_dir
+
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        reason = ("no PostgreSQL server binaries (initdb, pg_ctl) under /usr/lib/postgresql/*/bin: "
+                  "run scripts/ensure_postgres.sh or apt-get install postgresql")
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason} (CI must install them)", pytrace=False)
+        pytest.skip(reason)
+    server = PgServer(bin_dir).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server) -> str:
+    """A fresh, empty database on the session's server: its KB_DAGSTER_PG_URL."""
+    return pg_server.create_database(f"kb_{uuid.uuid4().hex[:12]}")
