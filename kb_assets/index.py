@@ -11,7 +11,7 @@ import time
 from dataclasses import asdict
 
 import pandas as pd
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
 
 from kb_core.clock import utc_now
 from resources import persistence
@@ -200,6 +200,30 @@ def publish_if_changed(store: KBStore, versions: VersionStore, embedder: Embedde
             "duration_s": round(time.perf_counter() - t0, 3), "info": info}
 
 
+def push_to_shared_storage(versions: VersionStore, current: int | None, log) -> dict:
+    """With KB_VERSIONS_URL: push every version the shared store lacks (this one, and any an
+    earlier failed push missed), then the serving pointer. A failure fails the step: the
+    version stays published here, replicas keep what they serve, the next run pushes it."""
+    from resources.remote_versions import RemoteStoreError, from_settings
+
+    remote = from_settings()
+    if remote is None:
+        return {}
+    t0 = time.perf_counter()
+    try:
+        sync = remote.sync_up(versions.path.parent)
+    except RemoteStoreError as exc:
+        raise Failure(description=f"{exc}. KB version {current} is published on this machine; "
+                                  "replicas keep serving what they have; the next run pushes "
+                                  "it.") from None
+    log.info(f"shared storage {remote.url}: pushed versions {sync['pushed_versions'] or 'none'}"
+             f" ({sync['objects_written']} objects), pointer "
+             f"{'written' if sync['pointer_written'] else 'unchanged'}")
+    return {"remote_url": remote.url, "remote_pushed_versions": str(sync["pushed_versions"]),
+            "remote_objects_written": sync["objects_written"],
+            "remote_push_s": round(time.perf_counter() - t0, 3)}
+
+
 def vector_index_metadata(vi: dict | None) -> dict:
     """The faiss_index metadata entries describing which vector index a version got."""
     if not vi:
@@ -231,6 +255,7 @@ def faiss_index(context: AssetExecutionContext, store: KBStore, versions: Versio
     r = publish_if_changed(store, versions, embedder, kb_config, context.run_id, context.log)
     if not r["new_version"]:
         context.log.info(f"no content change: KB version {r['kb_version']} stays current")
+    remote = push_to_shared_storage(versions, r["kb_version"], context.log)
     info = r.pop("info", None)
     metadata = {
         "kb_version": r["kb_version"],
@@ -270,6 +295,8 @@ def faiss_index(context: AssetExecutionContext, store: KBStore, versions: Versio
                         "queries", "dense >", "lexical >", "null quantile",
                         "unrelated refused", "own questions refused"])),
             })
+    if remote:
+        metadata.update(remote)
     if r["versions_recovered"]:
         metadata["versions_recovered"] = str(r["versions_recovered"])
     if r.get("versions_removed"):

@@ -112,6 +112,10 @@ VARIABLES: tuple[Var, ...] = (
     # --- operator and reviewer pages (Dagster UI, MLflow UI)
     Var("KB_DAGSTER_URL", str, "http://127.0.0.1:3000", "The Dagster UI's address, for the "
         "run links on MLflow model versions, and where `kb build` submits runs in queue mode."),
+    Var("KB_VERSIONS_URL", str, "", "Shared storage for published KB versions and the serving "
+        "pointer (s3://bucket/prefix, endpoint and credentials from the usual AWS_* variables, "
+        "or file:///shared/folder): the writer pushes each version and pointer move, and "
+        "`kb serve` on any machine follows it. Unset: versions stay on this machine."),
     Var("KB_BUILD_MODE", str, "local", "local: `kb build` runs in this process on this "
         "KB_HOME; queue: it submits the run to the team's Dagster at KB_DAGSTER_URL, where it "
         "queues on the kb_writer pool with runs from every machine and executes on the "

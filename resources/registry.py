@@ -348,6 +348,9 @@ class Registry(ConfigurableResource):
 
         # write_pointer only needs `.home`.
         write_pointer(SimpleNamespace(home=Path(self.kb_home)), int(version))
+        from resources.remote_versions import push_pointer
+
+        push_pointer(Path(self.kb_home))
 
 
 # -- DuckDB mirror (no MLflow import) ---------------------------------------------------

@@ -8,6 +8,8 @@ requests in flight finish on the version they started with. The previous version
 loaded, so a rollback is a reference swap. Queries are embedded by one encoder thread that
 takes every query waiting at that moment as one batch: the tokenizer is not safe under
 concurrent calls, and a batch of 20 short queries costs far less than 20 single encodes.
+With KB_VERSIONS_URL the watcher first pulls the version the shared pointer names (every 2 s),
+so replicas on other machines need nothing of the writer's but that storage.
 Nothing here imports MLflow or opens DuckDB."""
 
 from __future__ import annotations
@@ -111,6 +113,14 @@ class ServingState:
         self._thread: threading.Thread | None = None
         self._seen: tuple | None = None
         self._failed: tuple = (None, 0.0)
+        # KB_VERSIONS_URL: a replica pulls what the shared pointer names into its own KB_HOME
+        # (resources/remote_versions.py), then follows its local pointer as always.
+        from resources.remote_versions import from_settings
+
+        self.remote = from_settings()
+        self.remote_poll_s = max(poll_s, 2.0)
+        self.remote_error: str | None = None
+        self._next_pull = 0.0
 
     def _load(self, number: int):
         from kb_assets.searcher import Searcher
@@ -160,6 +170,23 @@ class ServingState:
         log.warning(f"now serving KB version {serving.version} ({serving.source})")
         return True
 
+    def pull(self) -> None:
+        """Follow the shared storage once every remote_poll_s; when it is unreachable, keep
+        serving what is loaded (the error is on /healthz and /version)."""
+        if self.remote is None or time.monotonic() < self._next_pull:
+            return
+        self._next_pull = time.monotonic() + self.remote_poll_s
+        try:
+            self.remote.sync_down(self.paths.home)
+        except Exception as exc:  # RemoteStoreError, a full disk: never stop serving
+            if str(exc) != self.remote_error:
+                log.error(f"shared storage: {exc}; still serving what is loaded")
+            self.remote_error = str(exc)
+            return
+        if self.remote_error:
+            log.warning(f"shared storage {self.remote.url} reachable again")
+        self.remote_error = None
+
     def _version_dirs(self) -> list[int]:
         from resources.vector_index import VersionStore
 
@@ -168,6 +195,7 @@ class ServingState:
     def _watch(self) -> None:
         while not self._stop.wait(self.poll_s):
             try:
+                self.pull()
                 self.refresh()
             except Exception as exc:  # never let the watcher die
                 log.exception(f"watcher: {exc}")
@@ -210,6 +238,7 @@ class ServingState:
             torch.set_num_threads(1)
         self.embedder.model()  # load the embedder before the first request
         threading.Thread(target=self._encode_loop, name="kb-encoder", daemon=True).start()
+        self.pull()
         self.refresh()
         self._thread = threading.Thread(target=self._watch, name="kb-pointer-watch", daemon=True)
         self._thread.start()
@@ -287,14 +316,17 @@ def create_app(paths: Paths | None = None, poll_s: float = 0.5):
         if cur is None:
             return JSONResponse({"status": "no KB version loaded", "error": state.last_error},
                                 status_code=503)
-        return {"status": "ok", "version": cur.version, "error": state.last_error}
+        return {"status": "ok", "version": cur.version, "error": state.last_error,
+                "remote_error": state.remote_error}
 
     @app.get("/version")
     def version():
         cur = state.current
         return {"version": cur.version if cur else None, "source": cur.source if cur else None,
                 "loaded_at": cur.loaded_at if cur else None,
-                "wanted": resolve(paths).version, "error": state.last_error}
+                "wanted": resolve(paths).version, "error": state.last_error,
+                "remote": state.remote.url if state.remote else None,
+                "remote_error": state.remote_error}
 
     @app.get("/metrics")
     def metrics():

@@ -13,6 +13,7 @@ import sys
 from kb_core.serving import pointer_path, write_pointer
 from kb_core.paths import Paths
 from kb_core.models import ASSISTANT, KB, MODELS, ModelSpec, spec_of
+from resources.remote_versions import push_pointer
 
 DEFAULT_MODEL = KB.name
 
@@ -324,10 +325,12 @@ def cmd_rollback(args) -> int:
     # A previous production version already served: being unevaluated does not block it.
     check_promotable(spec, paths, target, args.force, served_before=args.to is None)
     write_pointer(paths, target)
+    push_pointer(paths.home)  # replicas (KB_VERSIONS_URL) switch before MLflow is imported
     try:
         _, store, registry = _context()
         return move_production(spec, store, registry, target,
                                rollback_reason(args.reason, current), args.force, args.json)
     except BaseException:
         write_pointer(paths, current)
+        push_pointer(paths.home)
         raise

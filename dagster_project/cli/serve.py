@@ -20,6 +20,23 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_serve)
 
 
+def pull_shared_version(paths: Paths) -> str | None:
+    """With KB_VERSIONS_URL, pull the version the shared pointer names before starting (a
+    replica may start on an empty KB_HOME); returns what went wrong, or None."""
+    from resources.remote_versions import RemoteStoreError, from_settings
+
+    remote = from_settings()
+    if remote is None:
+        return None
+    paths.home.mkdir(parents=True, exist_ok=True)
+    try:
+        if remote.sync_down(paths.home) is None:
+            return f"KB_VERSIONS_URL {remote.url} holds no KB version yet"
+    except RemoteStoreError as exc:
+        return str(exc)
+    return None
+
+
 def cmd_serve(args) -> int:
     import logging
     import signal
@@ -38,8 +55,11 @@ def cmd_serve(args) -> int:
     from kb_core.serving import resolve
 
     paths = Paths.from_env()
+    remote_problem = pull_shared_version(paths)
     serving = resolve(paths)
     if serving.version is None:
+        if remote_problem:
+            raise CLIError(f"no KB version here ({paths.versions}) and {remote_problem}")
         raise CLIError(f"no KB version under {paths.versions}: run `kb build` first "
                        f"({describe(paths.home)})")
     if not 0 < args.port < 65536:
