@@ -17,6 +17,7 @@ BENCHES = {  # name -> (script, extra args for --quick)
     "checks": ("bench_checks.py", ["--scales", "10000"]),
     "registry": ("bench_registry.py", ["--trials", "1", "--seconds", "10"]),
     "load": ("bench_serve_load.py", ["--seconds", "20"]),
+    "replicas": ("bench_replicas.py", ["--seconds", "15", "--rounds", "1"]),
     "finetune": ("bench_finetune.py", ["--quick"]),
     "freshness": ("bench_freshness.py", ["--intervals", "5", "--trials", "1"]),
     "new_user": ("bench_new_user.py", ["--quick"]),

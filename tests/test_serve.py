@@ -49,7 +49,8 @@ def top(url, q, k=3):
 def test_search_health_version_metrics_and_bad_input(kb_paths):
     publish(kb_paths, 1, V1)
     with ServerThread(kb_paths) as url:
-        assert httpx.get(f"{url}/healthz").json() == {"status": "ok", "version": 1, "error": None}
+        assert httpx.get(f"{url}/healthz").json() == {"status": "ok", "version": 1, "error": None,
+                                                      "remote_error": None}
         v = httpx.get(f"{url}/version").json()
         assert v["version"] == 1 and v["source"] == "latest (nothing promoted yet)"
         body = httpx.get(f"{url}/search", params={"q": "how many days of annual leave?"}).json()
