@@ -65,11 +65,13 @@ def setup(root: Path):
     return paths
 
 
-def start_serve(paths, port: int) -> subprocess.Popen:
+def start_serve(paths, port: int, env: dict | None = None) -> subprocess.Popen:
+    """`kb serve` on `port` (this process's environment, or `env`), once it is healthy."""
     import httpx
 
-    proc = subprocess.Popen([KB, "serve", "--port", str(port)], env=dict(os.environ),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([KB, "serve", "--port", str(port)], env=env or dict(os.environ),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         try:

@@ -20,33 +20,18 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_registry import KB, _load, setup  # noqa: E402
+from benchmarks.bench_registry import _load, setup, start_serve  # noqa: E402
 from benchmarks.common import md_row, median, pct, write_section  # noqa: E402
 
 
 def start_replica(home: Path, shared_url: str, port: int) -> subprocess.Popen:
-    import httpx
-
     env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "KB_INBOX")}
     env.update(KB_HOME=str(home), KB_VERSIONS_URL=shared_url)
-    proc = subprocess.Popen([KB, "serve", "--port", str(port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise SystemExit(f"replica on {home} did not become healthy")
+    return start_serve(None, port, env)
 
 
 async def run_round(urls: list[str], questions: list[str], clients: int, seconds: float):

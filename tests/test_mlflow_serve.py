@@ -12,7 +12,6 @@ Set KB_SERVE_VENV=<dir> to reuse an existing venv (it is created there if missin
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ import pytest
 from tests.kbtest import materialized
 from tests.registry_fixtures import NEW_DOC, NEW_QUESTION
 from tests.serve_thread import free_port
+from tests.team_services import stop
 
 pytestmark = pytest.mark.slow
 
@@ -135,9 +135,4 @@ def test_mlflow_models_serve_from_a_clean_venv(registry_kb, tmp_path):
             json.dumps(rows)[:2000]
         assert len(rows) == 6 and {row["kb_version"] for row in rows} == {production}
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        stop(proc)
