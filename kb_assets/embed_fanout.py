@@ -223,7 +223,7 @@ def embed_in_workers(store: KBStore, embedder: Embedder, todo: list[tuple[str, s
                 s.proc.wait()
     wall_s = time.perf_counter() - t0
 
-    failed, done = [], []
+    failed, who, done = [], [], []
     for s in shards:
         done_file = s.folder / DONE_FILE
         if s.proc.returncode == 0 and done_file.is_file() and len(s.merged) == len(s.parts):
@@ -233,11 +233,14 @@ def embed_in_workers(store: KBStore, embedder: Embedder, todo: list[tuple[str, s
             f"embedding worker {s.index} of {n} (pid {s.proc.pid}, shard {s.folder}: "
             f"{s.n_texts} texts in {len(s.parts)} parts, {len(s.merged)} finished) exited with "
             f"code {s.proc.returncode}; its last output lines:\n{s.last_lines()}")
+        who.append(f"worker {s.index} ({s.folder}, exit code {s.proc.returncode})")
     if failed:
+        # The last line says it all: `kb build` prints a failed step's last line.
         raise EmbedFanoutError(
-            "\n".join(failed) + f"\n{merged} of {len(todo)} vectors (the finished parts of every "
-            f"shard) were merged into the embedding cache; {len(todo) - merged} are still "
-            "uncached: re-run to embed only those (the shard folder is removed by the next run)")
+            "\n".join(failed) + f"\nembedding fan-out failed: {', '.join(who)}; {merged} of "
+            f"{len(todo)} vectors (the finished parts of every shard) were merged into the "
+            f"embedding cache; {len(todo) - merged} are still uncached: re-run to embed only "
+            "those (the shard folder is removed by the next run)")
     shutil.rmtree(folder, ignore_errors=True)
     done.sort(key=lambda d: d["worker"])
     return {
