@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -154,6 +155,7 @@ def main() -> None:
     print(summary)
     print(f"vectors identical across all runs: {exact} (min cosine {min_cos:.7f})")
     if args.no_write:
+        shutil.rmtree(tmp, ignore_errors=True)
         return
     table = [md_row("run", "side", "wall s", "texts/s", "per-worker texts/s",
                     "worker load s", "load avg (1 min)"),
@@ -203,6 +205,7 @@ def main() -> None:
         f"{busy_after}.",
     ])
     write_section("fanout", md)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
