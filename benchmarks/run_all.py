@@ -27,6 +27,7 @@ BENCHES = {  # name -> (script, extra args for --quick)
     # (run `bench_ann.py --sizes 1000000 --no-hybrid` by hand; BENCHMARKS.md quotes it).
     "ann": ("bench_ann.py", ["--quick"]),
     "encoder": ("bench_encoder.py", ["--quick"]),
+    "fanout": ("bench_fanout.py", ["--quick"]),
 }
 
 

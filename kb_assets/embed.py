@@ -15,6 +15,7 @@ from resources import persistence
 from resources.embedder import Embedder
 from resources.store import KBStore, fetch_one
 
+from . import embed_fanout
 from .chunks import cleaned_chunks
 from kb_core.hooks import fault_point
 from kb_core.writer_lock import KB_WRITER_POOL
@@ -41,14 +42,36 @@ def missing_texts(store: KBStore, model_id: str) -> tuple[list[tuple[str, str]],
     return todo, total
 
 
+def encode_batches(n: int, commit_every: int) -> list[list[tuple[int, int]]]:
+    """The commit batches of a backlog of `n` texts, each as its encode calls ([start, end)
+    slices of PROGRESS_EVERY texts, as encode_slices makes them): the fan-out's workers encode
+    exactly these slices, so they give the encoder the batches (and padding) the in-process
+    path gives it."""
+    return [[(a, min(start + commit_every, n, a + PROGRESS_EVERY))
+             for a in range(start, min(start + commit_every, n), PROGRESS_EVERY)]
+            for start in range(0, n, commit_every)]
+
+
 def embed_missing(store: KBStore, embedder: Embedder, log=None) -> dict:
+    """Encode the chunk texts the cache lacks for this embedder and commit them batch by
+    batch: in this process, or (KB_EMBED_WORKERS > 1 and at least KB_EMBED_FANOUT_MIN of
+    them) in worker processes whose shards are merged here (kb_assets/embed_fanout.py)."""
+    embed_fanout.clean_leftovers(store, log)
     model_id = embedder.model_id
     todo, total = missing_texts(store, model_id)
-    # Similar lengths per batch waste less padding.
-    todo.sort(key=lambda r: len(r[1]))
+    # Similar lengths per batch waste less padding; ties by hash, so the batches (and with
+    # them the vectors, to the last bit) do not depend on the order DuckDB returns rows in.
+    todo.sort(key=lambda r: (len(r[1]), r[0]))
+    commit_every = settings.get("KB_EMBED_COMMIT_EVERY")
+    workers = embed_fanout.fanout_workers(len(todo))
+    base = {"embedding_model": model_id, "chunks_reused_from_cache": total - len(todo),
+            "distinct_chunk_texts": total, "embed_workers": workers}
+    if workers > 1:
+        r = embed_fanout.embed_in_workers(store, embedder, todo,
+                                          encode_batches(len(todo), commit_every), workers, log)
+        return {**base, **r}
     t0 = time.perf_counter()
     encode_s = 0.0
-    commit_every = settings.get("KB_EMBED_COMMIT_EVERY")
     for start in range(0, len(todo), commit_every):
         part = todo[start:start + commit_every]
         t1 = time.perf_counter()
@@ -63,9 +86,8 @@ def embed_missing(store: KBStore, embedder: Embedder, log=None) -> dict:
             done = start + len(part)
             log.info(f"embedded {done}/{len(todo)} chunks "
                      f"({done / max(time.perf_counter() - t0, 1e-9):.0f}/s)")
-    return {"embedding_model": model_id, "dim": embedder.dim if todo else None,
-            "chunks_embedded": len(todo), "chunks_reused_from_cache": total - len(todo),
-            "distinct_chunk_texts": total, "encode_s": round(encode_s, 3),
+    return {**base, "dim": embedder.dim if todo else None, "chunks_embedded": len(todo),
+            "encode_s": round(encode_s, 3),
             "texts_per_s": round(len(todo) / encode_s, 1) if encode_s else None}
 
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-POINTS = ("embedding:after_first_batch", "publish:segment_written", "publish:before_rename",
+POINTS = ("embedding:after_first_batch", "embedding:worker_part_written",
+          "publish:segment_written", "publish:before_rename",
           "publish:after_rename")
 _fault_hook: Callable[[str], None] | None = None
 

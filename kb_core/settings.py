@@ -50,6 +50,10 @@ VARIABLES: tuple[Var, ...] = (
         "onnx (ONNX Runtime, same vectors, faster), onnx-int8 (quantised, own cache key) or "
         "auto (the measured default: onnx, torch when onnxruntime is missing).",
         choices=("auto", "torch", "onnx", "onnx-int8")),
+    Var("KB_EMBED_WORKERS", int, 1, "Worker processes that embed a large backlog of uncached "
+        "chunks in shards, merged by the embeddings step; 1: in-process.", minimum=1),
+    Var("KB_EMBED_FANOUT_MIN", int, 2000, "Uncached chunks from which KB_EMBED_WORKERS > 1 "
+        "starts workers (a smaller backlog is embedded in-process).", minimum=1),
     Var("KB_MODEL_CACHE", str, "", "Folder for models derived from the embedder (ONNX exports, "
         "`onnx/<key>/`); default $KB_HOME/models. The test suite shares one."),
     Var("KB_ACCEPT_DRIFT", bool, False, "Accept an intended chunking change for one run."),
