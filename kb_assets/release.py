@@ -8,6 +8,7 @@ from pathlib import Path
 
 from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
 
+from kb_core.hooks import fault_point
 from kb_core.models import KB
 from resources import persistence
 from resources.embedder import Embedder
@@ -152,6 +153,7 @@ def kb_release(context: AssetExecutionContext, store: KBStore, versions: Version
         from .kb_model import ARTIFACT_KEY, PIP_REQUIREMENTS, KBSearchModel, signature
 
         tags = _tags(latest, context.run_id)
+        fault_point("release:before_register")
         # The artifact must serve on its own: the version's files and the segments it names.
         with tempfile.TemporaryDirectory(prefix=f"kb-version-{n}-") as tmp:
             artifact = materialize(versions.path / str(n), Path(tmp) / str(n))

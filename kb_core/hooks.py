@@ -7,8 +7,8 @@ from __future__ import annotations
 from typing import Callable
 
 POINTS = ("embedding:after_first_batch", "embedding:worker_part_written",
-          "publish:segment_written", "publish:before_rename",
-          "publish:after_rename")
+          "publish:segment_written", "publish:before_rename", "publish:after_rename",
+          "release:before_register", "registry:before_log_model")
 _fault_hook: Callable[[str], None] | None = None
 
 

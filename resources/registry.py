@@ -53,6 +53,7 @@ from dagster import ConfigurableResource
 from pydantic import PrivateAttr
 
 from kb_core.clock import utc_from_timestamp, utc_now
+from kb_core.hooks import fault_point
 from kb_core.models import MODELS
 from kb_core.paths import apply_offline_env
 from resources import persistence
@@ -209,6 +210,7 @@ class Registry(ConfigurableResource):
                               tags=str_tags) as run:
             if metrics:
                 mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+            fault_point("registry:before_log_model")  # the run exists, no artifact yet
             # Explicit requirements: inference would load the model in a subprocess.
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=python_model, artifacts=artifacts,

@@ -75,12 +75,8 @@ class PgServer:
                   "--encoding=UTF8", "--locale=C", "--no-sync")
         for attempt in range(attempts):  # the free port may be taken before the server binds
             self.port = free_port()
-            opts = (f"-c listen_addresses=127.0.0.1 -p {self.port} "
-                    "-c unix_socket_directories='' -c fsync=off -c synchronous_commit=off "
-                    "-c full_page_writes=off")
             try:
-                self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", opts,
-                          "-w", "-t", "60", "start")
+                self.start_server()
                 break
             except RuntimeError:
                 if attempt == attempts - 1:
@@ -88,6 +84,27 @@ class PgServer:
                     raise
         self.create_database(DEFAULT_DB)
         return self
+
+    def start_server(self) -> None:
+        """Start the server of this folder on self.port (again, after `stop_server`)."""
+        opts = (f"-c listen_addresses=127.0.0.1 -p {self.port} "
+                "-c unix_socket_directories='' -c fsync=off -c synchronous_commit=off "
+                "-c full_page_writes=off")
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", opts,
+                  "-w", "-t", "60", "start")
+
+    def stop_server(self, mode: str = "fast") -> None:
+        """Stop the server, keeping its data: `fast` disconnects every client (what a restart
+        or failover does to them); `immediate` is a crash (recovery on the next start)."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def restart(self, down_s: float = 0.0, mode: str = "fast") -> None:
+        """Stop, stay down `down_s` seconds, start again on the same port."""
+        import time
+
+        self.stop_server(mode)
+        time.sleep(down_s)
+        self.start_server()
 
     def create_database(self, name: str) -> str:
         """A new, empty database on this server; returns its KB_DAGSTER_PG_URL."""

@@ -1,6 +1,7 @@
 """Loaded at start-up by the processes the crash-safety tests launch (their PYTHONPATH puts
 this folder first). With KB_FAULT_POINT=<name> set, the process writes KB_FAULT_MARKER (if
-set) and waits at that point until the test kills it."""
+set) and waits at that point until the test kills it, or, with KB_FAULT_RESUME=<file> set,
+until that file exists, then goes on (the test changes the world meanwhile: stops a server)."""
 
 import os
 
@@ -16,8 +17,9 @@ if os.environ.get("KB_FAULT_POINT"):
         if marker:
             with open(marker, "w") as f:
                 f.write(name)
-        while True:  # wait to be killed
-            time.sleep(1)
+        resume = os.environ.get("KB_FAULT_RESUME")
+        while not (resume and os.path.exists(resume)):  # wait to be killed, or resumed
+            time.sleep(0.2)
 
     assert os.environ["KB_FAULT_POINT"] in POINTS, os.environ["KB_FAULT_POINT"]
     set_fault_hook(_stop_at)
