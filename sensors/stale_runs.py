@@ -46,7 +46,15 @@ def alive(pid: int) -> bool:
     return b"python" in cmd or b"dagster" in cmd or b"kb" in cmd
 
 
-def fail_orphaned_runs(instance, now: float | None = None) -> list[str]:
+UI_STARTUP = ("Marked failed by scripts/ui.sh at startup: {why}; the previous UI session "
+              "probably stopped mid-run. Re-run it from the UI if needed.")
+KB_BUILD = ("Marked failed by the next `kb build` on {host}: {why}; the process stopped "
+            "mid-run (killed, or it lost the instance's database) and never recorded the end.")
+
+
+def fail_orphaned_runs(instance, now: float | None = None, message: str = UI_STARTUP) -> list[str]:
+    """Mark failed the in-progress runs of this host whose worker process is gone (runs of
+    other hosts sharing the instance are theirs to judge)."""
     from dagster import DagsterRunStatus, RunsFilter
 
     now = time.time() if now is None else now
@@ -66,9 +74,7 @@ def fail_orphaned_runs(instance, now: float | None = None) -> list[str]:
                 continue
         why = (f"run worker (pid {', '.join(map(str, pids))}) is gone" if pids
                else "no run worker ever reported")
-        instance.report_run_failed(
-            run, f"Marked failed by scripts/ui.sh at startup: {why}; the previous UI "
-                 "session probably stopped mid-run. Re-run it from the UI if needed.")
+        instance.report_run_failed(run, message.format(why=why, host=here))
         failed.append(run.run_id)
     return failed
 

@@ -94,10 +94,37 @@ def run_job(paths: Paths, job_name: str, tags: dict | None = None, run_id: str |
     with instance_init_lock(paths.home):
         instance = DagsterInstance.get()
     with instance, writer_lock(paths.home, announce=lambda msg: print(msg, file=sys.stderr)):
+        reap_orphaned_runs(instance)
         return job.execute_in_process(run_config=run_config, instance=instance,
                                       raise_on_error=False, run_id=run_id,
                                       tags={"kb/trigger": "cli", HOST_TAG: socket.gethostname(),
                                             **(tags or {})})
+
+
+def reap_orphaned_runs(instance) -> None:
+    """A run whose process died (SIGKILL, or the instance's database went away mid-run) stays
+    STARTED in the run storage; on a shared instance it would look in progress forever. The
+    next build on this host marks this host's such runs failed (sensors/stale_runs.py)."""
+    from sensors.stale_runs import KB_BUILD, fail_orphaned_runs
+
+    for run_id in fail_orphaned_runs(instance, message=KB_BUILD):
+        print(f"marked the orphaned run {run_id} failed (its process is gone)", file=sys.stderr)
+
+
+def instance_storage_error(exc: BaseException) -> str | None:
+    """One line when `exc` is the Dagster instance's database failing (dagster-postgres gives
+    up reconnecting after ~6 s; SQLAlchemy's OperationalError), else None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        name, module = type(exc).__name__, type(exc).__module__
+        if name == "DagsterPostgresException" or (
+                module.startswith("sqlalchemy") and name == "OperationalError"):
+            cause = exc.__cause__ or exc
+            text = str(cause).strip().splitlines()
+            return text[0][:200] if text else name
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def summarize(result) -> tuple[list[str], bool]:
@@ -253,7 +280,17 @@ def cmd_build(args, job: str | None = None) -> int:
     t0 = time.perf_counter()
     try:
         with third_party_quiet(verbose), progress_shown(stream):
-            result = run_job(paths, job_name, run_id=run_id, logger_defs=loggers)
+            try:
+                result = run_job(paths, job_name, run_id=run_id, logger_defs=loggers)
+            except Exception as exc:
+                why = instance_storage_error(exc)
+                if why is None:
+                    raise
+                print(f"kb {label}: run {run_id} stopped: the Dagster instance's database "
+                      f"failed ({why}). Versions on disk are complete (the last good one keeps "
+                      "serving); the next `kb build` marks the run failed and carries on.",
+                      file=sys.stderr)
+                return 1
         seconds = time.perf_counter() - t0
         if printer.warnings:
             print("warnings:\n" + "\n".join(f"  {w}" for w in printer.warnings), file=stream)
