@@ -28,6 +28,7 @@ BENCHES = {  # name -> (script, extra args for --quick)
     "ann": ("bench_ann.py", ["--quick"]),
     "encoder": ("bench_encoder.py", ["--quick"]),
     "fanout": ("bench_fanout.py", ["--quick"]),
+    "instance": ("bench_instance.py", []),  # 3 pairs of ~20 s builds either way
 }
 
 
