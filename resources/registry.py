@@ -150,6 +150,9 @@ class Registry(ConfigurableResource):
         msg = _one_line(exc)
         cls = RegistryUnavailable if any(s in msg.lower() for s in (
             "connection", "max retries", "unreachable", "timed out")) else RegistryError
+        if "/mlflow-artifacts/" in msg:  # the server proxies artifacts: its store failed
+            msg = ("the server's artifact store did not take the upload (is the object store "
+                   f"reachable from the MLflow server?): {msg}")
         return cls(f"MLflow ({self.tracking_uri}) could not {what}: {msg}")
 
     def _call(self, what: str, fn, *args, **kwargs):

@@ -286,6 +286,7 @@ def test_mlflow_server_and_its_object_store_failing_during_the_release(tmp_path)
             assert rc == 1, out[-3000:]
             line = failed_step_line(out, "kb_release")
             assert "MLflow" in line and "register kb version 2" in line, line
+            assert "artifact store did not take the upload" in line, line
             state = registry_state(url)
             assert state == {"versions": {1: 1}, "aliases": {"staging": 1, "production": 1}}, \
                 state  # no model version pointing at artifacts that never arrived
