@@ -52,9 +52,12 @@ KB_BUILD = ("Marked failed by the next `kb build` on {host}: {why}; the process 
             "mid-run (killed, or it lost the instance's database) and never recorded the end.")
 
 
-def fail_orphaned_runs(instance, now: float | None = None, message: str = UI_STARTUP) -> list[str]:
+def fail_orphaned_runs(instance, now: float | None = None, message: str = UI_STARTUP,
+                       untagged: bool = True) -> list[str]:
     """Mark failed the in-progress runs of this host whose worker process is gone (runs of
-    other hosts sharing the instance are theirs to judge)."""
+    other hosts sharing the instance are theirs to judge). Runs without the kb/host tag were
+    launched by a daemon, which runs beside `make ui`: only the UI's startup judges them
+    (`untagged`); `kb build` on a machine sharing the instance cannot see their processes."""
     from dagster import DagsterRunStatus, RunsFilter
 
     now = time.time() if now is None else now
@@ -62,8 +65,9 @@ def fail_orphaned_runs(instance, now: float | None = None, message: str = UI_STA
     statuses = [DagsterRunStatus[s] for s in IN_PROGRESS]
     here = socket.gethostname()
     for run in instance.get_runs(RunsFilter(statuses=statuses)):
-        if run.tags.get(HOST_TAG, here) != here:
-            continue  # a `kb build` on another machine sharing the instance: not ours to judge
+        host = run.tags.get(HOST_TAG)
+        if (host is None and not untagged) or (host is not None and host != here):
+            continue  # another machine's, or a daemon's: not ours to judge
         pids = worker_pids(instance, run.run_id)
         if pids and any(alive(p) for p in pids):
             continue

@@ -57,6 +57,8 @@ def test_runs_of_dead_workers_are_failed_live_ones_kept(kb_paths):
         # Without a pid, a run is failed only once it is older than the grace period.
         import time
 
+        # `kb build` judges only its own host's tagged runs, never a daemon's untagged ones.
+        assert fail_orphaned_runs(instance, now=time.time() + 3600, untagged=False) == []
         assert young.run_id in fail_orphaned_runs(instance, now=time.time() + 3600)
         assert alive.run_id not in fail_orphaned_runs(instance, now=time.time() + 3600)
 

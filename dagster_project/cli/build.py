@@ -107,7 +107,7 @@ def reap_orphaned_runs(instance) -> None:
     next build on this host marks this host's such runs failed (sensors/stale_runs.py)."""
     from sensors.stale_runs import KB_BUILD, fail_orphaned_runs
 
-    for run_id in fail_orphaned_runs(instance, message=KB_BUILD):
+    for run_id in fail_orphaned_runs(instance, message=KB_BUILD, untagged=False):
         print(f"marked the orphaned run {run_id} failed (its process is gone)", file=sys.stderr)
 
 
