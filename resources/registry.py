@@ -226,8 +226,22 @@ class Registry(ConfigurableResource):
         mv = client.create_model_version(model_name, source=info.model_uri,
                                          run_id=run.info.run_id, tags=str_tags,
                                          model_id=getattr(info, "model_id", None))
+        mv = self._one_version_per_key(model_name, version_key, mv)
         _insert_mirror(store, model_name, version_key, int(mv.version), run.info.run_id, str_tags)
         return int(mv.version)
+
+    def _one_version_per_key(self, model_name: str, version_key: int, created):
+        """A create call that timed out on a loaded server is retried by MLflow's HTTP client
+        and may have created two model versions of the same KB version: keep the first,
+        delete the others (seen under load in the cluster test: MLflow `kb` version 2 was KB
+        version 1 again)."""
+        client = self.client()
+        twins = sorted((mv for mv in client.search_model_versions(f"name = '{model_name}'")
+                        if (mv.tags or {}).get(VERSION_TAG) == str(version_key)),
+                       key=lambda mv: int(mv.version))
+        for extra in twins[1:]:
+            client.delete_model_version(model_name, extra.version)
+        return twins[0] if twins else created
 
     def log_metrics(self, store: KBStore, model_name: str, version_key: int,
                     metrics: dict[str, float]) -> None:

@@ -59,6 +59,26 @@ def test_register_is_idempotent_and_mirrored(reg):
     assert [(v["version"], v["mlflow_version"]) for v in listed] == [(7, 1)]
 
 
+def test_a_retried_create_leaves_one_model_version(reg, monkeypatch):
+    """MLflow's HTTP client retries a create that timed out on a loaded server, which may have
+    created the version already: the registry keeps one model version per KB version."""
+    from mlflow import MlflowClient
+
+    paths, store, registry = reg
+    real = MlflowClient.create_model_version
+
+    def created_twice(self, *args, **kwargs):
+        real(self, *args, **kwargs)  # the request that timed out but went through
+        return real(self, *args, **kwargs)
+    monkeypatch.setattr(MlflowClient, "create_model_version", created_twice)
+    assert _register(paths, store, registry, "kb", 1) == 1
+    versions = registry.client().search_model_versions("name = 'kb'")
+    assert [int(mv.version) for mv in versions] == [1]
+    assert registered_versions(store, "kb")[0]["mlflow_version"] == 1
+    monkeypatch.setattr(MlflowClient, "create_model_version", real)
+    assert _register(paths, store, registry, "kb", 2) == 3  # MLflow numbers on; ours is 2
+
+
 def test_alias_moves_are_recorded_and_the_kb_pointer_follows(reg):
     paths, store, registry = reg
     for n in (1, 2):

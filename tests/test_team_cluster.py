@@ -33,12 +33,16 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "sample_data" / "inbox"
 
 pytestmark = pytest.mark.slow
+# KB version 2, found by its tag (MLflow numbers its own versions), loaded through the server.
 LOAD_AND_QUERY = """
 import json, sys
 import mlflow, pandas as pd
-model = mlflow.pyfunc.load_model("models:/kb/2")
+from mlflow import MlflowClient
+tags = {mv.version: mv.tags.get("version_key") for mv in MlflowClient().search_model_versions("name = 'kb'")}
+[mlflow_version] = [v for v, key in tags.items() if key == "2"]
+model = mlflow.pyfunc.load_model(f"models:/kb/{mlflow_version}")
 out = model.predict(pd.DataFrame({"query": [sys.argv[1]]}), params={"k": 3})
-print(json.dumps(out[["rank", "source"]].to_dict("records")))
+print(json.dumps({"registered": tags, "hits": out[["rank", "source", "kb_version"]].to_dict("records")}))
 """
 
 
@@ -135,8 +139,12 @@ def test_two_machines_sharing_only_the_team_services(tmp_path, pg_server):
                     env={**base, "KB_HOME": str(other), "MLFLOW_TRACKING_URI": mlflow_url},
                     capture_output=True, text=True, timeout=600)
                 assert loaded.returncode == 0, loaded.stderr[-3000:]
-                hits = json.loads(loaded.stdout.strip().splitlines()[-1])
-                assert hits and "zorblax" in hits[0]["source"].lower(), hits
+                got = json.loads(loaded.stdout.strip().splitlines()[-1])
+                keys = sorted(got["registered"].values())
+                assert len(keys) == len(set(keys)), f"a KB version registered twice: {got}"
+                hits = got["hits"]
+                assert hits and hits[0]["kb_version"] == 2, got
+                assert "zorblax" in hits[0]["source"].lower(), got
 
                 # 5. The object store goes away: the replica keeps answering.
                 stop(s3.proc)
@@ -174,7 +182,7 @@ def test_two_machines_sharing_only_the_team_services(tmp_path, pg_server):
         # The registry's versions live in the bucket, not on the machine that made them.
         from mlflow import MlflowClient
 
-        mv = MlflowClient(tracking_uri=mlflow_url).get_model_version("kb", "2")
-        assert not mv.source.startswith(("file:", "/")), mv.source
+        for mv in MlflowClient(tracking_uri=mlflow_url).search_model_versions("name = 'kb'"):
+            assert not mv.source.startswith(("file:", "/")), mv.source
         assert not [p for p in (writer / "mlartifacts").rglob("*") if p.is_file()]
     assert not (other / "kb.duckdb").exists() and not (other / "mlflow.db").exists()
