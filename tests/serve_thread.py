@@ -2,18 +2,47 @@
 
 from __future__ import annotations
 
+import fcntl
+import json
 import socket
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 from dagster_project.api.server import create_app
 from kb_core.paths import Paths
 
 
+# Ports handed out by free_port in any test process of this machine, with when: the kernel
+# may give the same free port to two xdist workers before either binds it, and a server that
+# then loses the race leaves its test talking to the other worker's server (this happened in
+# CI: the cluster test queried another test's MLflow server).
+_HANDED_OUT = Path(tempfile.gettempdir()) / "kb-test-ports.json"
+_HANDED_OUT_TTL_S = 3600
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A port free now and not handed to another test process within the last hour."""
+    with open(_HANDED_OUT, "a+", encoding="utf-8") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        try:
+            recent = {int(k): t for k, t in json.loads(f.read() or "{}").items()
+                      if time.time() - t < _HANDED_OUT_TTL_S}
+        except ValueError:
+            recent = {}
+        for _ in range(100):
+            with socket.socket() as s:
+                s.bind((host, 0))
+                port = s.getsockname()[1]
+            if port not in recent:
+                break
+        recent[port] = time.time()
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps(recent))
+        return port
 
 
 class ServerThread:

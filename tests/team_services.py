@@ -30,13 +30,34 @@ def wait_http(proc: subprocess.Popen, url: str, log: Path, timeout_s: float = 12
         if proc.poll() is not None:
             raise RuntimeError(f"{url}: the server exited:\n{log.read_text()[-3000:]}")
         try:
-            if httpx.get(url, timeout=2).status_code < 500:
+            if httpx.get(url, timeout=2).status_code < 500 and listens(proc, url):
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.3)
     stop(proc)
     raise TimeoutError(f"{url} not ready after {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+def listens(proc: subprocess.Popen, url: str) -> bool:
+    """Whether the answer came from this server: a process of its tree listens on the URL's
+    port (not another test's server that won a race for the same port)."""
+    import psutil
+
+    port = int(url.split(":")[2].split("/")[0])
+    try:
+        root = psutil.Process(proc.pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return False
+    for p in tree:
+        try:
+            if any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+                   for c in p.net_connections(kind="tcp")):
+                return True
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return False
 
 
 def stop(proc: subprocess.Popen) -> None:

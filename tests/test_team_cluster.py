@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from tests.serve_thread import free_port
-from tests.team_services import mlflow_server, object_store, stop
+from tests.team_services import listens, mlflow_server, object_store, stop
 from tests.test_registry_e2e import Hammer, _top_doc, _wait_for_version
 from tests.ui_stack import UIStack
 
@@ -74,7 +74,7 @@ def start_serve(env: dict, home: Path, log: Path) -> tuple[subprocess.Popen, str
     def healthy():
         assert proc.poll() is None, log.read_text()[-3000:]
         try:
-            return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+            return httpx.get(f"{url}/healthz", timeout=2).status_code == 200 and listens(proc, url)
         except httpx.TransportError:
             return False
     wait_until("kb serve healthy", healthy, 180)

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 
 from tests.serve_thread import free_port
+from tests.team_services import listens
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -75,7 +76,8 @@ class UIStack:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"scripts/ui.sh exited early:\n{self.log()[-3000:]}")
             try:
-                if httpx.get(f"{self.url}/server_info", timeout=2).status_code == 200 and (
+                if httpx.get(f"{self.url}/server_info", timeout=2).status_code == 200 and listens(
+                        self.proc, self.url) and (
                         not wait_for_sensor
                         or "Checking for new runs for sensor: inbox_sensor" in self.log()):
                     return self
