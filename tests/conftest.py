@@ -10,7 +10,6 @@
 Building a KB costs 20-60 s on 2 shared cores: share a built one only where tests read it."""
 
 import os
-import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from kb_core.paths import Paths
+from tests.kbtest import MLFLOW_URI_VARS, mlflow_uris_kept
 
 # One model cache for the whole session (and the processes tests start, which inherit the
 # environment): the ONNX export of the embedder takes seconds, and most tests use a fresh
@@ -26,36 +26,12 @@ from kb_core.paths import Paths
 os.environ.setdefault("KB_MODEL_CACHE", str(Path(tempfile.gettempdir()) / "kb-test-model-cache"))
 
 
-MLFLOW_URI_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
-
-
-def _mlflow_uris() -> tuple:
-    if "mlflow" not in sys.modules:
-        return None, None
-    from mlflow.tracking._model_registry import utils as registry_utils
-    from mlflow.tracking._tracking_service import utils as tracking_utils
-
-    return tracking_utils._tracking_uri, registry_utils._registry_uri
-
-
 @pytest.fixture(autouse=True)
 def _mlflow_uris_restored():
-    """MLflow keeps its tracking and registry URIs in module globals and copies them into
-    os.environ: put both back after each test, so that no test (or process it starts) reads
-    another test's registry. Test files share worker processes in any order (pytest-xdist)."""
-    env = {k: os.environ.get(k) for k in MLFLOW_URI_VARS}
-    before = _mlflow_uris()
-    yield
-    if _mlflow_uris() != before:
-        import mlflow
-
-        mlflow.set_tracking_uri(before[0])
-        mlflow.set_registry_uri(before[1])
-    for key, value in env.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    """After each test (test files share worker processes in any order under pytest-xdist).
+    Session fixtures set up before this one keep their own block (`registry_kb`)."""
+    with mlflow_uris_kept():
+        yield
 
 
 @pytest.fixture
@@ -83,7 +59,9 @@ def registry_kb(tmp_path_factory):
     from tests.registry_fixtures import NEW_DOC, write_corpus, write_golden
 
     home = tmp_path_factory.mktemp("registry_kb") / "kb"
-    with registry_kb_env(home):
+    # Kept: CI's cluster test once inherited MLFLOW_REGISTRY_URI pointing at this KB's
+    # registry and loaded this corpus as its own "KB version 2".
+    with mlflow_uris_kept(), registry_kb_env(home):
         from resources.registry import ReleaseConfig
 
         paths = Paths.from_env().ensure()
@@ -125,3 +103,23 @@ def pg_server():
 def pg_url(pg_server) -> str:
     """A fresh, empty database on the session's server: its KB_DAGSTER_PG_URL."""
     return pg_server.create_database(f"kb_{uuid.uuid4().hex[:12]}")
+
+
+# Seconds each of the slowest test files took (clean clone, `pytest -n 2 --durations`,
+# 2026-12-03). `make test` runs files on parallel workers in collection order
+# (--no-loadscope-reorder): longest first, so that no long file starts last and runs alone
+# while the other worker idles (xdist's own order, by number of tests, put the one-test
+# cluster file last). Unlisted files keep their order after these.
+FILE_COST_S = {
+    "test_new_user.py": 369, "test_team_faults.py": 326, "test_reliability.py": 196,
+    "test_team_cluster.py": 182, "test_e2e_daemon.py": 118, "test_checks_e2e.py": 76,
+    "test_ft_local.py": 71, "test_embedder_backends.py": 68, "test_ann_index.py": 62,
+    "test_terminal_json.py": 57, "test_segments.py": 49, "test_ingest_e2e.py": 43,
+    "test_registry_e2e.py": 38, "test_kb_pipeline.py": 34, "test_dagster_postgres.py": 34,
+    "test_ft_openai.py": 30, "test_mlflow_serve.py": 25, "test_audit_incident.py": 25,
+    "test_ft_dataset.py": 25, "test_build_skip.py": 23,
+}
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: -FILE_COST_S.get(item.path.name, 0))  # stable within a file

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -87,7 +88,42 @@ def env_vars(**values: str | None):
 # A test that writes (a build, a promotion, a rollback) must not use a shared home: it takes
 # the function-scoped `kb_paths` (tests/conftest.py) and builds its own.
 
-_KB_ENV = ("KB_INBOX", "DAGSTER_HOME", "MLFLOW_TRACKING_URI", "OPENAI_API_KEY")
+MLFLOW_URI_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+def _mlflow_uris() -> tuple:
+    if "mlflow" not in sys.modules:
+        return None, None
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    return tracking_utils._tracking_uri, registry_utils._registry_uri
+
+
+@contextmanager
+def mlflow_uris_kept():
+    """MLflow keeps its tracking and registry URIs in module globals and copies them into
+    os.environ (set_registry_uri sets MLFLOW_REGISTRY_URI): put both back after the block, so
+    that no test (or process it starts) reads another test's registry."""
+    env = {k: os.environ.get(k) for k in MLFLOW_URI_VARS}
+    before = _mlflow_uris()
+    try:
+        yield
+    finally:
+        if _mlflow_uris() != before:
+            import mlflow
+
+            mlflow.set_tracking_uri(before[0])
+            mlflow.set_registry_uri(before[1])
+        for key, value in env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+_KB_ENV = ("KB_INBOX", "DAGSTER_HOME", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI",
+           "OPENAI_API_KEY")
 
 
 @contextmanager
@@ -119,5 +155,5 @@ def registry_kb_env(home):
     instance, MLflow from KB_HOME, the recorded Dagster UI address."""
     home = Path(home)
     return env_vars(KB_HOME=str(home), DAGSTER_HOME=str(home / "dagster"), KB_INBOX=None,
-                    MLFLOW_TRACKING_URI=None, OPENAI_API_KEY=None,
+                    MLFLOW_TRACKING_URI=None, MLFLOW_REGISTRY_URI=None, OPENAI_API_KEY=None,
                     KB_DAGSTER_URL=REGISTRY_KB_DAGSTER_URL)

@@ -194,7 +194,7 @@ def test_exact_neighbours_are_ids():
 
 def kb_process(home: Path, *args: str, **env) -> subprocess.CompletedProcess:
     environ = {k: v for k, v in os.environ.items()
-               if k not in ("DAGSTER_HOME", "KB_INBOX", "MLFLOW_TRACKING_URI")}
+               if k not in ("DAGSTER_HOME", "KB_INBOX", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     environ.update(KB_HOME=str(home), PYTHONPATH=str(REPO), **env)
     return subprocess.run([sys.executable, "-m", "dagster_project.cli", *args], cwd=REPO,
                           env=environ, capture_output=True, text=True, timeout=900)

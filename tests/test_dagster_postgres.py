@@ -178,7 +178,7 @@ def kb(home: Path, url: str, *args: str, timeout: int = 900) -> subprocess.Compl
     """`kb ARGS` in its own process: KB_HOME and KB_DAGSTER_PG_URL, no other KB_* setting but
     the session's shared model cache."""
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith("KB_") and k not in ("DAGSTER_HOME", "MLFLOW_TRACKING_URI")}
+           if not k.startswith("KB_") and k not in ("DAGSTER_HOME", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     env.update(KB_HOME=str(home), KB_DAGSTER_PG_URL=url)
     if os.environ.get("KB_MODEL_CACHE"):
         env["KB_MODEL_CACHE"] = os.environ["KB_MODEL_CACHE"]

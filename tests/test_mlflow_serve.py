@@ -21,7 +21,7 @@ import httpx
 import mlflow
 import pytest
 
-from tests.kbtest import materialized
+from tests.kbtest import MLFLOW_URI_VARS, materialized
 from tests.registry_fixtures import NEW_DOC, NEW_QUESTION
 from tests.serve_thread import free_port
 from tests.team_services import stop
@@ -136,3 +136,14 @@ def test_mlflow_models_serve_from_a_clean_venv(registry_kb, tmp_path):
         assert len(rows) == 6 and {row["kb_version"] for row in rows} == {production}
     finally:
         stop(proc)
+
+
+def test_the_shared_kb_leaves_no_mlflow_uri_behind(registry_kb):
+    """Building the session's KB points MLflow at its registry (MLflow copies the registry URI
+    into os.environ); after it, nothing may still point there: CI's cluster test once loaded
+    this corpus from it as its own 'KB version 2' through an inherited MLFLOW_REGISTRY_URI."""
+    from mlflow.tracking._model_registry import utils as registry_utils
+
+    paths, _ = registry_kb
+    left = [os.environ.get(k) for k in MLFLOW_URI_VARS] + [registry_utils._registry_uri]
+    assert not [v for v in left if v and str(paths.home) in v], left

@@ -68,7 +68,7 @@ def new_home(tmp_path: Path, docs: list[dict], name: str = "corpus.jsonl") -> Pa
 
 def kb(home: Path, *args: str, extra_env: dict | None = None, timeout: int = 900):
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith("KB_") and k not in ("DAGSTER_HOME", "MLFLOW_TRACKING_URI")}
+           if not k.startswith("KB_") and k not in ("DAGSTER_HOME", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     env.update({"KB_HOME": str(home), **(extra_env or {})})
     return subprocess.run([*KB, *args], env=env, cwd=REPO, capture_output=True, text=True,
                           timeout=timeout)
@@ -102,7 +102,7 @@ def search_each(home: Path, questions: list[str]) -> list[dict]:
     first = kb(home, "search", questions[0], "-k", "3", "--json")
     assert first.returncode == 0, first.stderr
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith("KB_") and k not in ("DAGSTER_HOME", "MLFLOW_TRACKING_URI")}
+           if not k.startswith("KB_") and k not in ("DAGSTER_HOME", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     env["KB_HOME"] = str(home)
     rest = subprocess.run([sys.executable, "-c", SEARCH_EACH], input=json.dumps(questions[1:]),
                           env=env, cwd=REPO, capture_output=True, text=True, timeout=900)

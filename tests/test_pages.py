@@ -12,7 +12,7 @@ from dagster import AssetKey, DagsterInstance, TableMetadataValue
 from resources.registry import Registry, registered_versions
 from resources.registry_pages import kb_description, logged_model_id, version_changes
 from resources.store import KBStore
-from tests.kbtest import materialized, registry_kb_env
+from tests.kbtest import materialized, mlflow_uris_kept, registry_kb_env
 from tests.registry_fixtures import NEW_DOC
 
 
@@ -21,7 +21,7 @@ def two_versions(registry_kb):
     """(paths, [run 1 result, run 2 result]) for two published, evaluated KB versions: the
     session's shared `registry_kb` (tests/conftest.py), which these tests only read."""
     paths, runs = registry_kb
-    with registry_kb_env(paths.home):
+    with mlflow_uris_kept(), registry_kb_env(paths.home):
         import mlflow
 
         mlflow.set_tracking_uri(paths.mlflow_uri)

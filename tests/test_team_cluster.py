@@ -90,7 +90,7 @@ def test_two_machines_sharing_only_the_team_services(tmp_path, pg_server):
             tmp_path, pg_server.create_database("mlflow_team"),
             artifacts_destination=f"s3://{s3.bucket}/mlflow", env=s3.env) as mlflow_url:
         base = {k: v for k, v in os.environ.items()
-                if k not in ("DAGSTER_HOME", "KB_INBOX", "MLFLOW_TRACKING_URI", "KB_BUILD_MODE")}
+                if k not in ("DAGSTER_HOME", "KB_INBOX", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "KB_BUILD_MODE")}
         team = {**s3.env, "KB_DAGSTER_PG_URL": dagster_pg, "MLFLOW_TRACKING_URI": mlflow_url,
                 "KB_VERSIONS_URL": f"s3://{s3.bucket}/kb"}
         w_env = {**base, **team, "KB_HOME": str(writer)}

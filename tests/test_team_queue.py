@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def machine_env(home: Path, **extra) -> dict:
     env = {k: v for k, v in os.environ.items()
-           if k not in ("DAGSTER_HOME", "KB_INBOX", "MLFLOW_TRACKING_URI", "KB_BUILD_MODE")}
+           if k not in ("DAGSTER_HOME", "KB_INBOX", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "KB_BUILD_MODE")}
     return {**env, "KB_HOME": str(home), **extra}
 
 

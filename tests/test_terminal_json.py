@@ -21,7 +21,7 @@ STEP_OUTCOMES = {"ok", "warn", "FAILED", "skipped"}
 
 def kb_process(home: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items()
-           if k not in ("DAGSTER_HOME", "KB_INBOX", "MLFLOW_TRACKING_URI", "MLFLOW_LOGGING_LEVEL")}
+           if k not in ("DAGSTER_HOME", "KB_INBOX", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_LOGGING_LEVEL")}
     env.update(KB_HOME=str(home), PYTHONPATH=str(REPO))
     return subprocess.run([*KB, *args], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=timeout)

@@ -51,7 +51,7 @@ class UIStack:
         # ui.sh uses the virtualenv running this process (a worktree or CI may have no ./.venv).
         self.env = {**os.environ, "KB_HOME": str(kb_home), "KB_UI_PORT": str(self.port),
                     "VENV": str(Path(sys.executable).parent.parent), **env}
-        for var in ("DAGSTER_HOME", "KB_INBOX", "MLFLOW_TRACKING_URI"):
+        for var in ("DAGSTER_HOME", "KB_INBOX", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
             if var not in env:
                 self.env.pop(var, None)
         self.proc: subprocess.Popen | None = None
