@@ -3,12 +3,16 @@
 the real webserver + daemon (scripts/ui.sh) and the inbox sensor at two intervals.
 
     .venv/bin/python benchmarks/bench_freshness.py [--intervals 30,5] [--trials 3]
+        [--instances sqlite,postgres]
 
 Each configuration gets a fresh KB_HOME seeded with the sample documents (built once by
 the sensor's first run), then `--trials` drops of one new document at a random phase of
 the sensor cycle. "Served" is polled every 0.25 s with an in-process Searcher on
 serving.resolve() (what `kb search` opens); the last drop is confirmed with a real
-`kb search --json` subprocess. Writes the `freshness` section of BENCHMARKS.md."""
+`kb search --json` subprocess. `--instances` compares the Dagster instance on SQLite (the
+default) with one on PostgreSQL (KB_DAGSTER_PG_URL, a local server started as the tests start
+theirs: tests/pg_server.py), side by side per interval. Writes the `freshness` section of
+BENCHMARKS.md."""
 
 from __future__ import annotations
 
@@ -79,27 +83,34 @@ def served_contains(paths, embedder, cache: dict, token: str, rel: str) -> tuple
     return any(h.doc_id == rel for h in hits), number
 
 
-def run_config(interval: int, trials: int, root: Path, embedder) -> dict:
+def run_config(interval: int, trials: int, root: Path, embedder, pg_url: str | None = None) -> dict:
     from dagster import DagsterInstance
 
     from kb_core.paths import Paths
     from tests.ui_stack import UIStack
 
-    home = root / f"kb-interval-{interval}"
+    instance_kind = "postgres" if pg_url else "sqlite"
+    home = root / f"kb-interval-{interval}-{instance_kind}"
     os.environ.update(KB_HOME=str(home), DAGSTER_HOME=str(home / "dagster"))
     os.environ.pop("KB_INBOX", None)
+    if pg_url:
+        os.environ["KB_DAGSTER_PG_URL"] = pg_url
+    else:
+        os.environ.pop("KB_DAGSTER_PG_URL", None)
     paths = Paths.from_env().ensure()
     shutil.copytree(REPO / "sample_data" / "inbox", paths.inbox, dirs_exist_ok=True)
     old = time.time() - 3600
     for p in paths.inbox.rglob("*"):
         os.utime(p, (old, old))
-    stack = UIStack(home, root / f"ui-{interval}.log", KB_SENSOR_INTERVAL_S=str(interval))
+    stack = UIStack(home, root / f"ui-{interval}-{instance_kind}.log",
+                    KB_SENSOR_INTERVAL_S=str(interval))
     rows = []
     t_start = time.time()
     stack.start()
     try:
         with DagsterInstance.get() as instance:
-            print(f"[interval {interval}s] baseline: the sensor builds the sample KB ...", flush=True)
+            print(f"[interval {interval}s, {instance_kind}] baseline: the sensor builds the "
+                  "sample KB ...", flush=True)
             deadline = time.monotonic() + 120
             while not sensor_runs_after(instance, t_start):
                 if time.monotonic() > deadline:
@@ -149,7 +160,7 @@ def run_config(interval: int, trials: int, root: Path, embedder) -> dict:
         leftovers = stack.stop()
     if leftovers:
         print(f"  WARNING: processes survived the stop: {leftovers}")
-    return {"interval": interval, "rows": rows, "confirmed": confirmed,
+    return {"interval": interval, "instance": instance_kind, "rows": rows, "confirmed": confirmed,
             "baseline_s": base.end_time - base.start_time}
 
 
@@ -161,10 +172,10 @@ def report(results: list[dict], settle_s: str) -> str:
         "built first, then single-document drops at a random phase of the sensor cycle. "
         f"Settle time {settle_s} s. Times in seconds from the file landing.",
         "",
-        md_row("sensor interval", "drops", "median", "max", "target", "drop -> run requested",
+        md_row("sensor interval", "Dagster instance", "drops", "median", "max", "target", "drop -> run requested",
                "requested -> run started", "started -> version published",
                "published -> served", "run (s)", "`kb search` confirms", "load avg (1 min)"),
-        md_row(*["---"] * 12),
+        md_row(*["---"] * 13),
     ]
     for r in results:
         rows = r["rows"]
@@ -172,7 +183,7 @@ def report(results: list[dict], settle_s: str) -> str:
         target = TARGETS.get(r["interval"])
         verdict = "" if target is None else (" ✅" if max(served) <= target else " ❌")
         lines.append(md_row(
-            f"{r['interval']} s", len(rows), f"{median(served):.1f}", f"{max(served):.1f}{verdict}",
+            f"{r['interval']} s", r["instance"], len(rows), f"{median(served):.1f}", f"{max(served):.1f}{verdict}",
             f"<= {target:.0f}" if target else "-",
             f"{median([x['requested_s'] for x in rows]):.1f}",
             f"{median([x['queued_s'] for x in rows]):.1f}",
@@ -199,8 +210,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--intervals", default="30,5", help="comma-separated sensor intervals (s)")
     ap.add_argument("--trials", type=int, default=3, help="drops per interval")
+    ap.add_argument("--instances", default="sqlite",
+                    help="comma-separated: sqlite (default), postgres (a local server)")
     ap.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
     args = ap.parse_args()
+    instances = args.instances.split(",")
     # Stopping the benchmark (even as a background job) still stops its UI stack.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -209,10 +223,24 @@ def main() -> int:
     embedder = Embedder()
     embedder.encode_query("warm up")
     root = Path(tempfile.mkdtemp(prefix="kb-freshness-"))
+    pg = None
     try:
-        results = [run_config(int(i), args.trials, root, embedder)
-                   for i in args.intervals.split(",")]
+        if "postgres" in instances:
+            from tests.pg_server import PgServer, find_bin_dir
+
+            if find_bin_dir() is None:
+                raise SystemExit("bench_freshness: no PostgreSQL server binaries "
+                                 "(scripts/ensure_postgres.sh)")
+            pg = PgServer(find_bin_dir()).start()
+        results = []
+        for i in args.intervals.split(","):
+            for kind in instances:  # side by side: both instances per interval
+                url = pg.create_database(f"fresh_{i}_{len(results)}") if kind == "postgres" \
+                    else None
+                results.append(run_config(int(i), args.trials, root, embedder, pg_url=url))
     finally:
+        if pg is not None:
+            pg.stop()
         shutil.rmtree(root, ignore_errors=True)
     text = report(results, os.environ.get("KB_SENSOR_SETTLE_S", "5"))
     print("\n" + text)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dagster import AssetSelection, Definitions, define_asset_job, in_process_executor
+from dagster import (AssetSelection, Definitions, ExecutorDefinition, define_asset_job,
+                     in_process_executor, multiprocess_executor)
 
 from checks import ALL_CHECKS
+from kb_core import settings
 from kb_core.paths import Paths
 from kb_assets.defs import KB_ASSETS, inbox_asset, with_freshness
 from resources import default_resources
@@ -33,6 +35,18 @@ all_job = define_asset_job(
     tags={"kb/writer": "true"})
 
 
+def run_executor() -> ExecutorDefinition:
+    """KB_DAGSTER_EXECUTOR. in_process (default): all steps of a launched run in one process,
+    so torch and the checks' imports load once (~3 s instead of ~10 s per step), and the store
+    resource, initialised once per run, holds the KB writer lock for the whole run
+    (resources/store.py). multiprocess: a process per step, each taking the lock while it runs;
+    a run's steps then serialise on it, and a local `kb build` may run between two of them
+    (every step reads the store as it finds it). Either way every KB asset and check is in
+    the `kb_writer` pool, which keeps launched runs one at a time across machines."""
+    kind = settings.get("KB_DAGSTER_EXECUTOR")
+    return multiprocess_executor if kind == "multiprocess" else in_process_executor
+
+
 def build_definitions(paths: Paths | None = None, **resource_overrides) -> Definitions:
     paths = paths or Paths.from_env()  # pure: `kb init`, `kb build` and `make ui` create the folders
     return Definitions(
@@ -42,11 +56,7 @@ def build_definitions(paths: Paths | None = None, **resource_overrides) -> Defin
         sensors=build_sensors(),
         schedules=build_schedules(),
         resources=default_resources(paths, **resource_overrides),
-        # All steps of a launched run in one process: torch and the checks' imports load once
-        # (~3 s instead of ~10 s per step), and the store resource, initialised once per run,
-        # holds the KB writer lock for the whole run (resources/store.py). Every KB asset and
-        # check is in the `kb_writer` pool, which serialises runs across machines.
-        executor=in_process_executor,
+        executor=run_executor(),
     )
 
 

@@ -120,6 +120,11 @@ VARIABLES: tuple[Var, ...] = (
         "pointer (s3://bucket/prefix, endpoint and credentials from the usual AWS_* variables, "
         "or file:///shared/folder): the writer pushes each version and pointer move, and "
         "`kb serve` on any machine follows it. Unset: versions stay on this machine."),
+    Var("KB_DAGSTER_EXECUTOR", str, "in_process", "How a launched run (UI, sensor, schedule, "
+        "queue) executes its steps: in_process, one process per run (models and imports load "
+        "once; the run holds the KB writer lock throughout); multiprocess, one process per step "
+        "(each step holds the lock while it runs). `kb build` in local mode always runs in "
+        "its own process.", choices=("in_process", "multiprocess")),
     Var("KB_BUILD_MODE", str, "local", "local: `kb build` runs in this process on this "
         "KB_HOME; queue: it submits the run to the team's Dagster at KB_DAGSTER_URL, where it "
         "queues on the kb_writer pool with runs from every machine and executes on the "

@@ -133,3 +133,24 @@ def test_every_kb_step_is_in_the_writer_pool_and_runs_in_one_process(graph):
     assert job.executor_def is in_process_executor
     concurrency = yaml.safe_load(DAGSTER_YAML)["concurrency"]
     assert concurrency["pools"] == {"granularity": "run", "default_limit": 1}
+
+
+@pytest.mark.parametrize("value, executor", [("multiprocess", "multiprocess"),
+                                             ("in_process", "in_process"), ("", "in_process")])
+def test_kb_dagster_executor_chooses_the_launched_runs_executor(monkeypatch, value, executor):
+    from dagster_project.definitions import build_definitions
+
+    monkeypatch.setenv("KB_DAGSTER_EXECUTOR", value)
+    defs = build_definitions()
+    for job in ("kb_job", "all_job"):
+        assert defs.resolve_job_def(job).executor_def.name == executor
+    assert defs.resolve_implicit_global_asset_job_def().executor_def.name == executor
+
+
+def test_an_unknown_executor_is_one_clear_error(monkeypatch):
+    from dagster_project.definitions import build_definitions
+    from kb_core.settings import SettingError
+
+    monkeypatch.setenv("KB_DAGSTER_EXECUTOR", "celery")
+    with pytest.raises(SettingError, match="KB_DAGSTER_EXECUTOR"):
+        build_definitions()

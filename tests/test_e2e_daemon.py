@@ -184,3 +184,50 @@ def test_ui_stops_cleanly_even_when_started_with_sigterm_ignored(kb_paths, tmp_p
     leftovers = stack.stop()
     assert leftovers == [], f"processes survived the stop: {leftovers}"
     assert "stopped" in stack.log()
+
+
+def test_a_launched_run_on_the_multiprocess_executor(kb_paths, tmp_path):
+    """KB_DAGSTER_EXECUTOR=multiprocess: a "Materialize" of the index chain launched from the
+    UI's GraphQL API runs each step in its own process (the default run launcher starts the
+    run worker, which starts the steps); each step that writes takes the KB writer lock, so no
+    two held it at once; the version is published and searchable."""
+    from dagster_graphql import DagsterGraphQLClient
+
+    write(kb_paths, "hr/leave.md", "# Leave\nEmployees get 20 days of annual leave.\n")
+    write(kb_paths, "it/vpn.md", "# VPN\nUse the VPN when working from a cafe.\n")
+    stack = UIStack(kb_paths.home, tmp_path / "ui.log", KB_SENSOR="off",
+                    KB_DAGSTER_EXECUTOR="multiprocess")
+    stack.start(wait_for_sensor=False)
+    try:
+        with DagsterInstance.get() as instance:
+            loc = stack.graphql("{ repositoriesOrError { ... on RepositoryConnection { nodes {"
+                                " name location { name } } } } }")
+            location = loc["repositoriesOrError"]["nodes"][0]["location"]["name"]
+            client = DagsterGraphQLClient("127.0.0.1", port_number=stack.port)
+            run_id = client.submit_job_execution(
+                "__ASSET_JOB", repository_location_name=location,
+                repository_name="__repository__", tags={"kb/trigger": "test-ui"},
+                asset_selection=["raw_docs", "cleaned_chunks", "embeddings", "faiss_index"])
+            [run] = wait_finished(instance, [run_id], timeout=900)
+            logs = instance.all_logs(run_id)
+            assert run.status == DagsterRunStatus.SUCCESS, [
+                e.message for e in logs if e.dagster_event and e.dagster_event.is_failure][:3]
+            starts = {e.step_key: e.dagster_event.pid for e in logs if e.dagster_event
+                      and e.dagster_event.event_type == DagsterEventType.STEP_START}
+            assert {"raw_docs", "embeddings", "faiss_index"} <= set(starts), starts
+            assert len(set(starts.values())) == len(starts), f"steps shared a process: {starts}"
+            # Each asset step held the lock; from taking it to its end, no other step had it.
+            held = {e.step_key: e.timestamp for e in logs
+                    if "Holding the KB writer lock" in (e.message or "")}
+            assert {"raw_docs", "cleaned_chunks", "embeddings", "faiss_index"} <= set(held), held
+            ends = {e.step_key: e.timestamp for e in logs if e.dagster_event and
+                    e.dagster_event.event_type in (DagsterEventType.STEP_SUCCESS,
+                                                   DagsterEventType.STEP_FAILURE)}
+            windows = sorted((held[k], ends[k]) for k in held)
+            for (_, end), (start, _) in zip(windows, windows[1:]):
+                assert start >= end - 0.05, f"two steps held the writer lock at once: {windows}"
+        hits = kb_search(kb_paths, "how many days of annual leave")
+        assert hits and hits[0]["doc_id"].endswith("leave.md"), hits
+    finally:
+        leftovers = stack.stop()
+    assert leftovers == [], f"processes survived the stop: {leftovers}"
