@@ -218,8 +218,10 @@ def push_to_shared_storage(versions: VersionStore, current: int | None, log) -> 
                                   "it.") from None
     log.info(f"shared storage {remote.url}: pushed versions {sync['pushed_versions'] or 'none'}"
              f" ({sync['objects_written']} objects), pointer "
-             f"{'written' if sync['pointer_written'] else 'unchanged'}")
+             f"{'written' if sync['pointer_written'] else 'unchanged'}; removed versions "
+             f"{sync['removed_versions'] or 'none'} (retention)")
     return {"remote_url": remote.url, "remote_pushed_versions": str(sync["pushed_versions"]),
+            "remote_removed_versions": str(sync["removed_versions"]),
             "remote_objects_written": sync["objects_written"],
             "remote_push_s": round(time.perf_counter() - t0, 3)}
 

@@ -52,6 +52,14 @@ class LocalDirStore:
         tmp.write_bytes(data)
         os.replace(tmp, target)  # a reader never sees half an object
 
+    def delete(self, keys: list[str]) -> None:
+        for key in keys:
+            (self.root / key).unlink(missing_ok=True)
+        for parent in sorted({(self.root / k).parent for k in keys}, key=lambda d: -len(d.parts)):
+            while parent != self.root and parent.is_dir() and not any(parent.iterdir()):
+                parent.rmdir()
+                parent = parent.parent
+
     def names(self, prefix: str) -> set[str]:
         """Immediate children of `prefix` (folder-like)."""
         d = self.root / prefix
@@ -92,6 +100,11 @@ class S3Store:
 
     def put(self, key: str, data: bytes) -> None:
         self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    def delete(self, keys: list[str]) -> None:
+        for i in range(0, len(keys), 1000):  # DeleteObjects takes up to 1,000 keys
+            self.client.delete_objects(Bucket=self.bucket, Delete={
+                "Objects": [{"Key": self._key(k)} for k in keys[i:i + 1000]], "Quiet": True})
 
     def names(self, prefix: str) -> set[str]:
         base = self._folder(prefix)
@@ -178,13 +191,46 @@ class RemoteVersions:
         return True
 
     def sync_up(self, kb_home: Path) -> dict:
-        """Push every complete local version the store lacks, then the pointer."""
+        """Push every complete local version the store lacks, then the pointer; then remove
+        the remote copies of versions this machine's retention removed."""
         versions_root = Path(kb_home) / "versions"
         remote = set(self.remote_numbers())
         pushed = [n for n in version_numbers(versions_root) if n not in remote]
         objects = sum(self.push_version(versions_root, n) for n in pushed)
+        pointer_written = self.push_pointer(kb_home)
+        pruned = self.prune(versions_root, remote | set(pushed))
         return {"pushed_versions": pushed, "objects_written": objects,
-                "pointer_written": self.push_pointer(kb_home)}
+                "pointer_written": pointer_written, **pruned}
+
+    def prune(self, versions_root: Path, remote: set[int]) -> dict:
+        """Retention, mirrored: a remote version older than the newest local one that is no
+        longer here (retention removed its files) and that the remote pointer does not name
+        goes, its version.json first (so it is gone for readers before any file is); then
+        the segments no remaining version names. With no local version nothing is removed
+        (an empty KB_HOME is not a decision to delete)."""
+        local = set(version_numbers(versions_root))
+        if not local:
+            return {"removed_versions": [], "removed_segments": []}
+        pointer = self.remote_pointer()
+        serving = int(pointer["version"]) if pointer else None
+        gone = sorted(n for n in remote if n not in local and n < max(local) and n != serving)
+
+        def remove() -> dict:
+            for n in gone:
+                self.store.delete([f"{n}/{INFO_FILE}"])
+                self.store.delete([f"{n}/{k}" for k in self.store.files(str(n))])
+            kept: set[str] = set()
+            for n in remote - set(gone):
+                raw = ((versions_root / str(n) / INFO_FILE).read_bytes() if n in local
+                       else self.store.get(f"{n}/{INFO_FILE}"))
+                kept |= set(json.loads(raw).get("segments", [])) if raw else set()
+            orphans = sorted(self.store.names(SEGMENTS_DIR) - kept) if gone else []
+            for seg in orphans:  # segment.json first: a half-removed segment is not one
+                self.store.delete([f"{SEGMENTS_DIR}/{seg}/{SEG_INFO}"])
+                self.store.delete([f"{SEGMENTS_DIR}/{seg}/{k}"
+                                   for k in self.store.files(f"{SEGMENTS_DIR}/{seg}")])
+            return {"removed_versions": gone, "removed_segments": orphans}
+        return self._guard("remove versions retention let go", remove)
 
     # -- replica side ------------------------------------------------------------------------
     def pull_version(self, versions_root: Path, number: int) -> bool:
@@ -252,7 +298,26 @@ class RemoteVersions:
             if current != pointer:
                 write_pointer(_Home(Path(kb_home)), number,
                               **{k: v for k, v in pointer.items() if k != "version"})
+                keep = {number} | ({int(current["version"])} if current else set())
+                try:
+                    self.prune_replica(Path(kb_home) / "versions", keep)
+                except RemoteStoreError as exc:  # the switch happened; pruning waits
+                    logging.getLogger("kb.remote").warning(f"{exc}; old versions stay here")
         return number
+
+    def prune_replica(self, versions_root: Path, keep: set[int]) -> list[int]:
+        """On a switch, a replica drops the local versions the store no longer has, except
+        `keep` (the new one and the one it served until now, which requests may still be
+        reading): its disk follows the writer's retention."""
+        remote = set(self.remote_numbers())
+        gone = [n for n in version_numbers(versions_root) if n not in remote and n not in keep]
+        if gone:
+            from resources.vector_index import VersionStore
+
+            store = VersionStore(root=str(versions_root))
+            for n in gone:
+                store.remove(n)
+        return gone
 
 
 class _Home:  # write_pointer needs only `.home`

@@ -81,6 +81,59 @@ def test_a_replica_pulls_what_the_pointer_names(remote, tmp_path):
     assert remote.sync_down(replica.home) == 1 and resolve(replica).version == 1
 
 
+def segments_of(versions_root: Path, *numbers: int) -> set[str]:
+    return {seg for n in numbers for seg in
+            json.loads((versions_root / str(n) / "version.json").read_text())["segments"]}
+
+
+def test_retention_is_mirrored_on_the_store_and_the_replicas(remote, tmp_path):
+    """Versions the writer's retention removed go from the store too (never the one the
+    remote pointer names, never with an empty KB_HOME), with the segments nothing else
+    names; a replica, on its next switch, drops what the store no longer has except the
+    version it served until then."""
+    from resources.vector_index import VersionStore
+
+    writer, replica = Home(tmp_path / "writer"), Home(tmp_path / "replica")
+    for n in (1, 2, 3):
+        publish_tiny(writer.versions, n)
+    write_pointer(writer, 1)
+    remote.sync_up(writer.home)
+    replica.home.mkdir()
+    assert remote.sync_down(replica.home) == 1
+    write_pointer(writer, 3)
+    remote.push_pointer(writer.home)
+    assert remote.sync_down(replica.home) == 3
+    all_segments = segments_of(writer.versions, 1, 2, 3)
+    assert remote.store.names("segments") == all_segments
+
+    # Retention on the writer removed 1 and 2 (and, wrongly here, the served 3), then 4.
+    wstore = VersionStore(root=str(writer.versions))
+    for n in (1, 2, 3):
+        wstore.remove(n)
+    publish_tiny(writer.versions, 4)
+    sync = remote.sync_up(writer.home)
+    assert sync["pushed_versions"] == [4] and sync["removed_versions"] == [1, 2], sync
+    assert remote.remote_numbers() == [3, 4]  # the pointer's version stays
+    assert set(sync["removed_segments"]) == all_segments - segments_of(replica.versions, 3)
+    assert remote.store.names("segments") == (segments_of(replica.versions, 3)
+                                               | segments_of(writer.versions, 4))
+    assert not remote.store.files("1") and not remote.store.files("2")
+
+    # An empty KB_HOME (a new writer disk) is not a decision to delete.
+    assert remote.prune(tmp_path / "empty", {3, 4}) == {"removed_versions": [],
+                                                          "removed_segments": []}
+    assert remote.remote_numbers() == [3, 4]
+
+    # The replica switches to 4: it drops 1 (gone from the store), keeps 3 (served until now).
+    write_pointer(writer, 4)
+    remote.push_pointer(writer.home)
+    assert remote.sync_down(replica.home) == 4
+    assert VersionStore(root=str(replica.versions)).numbers() == [3, 4]
+    assert {p.name for p in (replica.versions / "segments").iterdir()} == segments_of(
+        replica.versions, 3, 4)
+    assert resolve(replica).version == 4
+
+
 class FailingAfter:
     """A store that fails after `n` writes (the network going away mid-push)."""
 
