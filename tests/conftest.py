@@ -104,22 +104,3 @@ def pg_url(pg_server) -> str:
     """A fresh, empty database on the session's server: its KB_DAGSTER_PG_URL."""
     return pg_server.create_database(f"kb_{uuid.uuid4().hex[:12]}")
 
-
-# Seconds each of the slowest test files took (clean clone, `pytest -n 2 --durations`,
-# 2026-12-03). `make test` runs files on parallel workers in collection order
-# (--no-loadscope-reorder): longest first, so that no long file starts last and runs alone
-# while the other worker idles (xdist's own order, by number of tests, put the one-test
-# cluster file last). Unlisted files keep their order after these.
-FILE_COST_S = {
-    "test_new_user.py": 369, "test_team_faults.py": 326, "test_reliability.py": 196,
-    "test_team_cluster.py": 182, "test_e2e_daemon.py": 118, "test_checks_e2e.py": 76,
-    "test_ft_local.py": 71, "test_embedder_backends.py": 68, "test_ann_index.py": 62,
-    "test_terminal_json.py": 57, "test_segments.py": 49, "test_ingest_e2e.py": 43,
-    "test_registry_e2e.py": 38, "test_kb_pipeline.py": 34, "test_dagster_postgres.py": 34,
-    "test_ft_openai.py": 30, "test_mlflow_serve.py": 25, "test_audit_incident.py": 25,
-    "test_ft_dataset.py": 25, "test_build_skip.py": 23,
-}
-
-
-def pytest_collection_modifyitems(items):
-    items.sort(key=lambda item: -FILE_COST_S.get(item.path.name, 0))  # stable within a file
