@@ -62,10 +62,12 @@ def embed_missing(store: KBStore, embedder: Embedder, log=None) -> dict:
     # Similar lengths per batch waste less padding; ties by hash, so the batches (and with
     # them the vectors, to the last bit) do not depend on the order DuckDB returns rows in.
     todo.sort(key=lambda r: (len(r[1]), r[0]))
+    embedder = embedder.for_backlog(len(todo))  # same vectors; torch for a large backlog
     commit_every = settings.get("KB_EMBED_COMMIT_EVERY")
     workers = embed_fanout.fanout_workers(len(todo))
     base = {"embedding_model": model_id, "chunks_reused_from_cache": total - len(todo),
-            "distinct_chunk_texts": total, "embed_workers": workers}
+            "distinct_chunk_texts": total, "embed_workers": workers,
+            "encoder_backend": embedder.active_backend if todo else None}
     if workers > 1:
         r = embed_fanout.embed_in_workers(store, embedder, todo,
                                           encode_batches(len(todo), commit_every), workers, log)

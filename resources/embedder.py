@@ -28,6 +28,9 @@ BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
 AUTO_BACKEND = "onnx"
 # Backends whose vectors differ from torch's: their cache key carries the backend.
 DISTINCT_VECTORS = ("onnx-int8",)
+# ONNX Runtime passages per run() call: on 2 quiet cores (256 scifact abstracts, length-sorted)
+# 8-16 gave 29-30 texts/s, 32 gave 26, 64 gave 25 (torch, batch 64: 33-37).
+ONNX_BATCH = 16
 _LOAD_LOCK = threading.Lock()
 _log = logging.getLogger("kb.embedder")
 
@@ -123,6 +126,18 @@ class Embedder(ConfigurableResource):
         active = self.active_backend
         return f"{base}#{active}" if active in DISTINCT_VECTORS else base
 
+    def for_backlog(self, n: int) -> "Embedder":
+        """The encoder for a backlog of `n` passages. With backend auto, from
+        KB_EMBED_TORCH_MIN passages on it is torch: the same vectors (one model id, one cache),
+        encoded faster than by ONNX on these machines once torch's longer load (~6 s more) is
+        paid back (measured on scifact: BENCHMARKS.md, "Encoder backends"). Otherwise self."""
+        asked = self.backend or str(settings.get("KB_EMBED_BACKEND"))
+        if (asked != "auto" or AUTO_BACKEND in DISTINCT_VECTORS
+                or n < int(settings.get("KB_EMBED_TORCH_MIN"))):
+            return self
+        return type(self)(model_path=self.model_path, batch_size=self.batch_size,
+                          backend="torch", threads=self.threads)
+
     def _onnx(self, backend: str):
         with _LOAD_LOCK:
             return _load_onnx(self.resolved_path, backend, str(model_cache_root()), self.threads)
@@ -159,7 +174,7 @@ class Embedder(ConfigurableResource):
             return np.zeros((0, self.dim), dtype=np.float32)
         m = self.model()
         if self.active_backend != "torch":
-            return m.encode(texts, batch_size=self.batch_size)
+            return m.encode(texts, batch_size=min(self.batch_size, ONNX_BATCH))
         vecs = m.encode(texts, batch_size=self.batch_size, convert_to_numpy=True,
                         normalize_embeddings=True, show_progress_bar=False)
         return np.ascontiguousarray(vecs, dtype=np.float32)

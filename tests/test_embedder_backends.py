@@ -117,6 +117,22 @@ def test_bad_backend_names_the_variable(monkeypatch):
         Embedder(backend="gpu").requested_backend
 
 
+@pytest.mark.parametrize("configured, backlog, expected", [
+    ("", 2, "onnx"), ("", 3, "torch"), ("auto", 10_000, "torch"), ("onnx", 10_000, "onnx"),
+    ("torch", 1, "torch"), ("onnx-int8", 10_000, "onnx-int8")])
+def test_a_large_backlog_under_auto_is_encoded_by_torch(monkeypatch, configured, backlog,
+                                                        expected):
+    """Same vectors, same cache key: only how fast they come (torch encodes passages faster
+    here, ONNX loads sooner). An explicit backend is never overridden."""
+    monkeypatch.setenv("KB_EMBED_BACKEND", configured)
+    monkeypatch.setenv("KB_EMBED_TORCH_MIN", "3")
+    embedder = CountingEmbedder(batch_size=32)
+    chosen = embedder.for_backlog(backlog)
+    assert chosen.requested_backend == expected
+    assert chosen.model_id == embedder.model_id and type(chosen) is CountingEmbedder
+    assert chosen.batch_size == 32
+
+
 def test_a_version_built_without_int8_reloads_without_int8(monkeypatch):
     monkeypatch.setenv("KB_EMBED_BACKEND", "onnx-int8")
     assert Embedder.for_model_id(PACKAGED_MODEL_ID).model_id == PACKAGED_MODEL_ID
@@ -225,6 +241,7 @@ def test_a_kb_built_with_torch_keeps_its_cache_hits_under_the_default(kb_paths, 
     default = CountingEmbedder()
     assert default.active_backend == "onnx"
     second = _build(kb_paths, default)
+    assert first["embeddings"]["encoder_backend"] == "torch"
     assert ENCODED_TEXTS[PACKAGED_MODEL_ID] == embedded  # zero chunks re-embedded
     assert (second["embeddings"]["embedding_model"] == first["embeddings"]["embedding_model"]
             == PACKAGED_MODEL_ID)
