@@ -140,8 +140,10 @@ def main() -> None:
         "",
         verdict + " The default (`KB_EMBED_BACKEND=auto`) is ONNX fp32: it returns torch's "
         "vectors (same cache key, so an existing KB keeps its cache hits) and answers a query "
-        "far sooner than torch; int8 has a cache key of its own (switching re-embeds everything "
-        "once) and is opt-in"
+        "far sooner than torch, and loads faster; a backlog of at least `KB_EMBED_TORCH_MIN` "
+        "chunks (default 1200) is encoded by torch, which encodes passages faster here once its "
+        "longer load is paid back. int8 has a cache key of its own (switching re-embeds "
+        "everything once) and is opt-in"
         + ("." if not int8_holds else ", although it held the bound in this run (on a subset: "
            "confirm on the full corpus before making it the default)."),
         "",
