@@ -6,9 +6,18 @@ set -euo pipefail
 
 package=$1 glob=$2 purpose=$3
 shopt -s nullglob
-# shellcheck disable=SC2206  # the glob must expand
-found=($glob)
-if (( ${#found[@]} )); then
+# Files that exist: a plain path (no wildcard) is not expanded, so nullglob alone would keep it
+# even when it is missing (chromium was never installed that way).
+present() {
+    local f
+    # shellcheck disable=SC2206  # the glob must expand
+    local matches=($glob)
+    for f in "${matches[@]}"; do
+        [[ -e $f ]] && return 0
+    done
+    return 1
+}
+if present; then
     exit 0
 fi
 if [[ $(id -u) != 0 ]]; then
@@ -29,6 +38,4 @@ if ! apt-cache show "$package" >/dev/null 2>&1; then
     $SUDO apt-get update -q
 fi
 $SUDO apt-get install -y -q --no-install-recommends "$package"
-# shellcheck disable=SC2206
-found=($glob)
-(( ${#found[@]} ))
+present
