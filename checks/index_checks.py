@@ -40,6 +40,10 @@ LEXICAL_SAMPLE = 64  # BM25 rows compared with their chunk's terms
 
 
 def index_ids(index) -> np.ndarray:
+    """The ids a version's vector search holds (a sharded search: its live ids, segment after
+    segment, so an id live in two segments shows as a duplicate)."""
+    if hasattr(index, "ids"):
+        return index.ids()
     if hasattr(index, "id_map"):
         return faiss.vector_to_array(index.id_map).astype(np.int64)
     return np.arange(index.ntotal, dtype=np.int64)
@@ -62,13 +66,13 @@ def evaluate(v: KBVersion, active_ids: np.ndarray, member_ids: np.ndarray,
     without its text column)."""
     rows = max(1, q.offending_rows)
     manifest_ids = v.manifest["chunk_id"].to_numpy(dtype=np.int64)
-    ids = index_ids(v.index)
-    scope = {"kb_version": v.number, "index_size": int(v.index.ntotal),
+    ids = index_ids(v.search_index)
+    scope = {"kb_version": v.number, "index_size": int(v.search_index.ntotal),
              "manifest_rows": len(manifest_ids), "active_chunks": len(active_ids),
              "registered_chunks": -1 if registered_chunks is None else registered_chunks}
     out = []
 
-    sizes = {"index": int(v.index.ntotal), "active chunks": len(active_ids),
+    sizes = {"index": int(v.search_index.ntotal), "active chunks": len(active_ids),
              "manifest": len(manifest_ids)}
     if registered_chunks is not None:
         sizes["registered"] = registered_chunks
@@ -77,8 +81,8 @@ def evaluate(v: KBVersion, active_ids: np.ndarray, member_ids: np.ndarray,
         problems.append("sizes differ: " + ", ".join(f"{k}={n}" for k, n in sizes.items()))
     if v.info.get("embedding_model") != model_id:
         problems.append(f"built with {v.info.get('embedding_model')}, configured {model_id}")
-    if v.index.ntotal and v.info.get("dim") not in (None, v.index.d):
-        problems.append(f"index is {v.index.d}-d, version.json says {v.info.get('dim')}")
+    if v.search_index.ntotal and v.info.get("dim") not in (None, v.search_index.d):
+        problems.append(f"index is {v.search_index.d}-d, version.json says {v.info.get('dim')}")
     out.append(CheckOutcome(SIZE, not problems, "; ".join(problems) or
                             f"KB version {v.number}: {sizes['index']} vectors = "
                             f"{len(active_ids)} active chunks = manifest rows", scope))
@@ -121,7 +125,7 @@ def vectors_match(v: KBVersion, ids: np.ndarray, cached: dict[str, bytes], scope
     bad, cosines = [], []
     for cid, doc_id, th in zip(sample["chunk_id"], sample["doc_id"], sample["text_hash"]):
         blob = cached.get(th)
-        stored = v.index.reconstruct(int(cid))
+        stored = v.search_index.reconstruct(int(cid))
         if blob is None or len(blob) != stored.nbytes:
             bad.append({"chunk_id": int(cid), "doc_id": doc_id, "cosine": "no cached vector"})
             continue
@@ -176,7 +180,7 @@ def smoke_query(v: KBVersion, manifest_ids: np.ndarray, ids: np.ndarray, texts: 
                 q: QualityThresholds, scope: dict) -> CheckOutcome:
     """Query with a chunk's own text and stored vector (no model load): the hybrid search
     path over this version's FAISS and BM25 must return results."""
-    if len(manifest_ids) == 0 and v.index.ntotal == 0:
+    if len(manifest_ids) == 0 and v.search_index.ntotal == 0:
         return CheckOutcome(SMOKE, True, f"KB version {v.number} is empty (the inbox held no "
                             "valid documents): no query to run", dict(scope))
     probe = smoke_probe(manifest_ids, ids)
@@ -187,7 +191,7 @@ def smoke_query(v: KBVersion, manifest_ids: np.ndarray, ids: np.ndarray, texts: 
     query = " ".join(texts.get(probe, "").split())[:120]
     values = dict(scope, probe_chunk_id=probe, probe_doc_id=str(rec["doc_id"]), query=query)
     try:
-        qvec = v.index.reconstruct(probe)
+        qvec = v.search_index.reconstruct(probe)
         hits = hybrid_search(v, query, qvec, max(1, q.smoke_query_k))
     except Exception as exc:  # noqa: BLE001 - a damaged index may fail anywhere
         return CheckOutcome(SMOKE, False, f"the smoke query raised {type(exc).__name__}: "
@@ -234,7 +238,7 @@ def collect(store: KBStore, versions: VersionStore, embedder: Embedder,
         msg = f"KB version {number} cannot be loaded: {type(exc).__name__}: {str(exc)[:200]}"
         return number, [CheckOutcome(c, False, msg, {"kb_version": number}) for c in CHECKS]
     manifest_ids = v.manifest["chunk_id"].to_numpy(dtype=np.int64)
-    probe = smoke_probe(manifest_ids, index_ids(v.index))
+    probe = smoke_probe(manifest_ids, index_ids(v.search_index))
     wanted = sample_chunks(v, LEXICAL_SAMPLE)["chunk_id"].astype("int64").tolist()
     wanted += [probe] if probe is not None else []
     with store.connect() as con:

@@ -163,10 +163,11 @@ def new_vectors(con, base: Baseline, model_id: str) -> tuple[pd.DataFrame, list[
 
 
 def version_vectors(path: str | Path) -> np.ndarray | None:
-    """The vectors of a published version's index (None if empty or missing)."""
+    """The vectors of a published version's index, in no particular order (a centroid and
+    random samples are all the drift check takes of them; None if empty or missing)."""
     from resources.vector_index import version_vectors as stored_vectors
 
-    return stored_vectors(Path(path))
+    return stored_vectors(Path(path), ordered=False)
 
 
 def declared_model_dim(model_folder: str | Path) -> int | None:

@@ -13,6 +13,7 @@ from dataclasses import asdict
 import pandas as pd
 from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
 
+from kb_core import settings
 from kb_core.clock import utc_now
 from resources import persistence
 from resources.config import KBConfig, code_version
@@ -28,7 +29,8 @@ from .eval_set import synthetic_questions
 from .synthetic_questions import SyntheticQuestion
 from kb_core.lexical import LEXICAL_VERSION, BM25Index
 from kb_core.writer_lock import KB_WRITER_POOL
-from .relevance import Calibration, calibrate_version
+from .relevance import (Calibration, calibrate_version, carried_calibration,
+                        null_questions_digest, own_calibration)
 from .report import md_table
 from .segment_publish import (META_COLUMNS, NO_DELETIONS, apply_retention, compacted_parts,
                               compaction_limits,
@@ -91,16 +93,41 @@ def calibrate_new_version(manifest: pd.DataFrame, index, lexical: BM25Index, inf
     return calibrate_version(version, encode, [q.question for q in questions]).as_dict()
 
 
+def calibrate_or_carry(versions: VersionStore, base_version: int | None, changed: int | None,
+                       number: int, info: dict, embedder: Embedder, store: KBStore,
+                       segments: list[str], deleted: pd.DataFrame) -> None:
+    """Set info["relevance"] (the zero-hit thresholds) and its provenance: the base version's
+    when the chunks changed by at most KB_CALIBRATION_CARRY_MAX since they were calibrated
+    (relevance.carried_calibration says why that bounds the error; no version is loaded), else
+    calibrated on the new version's own data."""
+    carry_max = settings.get("KB_CALIBRATION_CARRY_MAX")
+    digest = null_questions_digest()
+    base_info = versions.info(base_version) if base_version is not None else None
+    carried = (carried_calibration(base_info, changed, info["n_chunks"], carry_max, digest)
+               if changed is not None else None)
+    if carried:
+        info["relevance"] = base_info["relevance"]
+        info["calibration_questions"] = base_info.get("calibration_questions") or []
+        info["relevance_provenance"] = carried
+        return
+    pending = load_pending(versions, segments, deleted, info)
+    previous = base_info.get("calibration_questions") if base_info else None
+    info["relevance"] = calibrate_new_version(pending.manifest, pending.search_index,
+                                              pending.lexical, info, embedder, store, previous)
+    info["relevance_provenance"] = own_calibration(number, info["n_chunks"], carry_max, digest)
+
+
 def write_segments(store: KBStore, versions: VersionStore, model_id: str, dim: int,
                    members: pd.DataFrame, base_version: int | None
-                   ) -> tuple[list[str], pd.DataFrame, bool, dict]:
+                   ) -> tuple[list[str], pd.DataFrame, bool, dict, int | None]:
     """The segments and deleted rows of the next version: the base version's segments plus
     one segment of the added rows, or one segment of everything (no base, or compaction).
-    Last: what the version's vector search is (resources/ann_index.py: a one-segment version
-    serves its segment's index, exact or HNSW by size; several are merged exactly at load)."""
+    Then: what the version's vector search is (resources/ann_index.py: a one-segment version
+    serves its segment's index, exact or HNSW by size; several are searched segment by
+    segment), and how many chunks the change added or removed (None: no base version)."""
     if base_version is None:
         seg, record = write_parts(versions, new_parts(store, model_id, dim, members), dim)
-        return [seg], NO_DELETIONS, False, record
+        return [seg], NO_DELETIONS, False, record, None
     base_segments = versions.info(base_version)["segments"]
     previous = versions.live_rows(base_version, META_COLUMNS)
     old_deleted = read_deleted(versions.path / str(base_version))
@@ -109,12 +136,13 @@ def write_segments(store: KBStore, versions: VersionStore, model_id: str, dim: i
     added = new_parts(store, model_id, dim, diff.added) if len(diff.added) else None
     n_segments = len(base_segments) + (added is not None)
     segment_rows = len(previous) + len(old_deleted) + len(diff.added)
+    changed = diff.content_changes
     if needs_compaction(n_segments, len(deleted), segment_rows, *compaction_limits()):
         parts = compacted_parts(versions, base_segments, deleted, dim, added)
         seg, record = write_parts(versions, parts, dim)
-        return [seg], NO_DELETIONS, True, record
+        return [seg], NO_DELETIONS, True, record, changed
     segments = base_segments + ([write_parts(versions, added, dim)[0]] if added is not None else [])
-    return segments, deleted, False, segments_record(versions, segments)
+    return segments, deleted, False, segments_record(versions, segments), changed
 
 
 def load_pending(versions: VersionStore, segments: list[str], deleted: pd.DataFrame,
@@ -159,7 +187,7 @@ def publish_if_changed(store: KBStore, versions: VersionStore, embedder: Embedde
     number = max(versions.numbers() + [latest[0] if latest else 0]) + 1
     base_version = incremental_base(versions, latest[0] if latest else None, damaged,
                                     expected_build(model_id, dim, chunker.version))
-    segments, deleted, compacted, vector_index = write_segments(
+    segments, deleted, compacted, vector_index, changed = write_segments(
         store, versions, model_id, dim, members, base_version)
     build_s = time.perf_counter() - t1
     source_manifest = json.dumps(sources, sort_keys=True).encode()
@@ -178,11 +206,8 @@ def publish_if_changed(store: KBStore, versions: VersionStore, embedder: Embedde
         "vector_index": vector_index,
     }
     t2 = time.perf_counter()
-    pending = load_pending(versions, segments, deleted, info)
-    previous = (versions.info(base_version).get("calibration_questions")
-                if base_version is not None else None)
-    info["relevance"] = calibrate_new_version(pending.manifest, pending.search_index,
-                                              pending.lexical, info, embedder, store, previous)
+    calibrate_or_carry(versions, base_version, changed, number, info, embedder, store,
+                       segments, deleted)
     calibration_s = time.perf_counter() - t2
     path = versions.publish(number, segments, deleted, info, sources)
     info = versions.info(number)
@@ -277,7 +302,7 @@ def faiss_index(context: AssetExecutionContext, store: KBStore, versions: Versio
             "version_info": MetadataValue.md(md_table(
                 [(k, v) for k, v in info.items()
                  if k not in ("chunker", "relevance", "duplicates", "vector_index",
-                            "calibration_questions")],
+                            "calibration_questions", "relevance_provenance")],
                 ["field", "value"])),
             "duplicates_indexed_once": len(info.get("duplicates") or {}),
             "calibration_s": r["calibration_s"],
@@ -286,12 +311,19 @@ def faiss_index(context: AssetExecutionContext, store: KBStore, versions: Versio
         cal = info.get("relevance")
         if cal:
             c = Calibration.from_dict(cal)
+            prov = info.get("relevance_provenance") or {}
+            where = (f"Zero-hit thresholds of KB version {prov['calibrated_on']}, kept: the chunks "
+                     f"changed by {prov['changed_since']} rows since it was calibrated on "
+                     f"{prov['chunks']} (at most {prov['carry_max']:.1%} keeps them)"
+                     if prov.get("carried") else "Zero-hit thresholds calibrated on this version")
             metadata.update({
+                "relevance_calibrated_on": prov.get("calibrated_on", r["kb_version"]),
+                "relevance_carried": bool(prov.get("carried")),
                 "relevance_threshold_dense": None if math.isinf(c.latin.dense) else round(c.latin.dense, 4),
                 "relevance_threshold_lexical_latin": round(c.latin.lexical, 4),
                 "relevance_threshold_lexical_cjk": round(c.cjk.lexical, 4),
                 "relevance_calibration": MetadataValue.md(
-                    "Zero-hit thresholds calibrated on this version: unrelated questions "
+                    f"{where}: unrelated questions "
                     f"(target refusal {c.target_refusal:.0%}) vs the KB's own synthetic "
                     "questions.\n\n" + md_table(c.summary_rows(), [
                         "queries", "dense >", "lexical >", "null quantile",

@@ -12,6 +12,7 @@ Pure: features in, thresholds out; the thresholds are stored in the version's me
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -197,3 +198,45 @@ def calibrate_version(version, encode, positives: list[str], target_refusal: flo
     else:
         ev = [evidence(version, q, v) for q, v in zip(queries, vecs)]
     return calibrate(ev[:len(null)], ev[len(null):], target_refusal, max_positive_loss)
+
+
+def null_questions_digest(path: Path = NULL_QUESTIONS_FILE) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def carried_calibration(base_info: dict | None, changed_rows: int, n_chunks: int,
+                        carry_max: float, null_digest: str) -> dict | None:
+    """The provenance record under which a new version keeps its base version's thresholds,
+    or None when it must be calibrated on its own data.
+
+    Why a share of changed rows bounds the error: the thresholds are quantiles of the null
+    questions' best evidence. A null question's best dense score moves only if one of the
+    changed rows is (or was) its best neighbour: for rows like the rest, a chance of about
+    the changed share each, so about that share of the null sample moves, and the refused
+    share moves by at most that (1% of 159 questions is under 2 of them, the resolution of
+    the ladder's 0.01 steps). BM25 scores (in units of ln(1+N)) move with N and df by about
+    the same relative amount. The share is counted since the last real calibration, so
+    small changes add up until one of them recalibrates. A different null sample or method,
+    or no base calibration: calibrate."""
+    if carry_max <= 0 or not base_info or not base_info.get("relevance"):
+        return None
+    if base_info["relevance"].get("method") != CALIBRATION_METHOD:
+        return None
+    prov = base_info.get("relevance_provenance") or {
+        "calibrated_on": base_info.get("version"), "chunks": base_info.get("n_chunks") or 0,
+        "changed_since": 0, "null_questions": null_digest}
+    if prov.get("null_questions") != null_digest or not prov.get("chunks"):
+        return None
+    changed = int(prov.get("changed_since", 0)) + int(changed_rows)
+    if changed > carry_max * int(prov["chunks"]):
+        return None
+    return {"calibrated_on": prov["calibrated_on"], "chunks": int(prov["chunks"]),
+            "changed_since": changed, "carry_max": carry_max, "carried": True,
+            "null_questions": null_digest, "n_chunks_now": int(n_chunks)}
+
+
+def own_calibration(number: int, n_chunks: int, carry_max: float, null_digest: str) -> dict:
+    """The provenance record of thresholds calibrated on version `number` itself."""
+    return {"calibrated_on": number, "chunks": int(n_chunks), "changed_since": 0,
+            "carry_max": carry_max, "carried": False, "null_questions": null_digest,
+            "n_chunks_now": int(n_chunks)}

@@ -27,10 +27,13 @@ NO_DELETIONS = no_deletions()
 
 @dataclass
 class Diff:
-    """Rows to add (chunk metadata rows) and (segment, chunk_id) rows to delete."""
+    """Rows to add (chunk metadata rows) and (segment, chunk_id) rows to delete, and how many
+    chunks came or went (a chunk id hashes its text; a row re-added only because its
+    document's metadata changed is not among them)."""
 
     added: pd.DataFrame
     deleted: pd.DataFrame = field(default_factory=lambda: NO_DELETIONS)
+    content_changes: int = 0
 
 
 def _as_text(frame: pd.DataFrame) -> np.ndarray:
@@ -66,9 +69,11 @@ def membership_diff(previous: pd.DataFrame, current: pd.DataFrame) -> Diff:
     unchanged = common[same]
     added = current[~current["chunk_id"].isin(unchanged)]
     gone = previous[~previous["chunk_id"].isin(unchanged)]
+    content = int((~current["chunk_id"].isin(prev.index)).sum()
+                  + (~previous["chunk_id"].isin(cur.index)).sum())
     return Diff(added.reset_index(drop=True),
                 gone[["segment", "chunk_id"]].astype({"segment": str, "chunk_id": "int64"})
-                .reset_index(drop=True))
+                .reset_index(drop=True), content)
 
 
 def needs_compaction(n_segments: int, deleted_rows: int, segment_rows: int,

@@ -83,20 +83,23 @@ def term_counts(texts: list[str]) -> tuple[sparse.csr_matrix, list[str]]:
 
 def merge_counts(parts: list[tuple[sparse.spmatrix, list[str]]]) -> tuple[sparse.csr_matrix,
                                                                           list[str]]:
-    """Stack the rows of several count matrices onto one vocabulary (first-seen term order)."""
-    vocab: dict[str, int] = {}
-    rows, cols, vals, offset = [], [], [], 0
-    for counts, terms in parts:
-        remap = np.array([vocab.setdefault(t, len(vocab)) for t in terms], dtype=np.int64)
-        coo = sparse.coo_matrix(counts)
-        rows.append(coo.row.astype(np.int64) + offset)
-        cols.append(remap[coo.col] if coo.nnz else np.empty(0, np.int64))
-        vals.append(coo.data.astype(np.float32))
-        offset += coo.shape[0]
+    """Stack the rows of several count matrices onto one vocabulary (first-seen term order).
+    CSR arrays are concatenated with their columns renumbered: linear in the stored counts,
+    no sort (a version of 100k chunks holds ~6.5M of them)."""
     if not parts:
         return sparse.csr_matrix((0, 0), dtype=np.float32), []
-    tf = sparse.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                           shape=(offset, len(vocab)))
+    vocab: dict[str, int] = {}
+    data, indices, indptr, offset = [], [], [np.zeros(1, np.int64)], 0
+    for counts, terms in parts:
+        remap = np.array([vocab.setdefault(t, len(vocab)) for t in terms], dtype=np.int64)
+        csr = sparse.csr_matrix(counts)
+        data.append(csr.data.astype(np.float32, copy=False))
+        indices.append(remap[csr.indices] if csr.nnz else np.empty(0, np.int64))
+        indptr.append(csr.indptr[1:].astype(np.int64) + offset)
+        offset += csr.nnz
+    n_rows = sum(int(c.shape[0]) for c, _ in parts)
+    tf = sparse.csr_matrix((np.concatenate(data), np.concatenate(indices),
+                            np.concatenate(indptr)), shape=(n_rows, len(vocab)))
     return tf, list(vocab)
 
 
@@ -131,10 +134,11 @@ class BM25Index:
         idf = np.log(1 + (n - df + 0.5) / (df + 0.5)).astype(np.float32)
         avg = float(lengths.mean()) if n else 0.0
         norm = k1 * (1 - b + b * lengths / (avg or 1.0))
-        tf = tf.tocoo()
-        w = tf.data * (k1 + 1) / (tf.data + norm[tf.row]) * idf[tf.col]
-        weights = sparse.csc_matrix((w.astype(np.float32), (tf.row, tf.col)),
-                                    shape=(n, len(vocab)))
+        rows = np.repeat(np.arange(n), np.diff(tf.indptr))
+        w = tf.data * (k1 + 1) / (tf.data + norm[rows]) * idf[tf.indices]
+        # CSR -> CSC is a linear pass (COO -> CSC sorts).
+        weights = sparse.csr_matrix((w.astype(np.float32), tf.indices, tf.indptr),
+                                    shape=(n, len(vocab))).tocsc()
         return cls(weights, vocab, idf, k1, b)
 
     @property

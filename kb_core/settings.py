@@ -147,6 +147,9 @@ VARIABLES: tuple[Var, ...] = (
         minimum=0),
     Var("KB_COMPACT_MAX_DELETED", float, 0.2, "Share of deleted rows in a KB version's "
         "segments above which a publish merges them into one.", minimum=0),
+    Var("KB_CALIBRATION_CARRY_MAX", float, 0.01, "A version whose chunks changed by at most "
+        "this share since the version its zero-hit thresholds were calibrated on keeps them "
+        "(0 = calibrate every version).", minimum=0),
     Var("KB_AUDIT_LOCK_TIMEOUT_S", float, 60.0, "Seconds `kb audit` waits for a writer to "
         "release the DuckDB file.", minimum=0),
 )

@@ -204,16 +204,17 @@ def build_version_index(vectors: np.ndarray, ids: np.ndarray, dim: int,
 
 
 class ShardedSearch:
-    """Several segment indexes searched as one (a version whose large segments are HNSW):
-    each shard answers its own top k, an HNSW shard skipping the rows the version deleted
-    from it (a FAISS id selector, so no rebuild), and the answers are merged by score. Exact
-    where every shard is exact; otherwise the HNSW shards' measured recall bounds the whole.
-    Offers what retrieval and calibration use of a FAISS index: `search`, `ntotal`, `d`."""
+    """Several segment indexes searched as one: each shard answers its own top k, skipping
+    the rows the version deleted from it (a FAISS id selector, so no rebuild), and the
+    answers are merged by score. Exact where every shard is exact; otherwise the HNSW shards'
+    measured recall bounds the whole. No vector is copied: a version of a million chunks is
+    searched in the files' own indexes. Offers what retrieval, calibration and the index
+    checks use of a FAISS index: `search`, `ntotal`, `d`, `reconstruct`, and `ids()`."""
 
     def __init__(self, shards: list[tuple[faiss.Index, np.ndarray]]):
         self._shards = []
         for index, dead in shards:
-            dead = np.ascontiguousarray(dead, dtype=np.int64)
+            dead = np.unique(np.ascontiguousarray(dead, dtype=np.int64))
             params, keep_alive = None, ()
             if len(dead):
                 batch = faiss.IDSelectorBatch(dead)
@@ -223,30 +224,61 @@ class ShardedSearch:
                 if hnsw:
                     params.efSearch = ef_search_of(index)
                 keep_alive = (batch, params.sel)  # SWIG does not keep selectors alive
-            self._shards.append((index, params, index.ntotal - len(dead), keep_alive))
+            stored = _stored_ids(index)
+            live = stored[~np.isin(stored, dead)] if len(dead) else stored
+            self._shards.append((index, params, live, dead, keep_alive))
         self.d = shards[0][0].d if shards else 0
-        self.ntotal = sum(live for _, _, live, _ in self._shards)
+        self.ntotal = sum(len(live) for _, _, live, _, _ in self._shards)
 
     @property
     def kinds(self) -> list[str]:
         return [index_kind(index) for index, *_ in self._shards]
 
+    def ids(self) -> np.ndarray:
+        """The live ids of every shard, shard after shard (a duplicate is a finding)."""
+        parts = [live for _, _, live, _, _ in self._shards]
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+    def reconstruct(self, chunk_id: int) -> np.ndarray:
+        """The stored vector of a live id (the shard holding it live)."""
+        for index, _, live, dead, _ in self._shards:
+            pos = np.searchsorted(dead, chunk_id)
+            if pos < len(dead) and dead[pos] == chunk_id:
+                continue
+            try:
+                return index.reconstruct(int(chunk_id))
+            except RuntimeError:  # not in this shard's id map
+                continue
+        raise KeyError(f"chunk id {chunk_id} is in no shard of this version")
+
     def search(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         x = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, self.d)
         scores, ids = [], []
-        for index, params, live, _ in self._shards:
-            if live <= 0:
+        for index, params, live, _, _ in self._shards:
+            if len(live) == 0:
                 continue
-            s, i = index.search(x, min(k, live), params=params)
+            s, i = index.search(x, min(k, len(live)), params=params)
             scores.append(np.where(i >= 0, s, -np.inf))
             ids.append(i)
         if not scores:
             return (np.full((len(x), k), -np.inf, np.float32), np.full((len(x), k), -1, np.int64))
-        s, i = np.concatenate(scores, axis=1), np.concatenate(ids, axis=1)
-        order = np.argsort(-s, axis=1, kind="stable")[:, :k]
-        s, i = np.take_along_axis(s, order, 1), np.take_along_axis(i, order, 1)
+        if len(scores) == 1:
+            s, i = scores[0], ids[0]
+        else:
+            s, i = np.concatenate(scores, axis=1), np.concatenate(ids, axis=1)
+            # By score; equal scores (identical vectors) by descending id, the order one
+            # exact index lists them in. Which of several tied rows fills the last of k
+            # places may differ from one index's choice.
+            order = np.lexsort((np.where(i >= 0, -i, np.iinfo(np.int64).max), -s))[:, :k]
+            s, i = np.take_along_axis(s, order, 1), np.take_along_axis(i, order, 1)
         if s.shape[1] < k:  # fewer live rows than k: pad as FAISS does
             pad = k - s.shape[1]
             s = np.pad(s, ((0, 0), (0, pad)), constant_values=-np.inf)
             i = np.pad(i, ((0, 0), (0, pad)), constant_values=-1)
         return s.astype(np.float32), np.where(np.isfinite(s), i, -1).astype(np.int64)
+
+
+def _stored_ids(index: faiss.Index) -> np.ndarray:
+    if hasattr(index, "id_map"):
+        return faiss.vector_to_array(index.id_map).astype(np.int64)
+    return np.arange(index.ntotal, dtype=np.int64)

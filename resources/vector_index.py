@@ -9,7 +9,7 @@ import json
 import os
 import shutil
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 
@@ -22,7 +22,7 @@ from dagster import ConfigurableResource
 from kb_core.serving import version_numbers
 from kb_core.hooks import fault_point
 from kb_core.lexical import BM25Index, term_counts
-from resources.ann_index import ShardedSearch, build_vector_index, index_kind, read_vector_index
+from resources.ann_index import ShardedSearch, build_vector_index, read_vector_index
 
 from .segments import (SEG_CHUNKS, SEG_INDEX, fsync_tree, is_segmented, live_rows, merged_parts,
                        merged_vectors,
@@ -36,19 +36,27 @@ SOURCES_FILE = "sources.json"
 TMP_PREFIX = ".tmp-"
 
 
-@dataclass
 class KBVersion:
-    """A loaded, read-only KB version."""
+    """A loaded, read-only KB version. `index` may be given as a zero-argument function: the
+    one exact index over the live rows is then built on first use (the checks and audits
+    that read vectors by id); queries use `search_index`."""
 
-    number: int
-    path: Path
-    info: dict
-    index: faiss.Index
-    manifest: pd.DataFrame  # sorted by chunk_id; row i is BM25 row i
-    lexical: BM25Index
-    # What queries search when it is not `index` (the exact merge of several segments): the
-    # HNSW segments as they are beside one exact index of the rest (ann_index.ShardedSearch).
-    sharded: ShardedSearch | None = None
+    def __init__(self, number: int, path: Path | None, info: dict,
+                 index: faiss.Index | Callable[[], faiss.Index], manifest: pd.DataFrame,
+                 lexical: BM25Index, sharded: ShardedSearch | None = None):
+        self.number, self.path, self.info = number, path, info
+        self.manifest = manifest  # sorted by chunk_id; row i is BM25 row i
+        self.lexical = lexical
+        # What queries search when it is not `index`: the segments' own indexes (HNSW or
+        # exact), each skipping its deleted rows (ann_index.ShardedSearch).
+        self.sharded = sharded
+        self._index = index
+
+    @property
+    def index(self) -> faiss.Index:
+        if callable(self._index) and not isinstance(self._index, faiss.Index):
+            self._index = self._index()
+        return self._index
 
     @property
     def search_index(self):
@@ -173,33 +181,35 @@ def load_version_dir(path: Path, number: int | None = None, texts: bool = True) 
 
 def segmented_version(path: Path, info: dict, number: int, texts: bool = True,
                       deleted: pd.DataFrame | None = None) -> KBVersion:
-    """A segmented version merged for reading: one exact index over the live rows (the checks
-    and audits read it), and, when some segments are HNSW, a sharded search that keeps them."""
+    """A segmented version for reading: chunks and BM25 merged (one id-sorted manifest, one
+    BM25 over the summed counts), vectors left in the segments' own indexes and searched
+    shard by shard (no copy, exact where the segments are exact). A version of one segment
+    without deletions is that segment's index; otherwise the one exact index over the live
+    rows is built only if something asks for `index`."""
     shards: list = []
-    manifest, counts, terms, (ids, vectors), single = merged_parts(path, info, texts, deleted,
-                                                                   shards)
-    dim = int(info["dim"])
-    index = single if single is not None else build_faiss_index(vectors, ids, dim)
-    sharded = None
-    approximate = [s for s in shards if index_kind(s[0]) == "hnsw"]
-    if single is None and approximate:
-        in_hnsw = np.concatenate([live for _, live, _ in approximate])
-        rest = ~np.isin(ids, in_hnsw)
-        sharded = ShardedSearch([(idx, dead) for idx, _, dead in approximate]
-                                + [(build_faiss_index(vectors[rest], ids[rest], dim),
-                                    np.zeros(0, np.int64))])
-    return KBVersion(number, path, info, index, manifest, BM25Index.from_counts(counts, terms),
-                     sharded)
+    manifest, counts, terms, _, single = merged_parts(path, info, texts, deleted, shards,
+                                                      vectors=False)
+    lexical = BM25Index.from_counts(counts, terms)
+    if single is not None:
+        return KBVersion(number, path, info, single, manifest, lexical)
+    sharded = ShardedSearch([(index, dead) for index, _, dead in shards])
+
+    def exact_index() -> faiss.Index:
+        ids, vectors = merged_vectors(path, info, deleted)
+        return build_faiss_index(vectors, ids, int(info["dim"]))
+
+    return KBVersion(number, path, info, exact_index, manifest, lexical, sharded)
 
 
-def version_vectors(path: Path) -> np.ndarray | None:
-    """The vectors of a version's index, in index order (None if empty or missing)."""
+def version_vectors(path: Path, ordered: bool = True) -> np.ndarray | None:
+    """The vectors of a version's index, in index order (None if empty or missing);
+    `ordered=False`: a segmented version's in segment order (no sort)."""
     path = Path(path)
     if not (path / INFO_FILE).exists():
         return None
     info = json.loads((path / INFO_FILE).read_text(encoding="utf-8"))
     if is_segmented(info):
-        vectors = merged_vectors(path, info)[1]
+        vectors = merged_vectors(path, info, ordered=ordered)[1]
     else:
         vectors = segment_vectors(load_version_dir(path, texts=False).index)[1]
     return vectors if len(vectors) else None

@@ -374,10 +374,20 @@ def test_segmented_version_keeps_its_hnsw_segment_and_skips_deleted_rows(tmp_pat
     # The new segment's rows are found exactly: a query equal to one of them finds it first.
     assert v.search_index.search(vectors[3100:3101], 1)[1][0, 0] == ids[3100]
     # The drift check reads the live vectors only (segments' indexes, no chunks or counts):
-    # the same rows in the same (id) order as the merged exact index.
+    # the same rows as the merged exact index (built on first use), in segment order.
     from checks.state import version_vectors
     from resources.segments import segment_vectors
+    from resources.vector_index import version_vectors as ordered_vectors
 
     merged_ids, merged = segment_vectors(v.index)
-    assert np.array_equal(version_vectors(v.path), merged)
+    drift_rows = version_vectors(v.path)
+    assert drift_rows.shape == merged.shape
+    assert np.array_equal(np.sort(drift_rows, axis=0), np.sort(merged, axis=0))
+    assert np.array_equal(ordered_vectors(v.path), merged)
     assert np.array_equal(np.sort(merged_ids), merged_ids) and not np.isin(merged_ids, dead).any()
+    # The index checks read the sharded search: its live ids and stored vectors by id.
+    assert np.array_equal(np.sort(v.sharded.ids()), merged_ids)
+    for cid in (int(merged_ids[0]), int(ids[3100])):
+        assert np.array_equal(v.sharded.reconstruct(cid), v.index.reconstruct(cid))
+    with pytest.raises(KeyError):
+        v.sharded.reconstruct(int(dead[0]))  # deleted from its segment: not in the version

@@ -13,7 +13,8 @@ from kb_assets.eval_set import (CURATED, SYNTHETIC, EvalQuestion, EvalSet, appli
                                 coverage, curated_location, load_curated)
 from kb_assets.golden import GoldenError
 from kb_core.lexical import lexical_tokens
-from kb_assets.relevance import Calibration, Evidence, calibrate, null_questions
+from kb_assets.relevance import (Calibration, Evidence, calibrate, carried_calibration,
+                                 null_questions)
 from kb_assets.synthetic_questions import (SourceDoc, make_question, pick_documents,
                                            question_for)
 
@@ -140,6 +141,34 @@ def test_a_shared_word_is_not_evidence_when_unrelated_questions_share_words_too(
             + [ev(0.0, 0.1 * i, True) for i in range(80)])
     cal = calibrate(null, [ev(0.0, 4.0) for _ in range(20)], target_refusal=0.8)
     assert not cal.accepts(ev(0.0, 1.0)) and cal.accepts(ev(0.0, 4.0))
+
+
+BASE_INFO = {"version": 3, "n_chunks": 10_000,
+             "relevance": {"method": "null-quantile-v1", "latin": {}, "cjk": {}},
+             "relevance_provenance": {"calibrated_on": 2, "chunks": 10_000, "changed_since": 40,
+                                      "null_questions": "abc"}}
+
+
+@pytest.mark.parametrize("base, changed, carry_max, digest, carried_on, changed_since", [
+    (BASE_INFO, 60, 0.01, "abc", 2, 100),           # 40 + 60 = 1% of 10k: kept
+    (BASE_INFO, 61, 0.01, "abc", None, None),       # 101 rows > 1%: calibrate
+    (BASE_INFO, 0, 0.0, "abc", None, None),         # 0 turns carrying off
+    (BASE_INFO, 10, 0.01, "other", None, None),     # another null sample: calibrate
+    ({**BASE_INFO, "relevance": {**BASE_INFO["relevance"], "method": "older"}}, 10, 0.01,
+     "abc", None, None),                            # another method: calibrate
+    ({k: v for k, v in BASE_INFO.items() if k != "relevance"}, 10, 0.01, "abc", None, None),
+    # A version from before provenance was recorded: calibrated on itself, on its n_chunks.
+    ({k: v for k, v in BASE_INFO.items() if k != "relevance_provenance"}, 100, 0.01, "abc", 3,
+     100),
+])
+def test_thresholds_are_kept_while_the_changed_share_stays_within_the_bound(
+        base, changed, carry_max, digest, carried_on, changed_since):
+    prov = carried_calibration(base, changed, 10_050, carry_max, digest)
+    if carried_on is None:
+        assert prov is None
+    else:
+        assert prov["carried"] and prov["calibrated_on"] == carried_on
+        assert prov["changed_since"] == changed_since and prov["chunks"] == 10_000
 
 
 def test_bundled_unrelated_questions_cover_both_scripts():
