@@ -14,8 +14,8 @@ import pytest
 
 from kb_core.settings import SettingError
 from kb_core.lexical import term_counts
-from resources.ann_index import (HNSW_PARAMS, IndexPolicy, ShardedSearch, build_vector_index,
-                                 build_version_index, ef_search_of, exact_neighbours,
+from resources.ann_index import (EF_SEARCH_STEPS, HNSW_PARAMS, IndexPolicy, ShardedSearch,
+                                 build_vector_index, build_version_index, ef_search_of, exact_neighbours,
                                  index_kind, measure_recall, read_vector_index, recall_at_k,
                                  recall_queries)
 
@@ -166,7 +166,7 @@ def test_version_index_raises_ef_search_then_falls_back_to_exact():
     index, info = build_version_index(vectors, ids, DIM,
                                       IndexPolicy(kind="hnsw", min_recall=1.01, params=weak))
     assert info["kind"] == "flat" == index_kind(index) and "fell back" in info["note"]
-    assert info["efsearch_tried"][-1]["efSearch"] == 512
+    assert info["efsearch_tried"][-1]["efSearch"] == EF_SEARCH_STEPS[-1] == 2048
 
 
 def test_small_versions_stay_exact_and_empty_versions_work():
