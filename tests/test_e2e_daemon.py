@@ -19,6 +19,8 @@ from resources.embedder import Embedder
 from tests.kbtest import REPO, write
 from tests.ui_stack import UIStack
 
+INDEX_CHAIN = ["raw_docs", "cleaned_chunks", "embeddings", "faiss_index"]
+
 pytestmark = pytest.mark.slow
 
 # `kb` itself, run from this checkout with the interpreter running the tests.
@@ -121,8 +123,6 @@ def test_kb_writers_never_overlap(kb_paths, tmp_path):
     launched from the UI's GraphQL API (Dagster's implicit asset job: no kb/writer tag, so
     only the `kb_writer` pool queues it) and a CLI `kb build` (waits on the writer file lock,
     which the store resource of the daemon-launched runs also takes)."""
-    from dagster_graphql import DagsterGraphQLClient
-
     write(kb_paths, "hr/leave.md", "# Leave\nEmployees get 20 days of annual leave.\n")
     write(kb_paths, "it/vpn.md", "# VPN\nUse the VPN when working from a cafe.\n")
     for p in kb_paths.inbox.rglob("*.md"):
@@ -136,14 +136,7 @@ def test_kb_writers_never_overlap(kb_paths, tmp_path):
             while not sensor_runs(instance) and time.monotonic() < deadline:
                 time.sleep(0.5)
             [sensor_run] = sensor_runs(instance)
-            loc = stack.graphql("{ repositoriesOrError { ... on RepositoryConnection { nodes {"
-                                " name location { name } } } } }")
-            location = loc["repositoriesOrError"]["nodes"][0]["location"]["name"]
-            client = DagsterGraphQLClient("127.0.0.1", port_number=stack.port)
-            ui_run_id = client.submit_job_execution(
-                "__ASSET_JOB", repository_location_name=location,
-                repository_name="__repository__", tags={"kb/trigger": "test-ui"},
-                asset_selection=["raw_docs", "cleaned_chunks", "embeddings", "faiss_index"])
+            ui_run_id = stack.materialize(INDEX_CHAIN, {"kb/trigger": "test-ui"})
             assert "kb/writer" not in instance.get_run_by_id(ui_run_id).tags
             cli = subprocess.run([*KB, "build", "--select", "kb"], cwd=REPO,
                                  env={**os.environ, "KB_HOME": str(kb_paths.home)},
@@ -191,8 +184,6 @@ def test_a_launched_run_on_the_multiprocess_executor(kb_paths, tmp_path):
     UI's GraphQL API runs each step in its own process (the default run launcher starts the
     run worker, which starts the steps); each step that writes takes the KB writer lock, so no
     two held it at once; the version is published and searchable."""
-    from dagster_graphql import DagsterGraphQLClient
-
     write(kb_paths, "hr/leave.md", "# Leave\nEmployees get 20 days of annual leave.\n")
     write(kb_paths, "it/vpn.md", "# VPN\nUse the VPN when working from a cafe.\n")
     stack = UIStack(kb_paths.home, tmp_path / "ui.log", KB_SENSOR="off",
@@ -200,14 +191,7 @@ def test_a_launched_run_on_the_multiprocess_executor(kb_paths, tmp_path):
     stack.start(wait_for_sensor=False)
     try:
         with DagsterInstance.get() as instance:
-            loc = stack.graphql("{ repositoriesOrError { ... on RepositoryConnection { nodes {"
-                                " name location { name } } } } }")
-            location = loc["repositoriesOrError"]["nodes"][0]["location"]["name"]
-            client = DagsterGraphQLClient("127.0.0.1", port_number=stack.port)
-            run_id = client.submit_job_execution(
-                "__ASSET_JOB", repository_location_name=location,
-                repository_name="__repository__", tags={"kb/trigger": "test-ui"},
-                asset_selection=["raw_docs", "cleaned_chunks", "embeddings", "faiss_index"])
+            run_id = stack.materialize(INDEX_CHAIN, {"kb/trigger": "test-ui"})
             [run] = wait_finished(instance, [run_id], timeout=900)
             logs = instance.all_logs(run_id)
             assert run.status == DagsterRunStatus.SUCCESS, [

@@ -77,9 +77,7 @@ def test_materialize_all_from_the_asset_graph(stack, kb_paths):
     from playwright.sync_api import sync_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)
-    location = stack.graphql("{ repositoriesOrError { ... on RepositoryConnection { nodes {"
-                             " location { name } } } } }")
-    location = location["repositoriesOrError"]["nodes"][0]["location"]["name"]
+    location = stack.location()
     with sync_playwright() as pw, DagsterInstance.get() as instance:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1600, "height": 900})

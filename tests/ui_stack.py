@@ -95,6 +95,22 @@ class UIStack:
             raise RuntimeError(f"GraphQL errors: {body['errors']}")
         return body["data"]
 
+    def location(self) -> str:
+        """The name of the one code location the webserver loaded."""
+        loc = self.graphql("{ repositoriesOrError { ... on RepositoryConnection { nodes {"
+                           " location { name } } } } }")
+        return loc["repositoriesOrError"]["nodes"][0]["location"]["name"]
+
+    def materialize(self, assets: list[str], tags: dict[str, str]) -> str:
+        """Launch a "Materialize" of `assets` through the webserver's GraphQL API, as the UI's
+        button does (Dagster's implicit asset job of the code location); the run id."""
+        from dagster_graphql import DagsterGraphQLClient
+
+        client = DagsterGraphQLClient("127.0.0.1", port_number=self.port)
+        return client.submit_job_execution(
+            "__ASSET_JOB", repository_location_name=self.location(),
+            repository_name="__repository__", tags=tags, asset_selection=assets)
+
     def stop(self, timeout: float = 45) -> list[str]:
         """SIGTERM to ui.sh (what a service manager does); returns processes of the stack
         still alive afterwards (should be none)."""

@@ -238,6 +238,23 @@ def print_skipped(paths: Paths, label: str, job_name: str, record, seconds: floa
     return 0
 
 
+def preload_checks_library() -> None:
+    """Great Expectations takes ~3 s to import and the run's first check needs it: import it
+    on a thread while Dagster loads the code and starts the run. The checks wait for it
+    (checks/gx_suites.gx_context holds a lock), and import it themselves if this failed."""
+    import threading
+
+    from checks.gx_suites import gx_context
+
+    def load() -> None:
+        try:
+            gx_context()
+        except Exception:  # noqa: BLE001 - the first check imports it again and reports
+            pass
+
+    threading.Thread(target=load, name="gx-preload", daemon=True).start()
+
+
 def cmd_build(args, job: str | None = None) -> int:
     import uuid
 
@@ -264,6 +281,7 @@ def cmd_build(args, job: str | None = None) -> int:
     elif job_name in build_skip.COVERS:
         before = build_skip.take_snapshot(paths, job_name)
     build_skip.forget_record(paths)
+    preload_checks_library()
 
     from dagster._loggers import colored_console_logger
 
