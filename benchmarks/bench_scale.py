@@ -154,7 +154,7 @@ def timed_build(home: str, code: Path, tag: str, seed: int) -> tuple[float, dict
     return wall, {s["step"]: s["duration_s"] for s in out["steps"]}, out
 
 
-def one_scale(chunks: int, code: Path, compact: bool = True) -> dict:
+def one_scale(chunks: int, code: Path, compact: bool = True, keep: bool = False) -> dict:
     home = tempfile.mkdtemp(prefix=f"bench-scale-{chunks}-")
     os.environ["KB_HOME"] = home
     try:
@@ -189,7 +189,10 @@ def one_scale(chunks: int, code: Path, compact: bool = True) -> dict:
         r["disk_mb"] = sum(dir_bytes(versions).values()) / 2**20
         return r
     finally:
-        shutil.rmtree(home, ignore_errors=True)
+        if keep:
+            print(f"  kept KB_HOME {home}", file=sys.stderr)
+        else:
+            shutil.rmtree(home, ignore_errors=True)
 
 
 def alternating(chunks: int, other: Path, pairs: int) -> dict:
@@ -264,6 +267,8 @@ def main() -> int:
     ap.add_argument("--pairs", type=int, default=3, help="alternating builds per side")
     ap.add_argument("--no-compact", action="store_true",
                     help="skip the compacting build (at 1M chunks it rebuilds the whole index)")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep each scale's KB_HOME (printed) for profiling afterwards")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--home", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -287,7 +292,7 @@ def main() -> int:
     for n in args.scales:
         for label, code in ([("before", args.compare.resolve())] if args.compare else []) + [
                 ("this", REPO)]:
-            rows.append({"code": label, **one_scale(n, code, not args.no_compact)})
+            rows.append({"code": label, **one_scale(n, code, not args.no_compact, args.keep)})
     load = os.getloadavg()[0]
     md = ("## Cost of a change: +10 documents at scale (`benchmarks/bench_scale.py`)\n\n"
           + table(rows) + f"\n\nEach build is a whole `kb build --select index` process (model "

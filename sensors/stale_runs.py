@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from kb_core.paths import Paths
-from kb_core.writer_lock import HOST_TAG
+from kb_core.writer_lock import HOST_TAG, KB_WRITER_POOL
 
 IN_PROGRESS = ("STARTING", "STARTED", "CANCELING")
 NO_PID_GRACE_S = 120  # a run this young may simply not have reported its worker yet
@@ -83,12 +83,26 @@ def fail_orphaned_runs(instance, now: float | None = None, message: str = UI_STA
     return failed
 
 
+def register_writer_pool(instance) -> bool:
+    """Give the `kb_writer` pool its limit in the instance's storage now. Dagster's run queue
+    (1.13) treats a pool it has not stored yet as unlimited during the pass that first sees
+    it, so on a fresh instance two writer runs queued together (a sensor run and a UI
+    "Materialize") could both start. True when the limit is stored."""
+    storage = instance.event_log_storage
+    if not storage.supports_global_concurrency_limits:
+        return False
+    if KB_WRITER_POOL not in storage.get_concurrency_keys():
+        storage.initialize_concurrency_limit_to_default(KB_WRITER_POOL)
+    return KB_WRITER_POOL in storage.get_concurrency_keys()
+
+
 def main() -> int:
     from dagster import DagsterInstance
 
     paths = Paths.from_env().ensure()
     os.environ["DAGSTER_HOME"] = str(paths.dagster_home)
     with DagsterInstance.get() as instance:
+        register_writer_pool(instance)
         for run_id in fail_orphaned_runs(instance):
             print(f"marked orphaned run {run_id} as failed (its worker is gone)")
     return 0

@@ -9,7 +9,7 @@ import sys
 from dagster import DagsterEvent, DagsterEventType, DagsterInstance, DagsterRunStatus, job, op
 from dagster._core.events import EngineEventData
 
-from kb_core.writer_lock import HOST_TAG
+from kb_core.writer_lock import HOST_TAG, KB_WRITER_POOL
 from sensors.stale_runs import fail_orphaned_runs
 
 
@@ -69,3 +69,20 @@ def test_module_entry_point_creates_the_instance(kb_paths, monkeypatch):
                          text=True, env={**os.environ, "KB_HOME": str(kb_paths.home)}, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "kb/writer" in (kb_paths.dagster_home / "dagster.yaml").read_text()
+    # The writer pool's limit is stored before the daemon's first queue pass: Dagster treats a
+    # pool it has not stored as unlimited in the pass that first sees it.
+    monkeypatch.setenv("DAGSTER_HOME", str(kb_paths.dagster_home))
+    with DagsterInstance.get() as instance:
+        storage = instance.event_log_storage
+        assert KB_WRITER_POOL in storage.get_concurrency_keys()
+        assert storage.get_concurrency_info(KB_WRITER_POOL).slot_count == 1
+
+
+def test_a_fresh_instance_gets_the_writer_pool_limit(kb_paths, monkeypatch):
+    from sensors.stale_runs import register_writer_pool
+
+    monkeypatch.setenv("DAGSTER_HOME", str(kb_paths.dagster_home))
+    with DagsterInstance.get() as instance:
+        assert KB_WRITER_POOL not in instance.event_log_storage.get_concurrency_keys()
+        assert register_writer_pool(instance) and register_writer_pool(instance)  # idempotent
+        assert instance.event_log_storage.get_concurrency_info(KB_WRITER_POOL).slot_count == 1
