@@ -226,6 +226,31 @@ def merged_vectors(version_dir: Path, info: dict, deleted: pd.DataFrame | None =
     return stack_by_id(ids, vecs, int(info["dim"]))
 
 
+def sampled_vectors(version_dir: Path, info: dict, max_rows: int, seed: int = 0
+                    ) -> np.ndarray:
+    """At most `max_rows` live vectors of a segmented version: a uniform random sample without
+    replacement (deterministic for a version and `seed`), read by position from the memory-
+    mapped segment indexes, so its cost does not grow with the version. All of them, in
+    segment order, when the version holds no more."""
+    deleted = read_deleted(version_dir)
+    parts = []
+    for seg_id in info["segments"]:
+        index = faiss.read_index(str(segment_dir(version_dir, seg_id) / SEG_INDEX), SEG_READ_FLAGS)
+        parts.append((index, np.flatnonzero(live_mask(seg_id, segment_ids(index), deleted))))
+    total = sum(len(pos) for _, pos in parts)
+    if total <= max_rows:
+        return merged_vectors(version_dir, info, deleted, ordered=False)[1]
+    chosen = np.sort(np.random.default_rng(seed).choice(total, max_rows, replace=False))
+    out, offset = [], 0
+    for index, pos in parts:
+        mine = chosen[(chosen >= offset) & (chosen < offset + len(pos))] - offset
+        offset += len(pos)
+        if len(mine):
+            inner = faiss.downcast_index(index.index) if hasattr(index, "id_map") else index
+            out.append(inner.reconstruct_batch(pos[mine].astype(np.int64)))
+    return np.concatenate(out).astype(np.float32, copy=False)
+
+
 def stack_by_id(ids: list[np.ndarray], vecs: list[np.ndarray], dim: int
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Segments' (ids, vectors) as one pair, rows sorted by id."""

@@ -25,7 +25,7 @@ from kb_core.lexical import BM25Index, term_counts
 from resources.ann_index import ShardedSearch, build_vector_index, read_vector_index
 
 from .segments import (SEG_CHUNKS, SEG_INDEX, fsync_tree, is_segmented, live_rows, merged_parts,
-                       merged_vectors,
+                       merged_vectors, sampled_vectors,
                        no_deletions, remove_orphans, segment_digest, segment_vectors, write_deleted,
                        write_segment)
 
@@ -201,17 +201,24 @@ def segmented_version(path: Path, info: dict, number: int, texts: bool = True,
     return KBVersion(number, path, info, exact_index, manifest, lexical, sharded)
 
 
-def version_vectors(path: Path, ordered: bool = True) -> np.ndarray | None:
+def version_vectors(path: Path, ordered: bool = True, max_rows: int | None = None
+                    ) -> np.ndarray | None:
     """The vectors of a version's index, in index order (None if empty or missing);
-    `ordered=False`: a segmented version's in segment order (no sort)."""
+    `ordered=False`: a segmented version's in segment order (no sort); `max_rows`: at most
+    that many, a uniform random sample (segments.sampled_vectors) when the version holds more."""
     path = Path(path)
     if not (path / INFO_FILE).exists():
         return None
     info = json.loads((path / INFO_FILE).read_text(encoding="utf-8"))
-    if is_segmented(info):
+    if is_segmented(info) and max_rows is not None:
+        vectors = sampled_vectors(path, info, max_rows)
+    elif is_segmented(info):
         vectors = merged_vectors(path, info, ordered=ordered)[1]
     else:
         vectors = segment_vectors(load_version_dir(path, texts=False).index)[1]
+        if max_rows is not None and len(vectors) > max_rows:
+            keep = np.sort(np.random.default_rng(0).choice(len(vectors), max_rows, replace=False))
+            vectors = vectors[keep]
     return vectors if len(vectors) else None
 
 

@@ -385,6 +385,16 @@ def test_segmented_version_keeps_its_hnsw_segment_and_skips_deleted_rows(tmp_pat
     assert np.array_equal(np.sort(drift_rows, axis=0), np.sort(merged, axis=0))
     assert np.array_equal(ordered_vectors(v.path), merged)
     assert np.array_equal(np.sort(merged_ids), merged_ids) and not np.isin(merged_ids, dead).any()
+    # At most max_rows of them: a uniform sample of live rows, deterministic.
+    from resources.segments import sampled_vectors
+
+    sample = sampled_vectors(v.path, v.info, 500)
+    assert sample.shape == (500, DIM)
+    assert np.array_equal(sample, sampled_vectors(v.path, v.info, 500))
+    live_rows = {row.tobytes() for row in vectors[live]}
+    assert all(row.tobytes() in live_rows for row in sample)  # never a deleted row
+    assert len({row.tobytes() for row in sample}) == 500
+    assert len(sampled_vectors(v.path, v.info, 10_000)) == live.sum()
     # The index checks read the sharded search: its live ids and stored vectors by id.
     assert np.array_equal(np.sort(v.sharded.ids()), merged_ids)
     for cid in (int(merged_ids[0]), int(ids[3100])):
