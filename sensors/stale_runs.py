@@ -97,11 +97,11 @@ def register_writer_pool(instance) -> bool:
 
 
 def main() -> int:
-    from dagster import DagsterInstance
+    from resources.dagster_instance import open_instance
 
     paths = Paths.from_env().ensure()
     os.environ["DAGSTER_HOME"] = str(paths.dagster_home)
-    with DagsterInstance.get() as instance:
+    with open_instance() as instance:
         register_writer_pool(instance)
         for run_id in fail_orphaned_runs(instance):
             print(f"marked orphaned run {run_id} as failed (its worker is gone)")

@@ -132,14 +132,14 @@ def test_a_run_from_one_machine_is_seen_by_another(pg_url, tmp_path, monkeypatch
 FIRST_USE = """
 import sys, time
 from pathlib import Path
-from dagster import DagsterInstance
+from resources.dagster_instance import open_instance
 import dagster_postgres  # imported before the start line: only the schema creation races
 from kb_core.paths import Paths
 Paths.from_env().ensure()
 Path(sys.argv[1]).touch()
 while not Path(sys.argv[2]).exists():
     time.sleep(0.005)
-with DagsterInstance.get() as instance:
+with open_instance() as instance:
     print(type(instance.run_storage).__name__, len(instance.get_runs()))
 """
 
@@ -234,3 +234,35 @@ def test_another_machine_sees_the_build_and_its_materializations(pg_build, tmp_p
         assert run is not None and run.status == DagsterRunStatus.SUCCESS
         event = instance.get_latest_materialization_event(AssetKey("kb_release"))
         assert event is not None and event.run_id == summary["run_id"]
+
+
+class PgError(Exception):
+    def __init__(self, pgcode):
+        super().__init__(f"pg {pgcode}")
+        self.pgcode = pgcode
+
+
+class Wrapped(Exception):  # like sqlalchemy.exc.ProgrammingError: the driver's error in .orig
+    def __init__(self, orig):
+        super().__init__(str(orig))
+        self.orig = orig
+
+
+@pytest.mark.parametrize("exc, race", [
+    (Wrapped(PgError("42710")), True),   # DuplicateObject: type "runs" already exists
+    (Wrapped(PgError("42P07")), True),   # DuplicateTable
+    (Wrapped(PgError("23505")), True),   # UniqueViolation on pg_type
+    (Wrapped(PgError("42601")), False),  # a syntax error is not a race
+    (ValueError("no pgcode"), False),
+])
+def test_schema_races_are_told_from_other_errors(exc, race):
+    from resources.dagster_instance import schema_race
+
+    assert schema_race(exc) is race
+    try:  # also when raised from inside another exception (dagster-postgres wraps them)
+        try:
+            raise exc
+        except Exception as inner:
+            raise RuntimeError("too many retries for DB creation") from inner
+    except RuntimeError as outer:
+        assert schema_race(outer) is race

@@ -79,9 +79,8 @@ def cmd_init(args) -> int:
 
 def run_job(paths: Paths, job_name: str, tags: dict | None = None, run_id: str | None = None,
             logger_defs: dict | None = None):
-    from dagster import DagsterInstance
-
     from dagster_project.definitions import build_definitions
+    from resources.dagster_instance import open_instance
 
     defs = build_definitions(paths)
     job = defs.resolve_job_def(job_name)
@@ -92,7 +91,7 @@ def run_job(paths: Paths, job_name: str, tags: dict | None = None, run_id: str |
         run_config = {"loggers": {name: {"config": {"log_level": "DEBUG"}} if name == "console"
                                   else {} for name in logger_defs}}
     with instance_init_lock(paths.home):
-        instance = DagsterInstance.get()
+        instance = open_instance()
     with instance, writer_lock(paths.home, announce=lambda msg: print(msg, file=sys.stderr)):
         reap_orphaned_runs(instance)
         return job.execute_in_process(run_config=run_config, instance=instance,

@@ -90,14 +90,14 @@ def follow(run_id: str, announce, poll_s: float = 1.0, timeout_s: float = 6 * 36
 
 def run_queued(job_name: str, tags: dict, announce=lambda msg: print(msg, file=sys.stderr)):
     """Submit, follow, and return a RunRecordResult read from the shared instance."""
-    from dagster import DagsterInstance
+    from resources.dagster_instance import open_instance
 
     from dagster_project.definitions import build_definitions
 
     run_id = submit(job_name, tags)
     announce(f"run {run_id} of {job_name} submitted to {settings.get('KB_DAGSTER_URL')}")
     status = follow(run_id, announce)
-    with DagsterInstance.get() as instance:
+    with open_instance() as instance:
         if instance.get_run_by_id(run_id) is None:
             raise QueueError(f"run {run_id} finished ({status}) but this machine's Dagster "
                              "instance does not hold it: set KB_DAGSTER_PG_URL to the team's "

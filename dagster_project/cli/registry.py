@@ -178,9 +178,11 @@ def cmd_versions(args) -> int:
 def report_move(spec: ModelSpec, move) -> None:
     """Make a CLI alias move visible in Dagster (an observation of the promotion asset)."""
     try:
-        from dagster import AssetObservation, DagsterInstance, MetadataValue
+        from dagster import AssetObservation, MetadataValue
 
-        with DagsterInstance.get() as instance:
+        from resources.dagster_instance import open_instance
+
+        with open_instance() as instance:
             instance.report_runless_asset_event(AssetObservation(
                 asset_key=spec.promotion_asset,
                 description=f"{move.alias}: {move.from_version} -> {move.to_version} by {move.actor}",
