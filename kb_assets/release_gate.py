@@ -20,6 +20,10 @@ class GateThresholds:
     max_p95_latency_ms: float = 500.0
     max_regression: float = 0.05
     max_latency_regression: float = 1.0
+    # A p95 slower than production's by less than this many ms is not a regression: on this
+    # 2-core machine one code's 100k-chunk query p95 measured 6.6 ms quiet and 28.8-31.6 ms
+    # at load 3-4 (BENCHMARKS.md, scale sections), and a few-ms KB doubles on such noise.
+    min_latency_regression_ms: float = 25.0
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,8 @@ class GateResult:
 def thresholds_of(cfg) -> GateThresholds:
     """The SLOs of a ReleaseConfig (resources/release_config.py)."""
     return GateThresholds(cfg.min_recall_at_3, cfg.max_zero_hit_rate, cfg.max_p95_latency_ms,
-                          cfg.max_regression, cfg.max_latency_regression)
+                          cfg.max_regression, cfg.max_latency_regression,
+                          cfg.min_latency_regression_ms)
 
 
 def floors_of(cfg) -> SyntheticFloors:
@@ -73,8 +78,10 @@ def gate(candidate: Mapping[str, float], production: Mapping[str, float] | None,
             continue
         cand = candidate[name]
         if name == "latency_p95_ms":
-            limit = prod * (1 + t.max_latency_regression)
-            ok, thr = cand <= limit, f"<= {limit:.1f} (production {prod:.1f} +{t.max_latency_regression:.0%})"
+            limit = max(prod * (1 + t.max_latency_regression), prod + t.min_latency_regression_ms)
+            ok, thr = cand <= limit, (f"<= {limit:.1f} (production {prod:.1f} "
+                                      f"+{t.max_latency_regression:.0%}, at least "
+                                      f"+{t.min_latency_regression_ms:.0f} ms)")
         elif higher_is_better(name):
             limit = prod - t.max_regression
             ok, thr = cand >= limit - 1e-9, f">= {limit:.4f} (production {prod:.4f} - {t.max_regression})"

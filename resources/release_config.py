@@ -26,6 +26,8 @@ class ReleaseConfig(ConfigurableResource):
     max_regression: float = 0.05
     # p95 latency may be at most this fraction above production's (timings are noisy).
     max_latency_regression: float = 1.0
+    # ... and by at least this many ms (a few-ms p95 doubles on a busy machine's noise).
+    min_latency_regression_ms: float = 25.0
     auto_promote: bool = True
     # Without a curated set: how many documents get a synthetic question, and the floors the
     # candidate must reach on them (kb_assets/release_gate.py says how they were measured).

@@ -145,6 +145,20 @@ def test_gate_no_regression_against_production(change, failed):
     assert _failed(gate({**GOOD, **change}, GOOD)) == failed
 
 
+@pytest.mark.parametrize("production_ms, candidate_ms, regressed", [
+    (6.7, 14.0, False),   # doubled, but by 7 ms: a busy machine's noise (CI saw exactly this)
+    (6.7, 31.7, False),   # +25 ms: the least counted
+    (6.7, 32.0, True),
+    (100.0, 200.0, False),  # +100%
+    (100.0, 201.0, True),
+])
+def test_a_latency_regression_is_relative_and_at_least_some_milliseconds(
+        production_ms, candidate_ms, regressed):
+    results = gate({**GOOD, "latency_p95_ms": candidate_ms},
+                   {**GOOD, "latency_p95_ms": production_ms})
+    assert ("latency_p95_ms vs production" in _failed(results)) is regressed
+
+
 def test_gate_thresholds_are_configurable():
     strict = GateThresholds(min_recall_at_3=0.95, max_regression=0.0)
     assert _failed(gate(GOOD, None, strict)) == ["recall_at_3"]
