@@ -3,7 +3,6 @@ Index size = active chunks; every index id is a manifest chunk and vice versa; t
 index covers the same rows; a smoke query returns results. A failure blocks everything
 downstream (the release and the production alias), so a damaged version is never promoted."""
 
-import faiss
 import numpy as np
 import pandas as pd
 from dagster import AssetCheckExecutionContext, AssetCheckSpec, multi_asset_check
@@ -13,6 +12,7 @@ from kb_core.writer_lock import KB_WRITER_POOL
 from kb_assets.retrieval import hybrid_search
 from resources.embedder import Embedder
 from resources.store import KBStore, fetch_one
+from resources.segments import segment_ids
 from resources.vector_index import KBVersion, VersionStore, load_version_dir
 
 from .gx_suites import Expect, validate
@@ -42,11 +42,7 @@ LEXICAL_SAMPLE = 64  # BM25 rows compared with their chunk's terms
 def index_ids(index) -> np.ndarray:
     """The ids a version's vector search holds (a sharded search: its live ids, segment after
     segment, so an id live in two segments shows as a duplicate)."""
-    if hasattr(index, "ids"):
-        return index.ids()
-    if hasattr(index, "id_map"):
-        return faiss.vector_to_array(index.id_map).astype(np.int64)
-    return np.arange(index.ntotal, dtype=np.int64)
+    return index.ids() if hasattr(index, "ids") else segment_ids(index)
 
 
 def sample_chunks(v: KBVersion, n: int) -> pd.DataFrame:

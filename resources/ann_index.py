@@ -21,6 +21,7 @@ import faiss
 import numpy as np
 
 from kb_core import settings
+from resources.segments import segment_ids
 
 KINDS = ("flat", "hnsw")
 # Chosen with benchmarks/bench_ann.py (BENCHMARKS.md, section ann): at 100k clustered
@@ -227,7 +228,7 @@ class ShardedSearch:
                 if hnsw:
                     params.efSearch = ef_search_of(index)
                 keep_alive = (batch, params.sel)  # SWIG does not keep selectors alive
-            stored = _stored_ids(index)
+            stored = segment_ids(index)
             live = stored[~np.isin(stored, dead)] if len(dead) else stored
             self._shards.append((index, params, live, dead, keep_alive))
         self.d = shards[0][0].d if shards else 0
@@ -279,9 +280,3 @@ class ShardedSearch:
             s = np.pad(s, ((0, 0), (0, pad)), constant_values=-np.inf)
             i = np.pad(i, ((0, 0), (0, pad)), constant_values=-1)
         return s.astype(np.float32), np.where(np.isfinite(s), i, -1).astype(np.int64)
-
-
-def _stored_ids(index: faiss.Index) -> np.ndarray:
-    if hasattr(index, "id_map"):
-        return faiss.vector_to_array(index.id_map).astype(np.int64)
-    return np.arange(index.ntotal, dtype=np.int64)
