@@ -152,6 +152,12 @@ def one_torch_thread():
         torch.set_num_threads(before)
 
 
+def timed_questions(golden: GoldenSet, sample: int) -> list[str]:
+    """`sample` questions spread over the set: the ones whose latency is timed."""
+    step = max(1, len(golden.queries) // max(1, sample))
+    return [q.question for q in golden.queries[::step][:sample]]
+
+
 @dataclass
 class EvalReport:
     version: int
@@ -164,7 +170,8 @@ def evaluate(searcher, golden: GoldenSet, k: int = 10, query_vectors=None,
              latency_sample: int = 50) -> EvalReport:
     """Score one KB version. Questions are embedded in one batch (one model load, however
     many questions); latency is timed end to end (embed + search) per question on
-    `latency_sample` questions spread over the set, as a served query would see it."""
+    `latency_sample` questions spread over the set, as a served query would see it (0: not
+    timed, no latency in the metrics; the release evaluation times versions side by side)."""
     from .retrieval import hybrid_search
 
     questions = [q.question for q in golden.queries]
@@ -180,14 +187,15 @@ def evaluate(searcher, golden: GoldenSet, k: int = 10, query_vectors=None,
         per_query.append({"qid": q.qid, "question": q.question, "first_relevant_rank": first,
                           "n_hits": len(hits), "top_doc": ranked[0] if ranked else None,
                           "expected": sorted(q.relevant)})
-    latencies = []
-    step = max(1, len(golden.queries) // max(1, latency_sample))  # spread over the set
-    with one_torch_thread():
-        searcher.search(golden.queries[0].question, k=k)  # warm-up, not timed
-        for q in golden.queries[::step][:latency_sample]:
-            t0 = time.perf_counter()
-            searcher.search(q.question, k=k)
-            latencies.append((time.perf_counter() - t0) * 1000)
+    latencies = None
+    if latency_sample > 0:
+        latencies = []
+        with one_torch_thread():
+            searcher.search(golden.queries[0].question, k=k)  # warm-up, not timed
+            for question in timed_questions(golden, latency_sample):
+                t0 = time.perf_counter()
+                searcher.search(question, k=k)
+                latencies.append((time.perf_counter() - t0) * 1000)
     metrics = summarize(results, latencies, k)
     metrics["n_queries"] = len(results)
     return EvalReport(searcher.version.number, metrics, per_query, query_vectors)

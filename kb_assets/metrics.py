@@ -82,10 +82,10 @@ def recall_cutoffs(k: int) -> list[int]:
     return sorted({c for c in (1, 3, k) if c <= k})
 
 
-def summarize(results: Sequence[tuple[Sequence[str], object]], latencies_ms: Sequence[float],
-              k: int = 10) -> dict[str, float]:
+def summarize(results: Sequence[tuple[Sequence[str], object]],
+              latencies_ms: Sequence[float] | None, k: int = 10) -> dict[str, float]:
     """Mean metrics over queries. `results` holds (ranked doc ids, relevant) per query;
-    a query with no passage at all is a zero-hit."""
+    a query with no passage at all is a zero-hit. No latencies (None): no latency metrics."""
     if not results:
         raise ValueError("no golden queries to evaluate")
     n = len(results)
@@ -95,8 +95,9 @@ def summarize(results: Sequence[tuple[Sequence[str], object]], latencies_ms: Seq
     out["mrr"] = sum(reciprocal_rank(r[:k], rel) for r, rel in results) / n
     out[f"ndcg_at_{k}"] = sum(ndcg_at_k(r, rel, k) for r, rel in results) / n
     out["zero_hit_rate"] = sum(1 for r, _ in results if len(r) == 0) / n
-    out["latency_p50_ms"] = percentile(latencies_ms, 50)
-    out["latency_p95_ms"] = percentile(latencies_ms, 95)
+    if latencies_ms is not None:
+        out["latency_p50_ms"] = percentile(latencies_ms, 50)
+        out["latency_p95_ms"] = percentile(latencies_ms, 95)
     return {name: round(v, 6) for name, v in out.items()}
 
 

@@ -277,7 +277,10 @@ def retrieval_eval(context: AssetExecutionContext, store: KBStore, versions: Ver
             f"Scored on the **{ev.kind}** set `{ev.eval_set.source}`: {d['n_questions']} "
             f"questions apply to this version, {d['not_applicable']} do not (their documents are "
             f"not in it; not counted as misses); they cover {d['coverage']:.0%} of its "
-            f"documents." + (f"\n\n{ev.fallback_reason}." if ev.fallback_reason else "")),
+            f"documents." + (f"\n\n{ev.fallback_reason}." if ev.fallback_reason else "")
+            + (f"\n\nLatency vs production: each question timed on both versions side by "
+               f"side, fastest of {ev.latency_rounds} round(s) compared."
+               if ev.latency_rounds else "")),
         "metrics": MetadataValue.md(md_table(comparison_rows(
             ev.candidate_shared.metrics if ev.candidate_shared else metrics,
             prod.metrics if prod else None),

@@ -8,9 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .eval_set import EvalQuestion, EvalSet, applicable, coverage
-from .golden import EvalReport, evaluate
-from .release_gate import (GateResult, GateThresholds, SyntheticFloors, no_questions,
-                           release_gate)
+from .golden import EvalReport, evaluate, one_torch_thread, timed_questions
+from .paired_latency import PairedLatency, time_side_by_side
+from .release_gate import (GateResult, GateThresholds, SyntheticFloors, latency_limit,
+                           no_questions, release_gate)
 
 
 @dataclass
@@ -24,6 +25,8 @@ class ReleaseEvaluation:
     not_applicable: list[EvalQuestion] = field(default_factory=list)
     coverage: float = 0.0
     fallback_reason: str | None = None  # why a curated set was not used
+    # Rounds of side-by-side latency timing against production (0: no production to time).
+    latency_rounds: int = 0
 
     @property
     def passed(self) -> bool:
@@ -34,7 +37,8 @@ class ReleaseEvaluation:
                 "format": self.eval_set.fmt, "n_questions": len(self.eval_set.questions),
                 "not_applicable": len(self.not_applicable),
                 "not_applicable_qids": [q.qid for q in self.not_applicable[:50]],
-                "coverage": round(self.coverage, 4), "fallback_reason": self.fallback_reason}
+                "coverage": round(self.coverage, 4), "fallback_reason": self.fallback_reason,
+                "latency_rounds": self.latency_rounds}
 
 
 def _doc_ids(searcher) -> tuple[set[str], dict[str, str]]:
@@ -52,6 +56,7 @@ def evaluate_release(cand_searcher, prod_searcher, curated: EvalSet | None,
                      floors: SyntheticFloors = SyntheticFloors(),
                      latency_sample: int = 50) -> ReleaseEvaluation:
     """`prod_searcher` is None when nothing is in production (or it is the candidate)."""
+    latency_sample = max(1, latency_sample)
     doc_ids, dups = _doc_ids(cand_searcher)
     fallback = None
     chosen = curated
@@ -71,22 +76,46 @@ def evaluate_release(cand_searcher, prod_searcher, curated: EvalSet | None,
         return ReleaseEvaluation(kind, scored, None, None, None, no_questions(floors, why),
                                  skipped, cov, fallback)
 
-    cand = evaluate(cand_searcher, scored.as_golden(), k, latency_sample=latency_sample)
-    prod = cand_shared = None
+    shared: set[str] = set()
     if prod_searcher is not None:
         p_ids, p_dups = _doc_ids(prod_searcher)
         shared_set, _ = applicable(scored, p_ids, p_dups)
         shared = {q.qid for q in shared_set.questions}
-        if shared:
-            sub = _subset(scored, shared)
-            vectors = [v for q, v in zip(scored.questions, cand.query_vectors) if q.qid in shared]
-            # Production answers with its own relevant ids (a copy may be indexed elsewhere).
-            prod = evaluate(prod_searcher, shared_set.as_golden(), k, query_vectors=vectors,
-                            latency_sample=latency_sample)
-            cand_shared = (cand if len(shared) == len(scored.questions) else
-                           evaluate(cand_searcher, sub.as_golden(), k, query_vectors=vectors,
-                                    latency_sample=latency_sample))
+    # With a production to compare with, latency is timed on both side by side (below).
+    cand = evaluate(cand_searcher, scored.as_golden(), k,
+                    latency_sample=0 if shared else latency_sample)
+    prod = cand_shared = None
+    rounds = 0
+    if shared:
+        sub = _subset(scored, shared)
+        vectors = [v for q, v in zip(scored.questions, cand.query_vectors) if q.qid in shared]
+        # Production answers with its own relevant ids (a copy may be indexed elsewhere).
+        prod = evaluate(prod_searcher, shared_set.as_golden(), k, query_vectors=vectors,
+                        latency_sample=0)
+        cand_shared = (EvalReport(cand.version, dict(cand.metrics), cand.per_query,
+                                  cand.query_vectors)
+                       if len(shared) == len(scored.questions) else
+                       evaluate(cand_searcher, sub.as_golden(), k, query_vectors=vectors,
+                                latency_sample=0))
+        paired = _time_side_by_side(cand_searcher, prod_searcher,
+                                    timed_questions(sub.as_golden(), latency_sample), k, t)
+        rounds = paired.rounds
+        cand.metrics.update(paired.first_round())  # as a served query saw it
+        cand_shared.metrics.update(paired.fastest())  # what the gate compares
+        prod.metrics.update(paired.fastest(production=True))
     results = release_gate(kind, cand.metrics, cand_shared.metrics if cand_shared else None,
                            prod.metrics if prod else None, t, floors, len(scored.questions))
     return ReleaseEvaluation(kind, scored, cand, prod, cand_shared, results, skipped, cov,
-                             fallback)
+                             fallback, rounds)
+
+
+def _time_side_by_side(cand_searcher, prod_searcher, questions: list[str], k: int,
+                       t: GateThresholds) -> PairedLatency:
+    """End to end (embed + search), one torch thread as `kb serve`, after one untimed query
+    on each version."""
+    with one_torch_thread():
+        for s in (cand_searcher, prod_searcher):
+            s.search(questions[0], k=k)
+        return time_side_by_side(lambda q: cand_searcher.search(q, k=k),
+                                 lambda q: prod_searcher.search(q, k=k), questions,
+                                 lambda cand, prod: cand <= latency_limit(prod, t))

@@ -62,6 +62,12 @@ def passed(results: list[GateResult]) -> bool:
     return bool(results) and all(r.passed for r in results)
 
 
+def latency_limit(production_p95_ms: float, t: GateThresholds) -> float:
+    """The slowest candidate p95 that is not a regression against production's."""
+    return max(production_p95_ms * (1 + t.max_latency_regression),
+               production_p95_ms + t.min_latency_regression_ms)
+
+
 def gate(candidate: Mapping[str, float], production: Mapping[str, float] | None,
          t: GateThresholds = GateThresholds()) -> list[GateResult]:
     """The blocking promotion checks: the SLOs, then no regression against production."""
@@ -78,7 +84,7 @@ def gate(candidate: Mapping[str, float], production: Mapping[str, float] | None,
             continue
         cand = candidate[name]
         if name == "latency_p95_ms":
-            limit = max(prod * (1 + t.max_latency_regression), prod + t.min_latency_regression_ms)
+            limit = latency_limit(prod, t)
             ok, thr = cand <= limit, (f"<= {limit:.1f} (production {prod:.1f} "
                                       f"+{t.max_latency_regression:.0%}, at least "
                                       f"+{t.min_latency_regression_ms:.0f} ms)")
