@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 # Bumped whenever the exported graph or its post-processing changes: part of the cache key.
-EXPORTER_VERSION = "1"
+# 2: attention exported from the eager implementation, not transformers' default SDPA.
+EXPORTER_VERSION = "2"
 OPSET = 17
 META_FILE = "kb_onnx.json"
 MODEL_FILE = "model.onnx"
@@ -122,7 +123,16 @@ def _export_fp32(layout: ModelLayout, out: Path) -> list[str]:
     from transformers import AutoModel, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(layout.transformer_dir), local_files_only=True)
-    model = AutoModel.from_pretrained(str(layout.transformer_dir), local_files_only=True).eval()
+    # Eager attention traces to plain MatMul/Softmax: 195 scifact abstracts encoded at 41.8
+    # texts/s against 28.9 for the SDPA graph, same vectors (cosine >= 0.9999998), 2 threads,
+    # 5 alternated rounds on a quiet machine. (ORT's transformer optimizer, fused Attention
+    # included, added nothing on top: 41.3.)
+    try:
+        model = AutoModel.from_pretrained(str(layout.transformer_dir), local_files_only=True,
+                                          attn_implementation="eager")
+    except (TypeError, ValueError):  # an architecture without an eager implementation
+        model = AutoModel.from_pretrained(str(layout.transformer_dir), local_files_only=True)
+    model.eval()
     sample = tok(["a short probe", "a second, slightly longer probe sentence"], padding=True,
                  return_tensors="pt")
     names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in sample]
