@@ -50,10 +50,11 @@ VARIABLES: tuple[Var, ...] = (
         "onnx (ONNX Runtime, same vectors, faster), onnx-int8 (quantised, own cache key) or "
         "auto (the measured default: onnx, torch when onnxruntime is missing).",
         choices=("auto", "torch", "onnx", "onnx-int8")),
-    Var("KB_EMBED_TORCH_MIN", int, 1200, "With KB_EMBED_BACKEND=auto, a backlog of at least "
-        "this many uncached chunks is encoded by torch (same vectors, same cache key): on 2 cores "
-        "torch encodes passages faster, ONNX loads ~6 s sooner and answers queries faster "
-        "(BENCHMARKS.md, 'Encoder backends').", minimum=1),
+    Var("KB_EMBED_TORCH_MIN", int, 0, "With KB_EMBED_BACKEND=auto, a backlog of at least "
+        "this many uncached chunks is encoded by torch (same vectors, same cache key); 0: never. "
+        "Off by default: on 2 cores ONNX encodes passages at 1.08x torch's rate, loads ~2 s "
+        "sooner and answers queries faster (BENCHMARKS.md, 'Encoder backends'); set it where "
+        "torch measures faster.", minimum=0),
     Var("KB_EMBED_WORKERS", int, 1, "Worker processes that embed a large backlog of uncached "
         "chunks in shards, merged by the embeddings step; 1: in-process.", minimum=1),
     Var("KB_EMBED_FANOUT_MIN", int, 2000, "Uncached chunks from which KB_EMBED_WORKERS > 1 "

@@ -28,9 +28,10 @@ BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
 AUTO_BACKEND = "onnx"
 # Backends whose vectors differ from torch's: their cache key carries the backend.
 DISTINCT_VECTORS = ("onnx-int8",)
-# ONNX Runtime passages per run() call: on 2 quiet cores (256 scifact abstracts, length-sorted)
-# 8-16 gave 29-30 texts/s, 32 gave 26, 64 gave 25 (torch, batch 64: 33-37).
-ONNX_BATCH = 16
+# ONNX Runtime passages per run() call: on 2 quiet cores (600 scifact abstracts, length-sorted,
+# eager-attention export, batch sizes alternated per slice of 100) 4 gave 42.7 texts/s,
+# 8 gave 41.8, 16 gave 38.1; on 192 abstracts 32 gave 35.6 and 64 34.8.
+ONNX_BATCH = 8
 _LOAD_LOCK = threading.Lock()
 _log = logging.getLogger("kb.embedder")
 
@@ -127,13 +128,13 @@ class Embedder(ConfigurableResource):
         return f"{base}#{active}" if active in DISTINCT_VECTORS else base
 
     def for_backlog(self, n: int) -> "Embedder":
-        """The encoder for a backlog of `n` passages. With backend auto, from
-        KB_EMBED_TORCH_MIN passages on it is torch: the same vectors (one model id, one cache),
-        encoded faster than by ONNX on these machines once torch's longer load (~6 s more) is
-        paid back (measured on scifact: BENCHMARKS.md, "Encoder backends"). Otherwise self."""
+        """The encoder for a backlog of `n` passages. With backend auto and KB_EMBED_TORCH_MIN
+        set (default 0: off), from that many passages on it is torch: the same vectors (one
+        model id, one cache), for machines where torch encodes passages faster. (On these it
+        no longer does: BENCHMARKS.md, "Encoder backends".) Otherwise self."""
         asked = self.backend or str(settings.get("KB_EMBED_BACKEND"))
-        if (asked != "auto" or AUTO_BACKEND in DISTINCT_VECTORS
-                or n < int(settings.get("KB_EMBED_TORCH_MIN"))):
+        torch_min = int(settings.get("KB_EMBED_TORCH_MIN"))
+        if asked != "auto" or AUTO_BACKEND in DISTINCT_VECTORS or torch_min <= 0 or n < torch_min:
             return self
         return type(self)(model_path=self.model_path, batch_size=self.batch_size,
                           backend="torch", threads=self.threads)

@@ -117,15 +117,20 @@ def test_bad_backend_names_the_variable(monkeypatch):
         Embedder(backend="gpu").requested_backend
 
 
-@pytest.mark.parametrize("configured, backlog, expected", [
-    ("", 2, "onnx"), ("", 3, "torch"), ("auto", 10_000, "torch"), ("onnx", 10_000, "onnx"),
-    ("torch", 1, "torch"), ("onnx-int8", 10_000, "onnx-int8")])
-def test_a_large_backlog_under_auto_is_encoded_by_torch(monkeypatch, configured, backlog,
-                                                        expected):
-    """Same vectors, same cache key: only how fast they come (torch encodes passages faster
-    here, ONNX loads sooner). An explicit backend is never overridden."""
+@pytest.mark.parametrize("configured, backlog, torch_min, expected", [
+    ("", 2, "3", "onnx"), ("", 3, "3", "torch"), ("auto", 10_000, "3", "torch"),
+    ("onnx", 10_000, "3", "onnx"), ("torch", 1, "3", "torch"),
+    ("onnx-int8", 10_000, "3", "onnx-int8"),
+    ("", 10_000, None, "onnx"), ("auto", 10_000, "0", "onnx")])
+def test_a_large_backlog_under_auto_is_encoded_by_torch_when_asked(monkeypatch, configured,
+                                                                   backlog, torch_min, expected):
+    """Same vectors, same cache key: only how fast they come. Off by default (ONNX measured
+    faster here); an explicit backend is never overridden."""
     monkeypatch.setenv("KB_EMBED_BACKEND", configured)
-    monkeypatch.setenv("KB_EMBED_TORCH_MIN", "3")
+    if torch_min is None:
+        monkeypatch.delenv("KB_EMBED_TORCH_MIN", raising=False)
+    else:
+        monkeypatch.setenv("KB_EMBED_TORCH_MIN", torch_min)
     embedder = CountingEmbedder(batch_size=32)
     chosen = embedder.for_backlog(backlog)
     assert chosen.requested_backend == expected
