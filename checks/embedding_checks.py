@@ -27,7 +27,7 @@ UNIT = CheckDef(ASSET, "embeddings_unit_norm", True,
 NONZERO = CheckDef(ASSET, "embeddings_nonzero", True, "No new vector is all zeros.")
 CENTROID = CheckDef(ASSET, "embeddings_centroid_drift", False,
                     "Cosine between the new vectors' centroid and the published version's "
-                    "centroid (of a uniform sample of at most 50,000 of its vectors) is at "
+                    "centroid (of a uniform sample of at most 20,000 of its vectors) is at "
                     "least min_centroid_cosine (warning).")
 CHECKS = [DIMENSION, FINITE, UNIT, NONZERO, CENTROID]
 

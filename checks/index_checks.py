@@ -85,10 +85,8 @@ def evaluate(v: KBVersion, active_ids: np.ndarray, member_ids: np.ndarray,
 
     sets = {"in_index": ids, "in_manifest": manifest_ids, "in_members": member_ids,
             "in_active_chunks": active_ids}
-    universe = np.unique(np.concatenate([a for a in sets.values()] or [np.empty(0, np.int64)]))
-    frame = pd.DataFrame({"chunk_id": universe})
-    for col, arr in sets.items():
-        frame[col] = np.isin(universe, arr)
+    frame = id_presence(sets)
+    universe = frame["chunk_id"].to_numpy()
     frame["doc_id"] = frame["chunk_id"].map(
         pd.Series(v.manifest["doc_id"].to_numpy(), index=manifest_ids))
     suite = validate("faiss_ids", frame, [Expect("in_set", c, {"value_set": [True]},
@@ -111,10 +109,34 @@ def evaluate(v: KBVersion, active_ids: np.ndarray, member_ids: np.ndarray,
     return out
 
 
+def id_presence(sets: dict[str, np.ndarray]) -> pd.DataFrame:
+    """One row per id of any set (sorted), a boolean column per set. When every set holds
+    the same ids once each (a healthy version), the columns are all true without the
+    membership tests (at 1M chunks: 0.3 s of sorting instead of ~2.6 s of unique + isin)."""
+    ordered = [np.sort(a) for a in sets.values()]
+    first = ordered[0] if ordered else np.empty(0, np.int64)
+    same = (len(first) == 0 or bool((first[1:] != first[:-1]).all())) and all(
+        np.array_equal(a, first) for a in ordered[1:])
+    universe = (first if same else
+                np.unique(np.concatenate(ordered or [np.empty(0, np.int64)])))
+    frame = pd.DataFrame({"chunk_id": universe})
+    for col, arr in sets.items():
+        frame[col] = True if same else np.isin(universe, arr)
+    return frame
+
+
+def sorted_member(values: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
+    """values[i] is in `sorted_ids` (ascending): a binary search, not a hash of 1M ids."""
+    pos = np.searchsorted(sorted_ids, values)
+    found = pos < len(sorted_ids)
+    found[found] = sorted_ids[pos[found]] == values[found]
+    return found
+
+
 def vectors_match(v: KBVersion, ids: np.ndarray, cached: dict[str, bytes], scope: dict,
                   rows: int) -> CheckOutcome:
     sample = sample_chunks(v, VECTOR_SAMPLE)
-    sample = sample[np.isin(sample["chunk_id"].to_numpy(dtype=np.int64), ids)]
+    sample = sample[sorted_member(sample["chunk_id"].to_numpy(dtype=np.int64), np.sort(ids))]
     if sample.empty:
         return CheckOutcome(VECTORS, True, f"KB version {v.number} has no indexed chunk to compare",
                             dict(scope))
@@ -142,8 +164,8 @@ def vectors_match(v: KBVersion, ids: np.ndarray, cached: dict[str, bytes], scope
 def lexical_alignment(v: KBVersion, manifest_ids: np.ndarray, texts: dict[int, str],
                       scope: dict, rows: int) -> CheckOutcome:
     lex_rows = v.lexical.n_docs
-    w = v.lexical.weights  # CSC: term-major
-    row_terms = np.bincount(w.indices, minlength=lex_rows) if lex_rows else np.zeros(0, int)
+    w = v.lexical.weights  # CSC: term-major, each column's row indices ascending
+    row_terms = v.lexical.row_terms()
     values = dict(scope, lexical_rows=lex_rows, vocabulary=len(v.lexical.vocab),
                   lexical_rows_without_terms=int((row_terms == 0).sum()))
     if lex_rows != len(manifest_ids):
@@ -155,7 +177,7 @@ def lexical_alignment(v: KBVersion, manifest_ids: np.ndarray, texts: dict[int, s
     misses = []
     for pos, cid, doc_id in zip(positions, sample["chunk_id"], sample["doc_id"]):
         terms = {v.lexical.vocab.get(t, -1) for t in lexical_tokens(texts.get(int(cid), ""))}
-        held = sum(1 for t in terms if t >= 0 and pos in w.indices[w.indptr[t]:w.indptr[t + 1]])
+        held = sum(1 for t in terms if t >= 0 and in_posting(w, t, pos))
         if held != len(terms) or row_terms[pos] != len(terms):
             misses.append({"chunk_id": int(cid), "doc_id": doc_id, "terms_of_text": len(terms),
                            "terms_in_row": int(row_terms[pos]), "shared": held})
@@ -167,8 +189,19 @@ def lexical_alignment(v: KBVersion, manifest_ids: np.ndarray, texts: dict[int, s
     return CheckOutcome(LEXICAL, not misses, desc, values, rows=misses[:rows])
 
 
+def in_posting(w, term: int, row: int) -> bool:
+    """Row `row` holds term `term` in the CSC matrix `w` (sorted row indices per column)."""
+    col = w.indices[w.indptr[term]:w.indptr[term + 1]]
+    if not w.has_sorted_indices:  # a matrix saved unsorted: look through the column
+        return bool((col == row).any())
+    i = int(np.searchsorted(col, row))
+    return i < len(col) and int(col[i]) == row
+
+
 def smoke_probe(manifest_ids: np.ndarray, ids: np.ndarray) -> int | None:
-    both = np.intersect1d(manifest_ids, ids)
+    """The middle chunk of those both in the (id-sorted) manifest and in the index."""
+    ordered = np.unique(manifest_ids)
+    both = ordered[sorted_member(ordered, np.sort(ids))]
     return int(both[len(both) // 2]) if len(both) else None
 
 

@@ -112,6 +112,8 @@ class BM25Index:
     idf: np.ndarray
     k1: float = 1.2
     b: float = 0.75
+    # Distinct terms per row, kept from the CSR pass that built the weights (None: loaded).
+    terms_per_row: np.ndarray | None = None
 
     @classmethod
     def build(cls, texts: list[str], k1: float = 1.2, b: float = 0.75) -> "BM25Index":
@@ -139,11 +141,17 @@ class BM25Index:
         # CSR -> CSC is a linear pass (COO -> CSC sorts).
         weights = sparse.csr_matrix((w.astype(np.float32), tf.indices, tf.indptr),
                                     shape=(n, len(vocab))).tocsc()
-        return cls(weights, vocab, idf, k1, b)
+        return cls(weights, vocab, idf, k1, b, np.diff(tf.indptr))
 
     @property
     def n_docs(self) -> int:
         return self.weights.shape[0]
+
+    def row_terms(self) -> np.ndarray:
+        """Distinct terms each row holds (its stored weights)."""
+        if self.terms_per_row is not None:
+            return self.terms_per_row
+        return np.bincount(self.weights.indices, minlength=self.n_docs)
 
     def query_terms(self, query: str) -> list[int]:
         return sorted({self.vocab[t] for t in lexical_tokens(query) if t in self.vocab})

@@ -290,7 +290,7 @@ def merged_parts(version_dir: Path, info: dict, texts: bool = True,
         if shards is not None:
             shards.append((index, seg_ids[keep_vec], seg_ids[~keep_vec]))
         chunks.append(rows[keep])
-        counts.append((c[np.flatnonzero(keep)], terms))
+        counts.append((c if keep.all() else c[np.flatnonzero(keep)], terms))
         ids.append(seg_ids[keep_vec])
         if want_vectors:
             vecs.append(vectors[keep_vec])

@@ -337,3 +337,53 @@ def test_bad_threshold_env_is_one_line_from_kb_build(kb_paths, monkeypatch, caps
     assert main(["build", "--select", "kb"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "kb build: KB_QUALITY_MAX_CHUNK_DRIFT='a lot': expected a number"
+
+
+# --- index check helpers: fast paths must say what the general ones say -----------------------
+@pytest.mark.parametrize("sets", [
+    {"a": [5, 1, 9], "b": [1, 5, 9], "c": [9, 5, 1]},  # healthy: one set of ids
+    {"a": [5, 1, 9], "b": [1, 5], "c": [9, 5, 1]},  # one missing from b
+    {"a": [5, 1, 9, 9], "b": [1, 5, 9], "c": [9, 5, 1]},  # a duplicate index id
+    {"a": [5, 1, 9], "b": [1, 5, 7], "c": [9, 5, 1]},  # 7 only in b, 9 not in b
+    {"a": [], "b": [], "c": []},
+])
+def test_id_presence_equals_the_membership_of_every_set(sets):
+    from checks.index_checks import id_presence
+
+    arrays = {k: np.array(v, dtype=np.int64) for k, v in sets.items()}
+    frame = id_presence(arrays)
+    universe = np.unique(np.concatenate(list(arrays.values())))
+    assert frame["chunk_id"].tolist() == universe.tolist()
+    for k, arr in arrays.items():
+        assert frame[k].tolist() == np.isin(universe, arr).tolist(), k
+
+
+@pytest.mark.parametrize("values,ids", [
+    ([3, 4, 100, -1], [1, 3, 5, 100]), ([7], []), ([], [1, 2]), ([2, 2, 9], [2, 9])])
+def test_sorted_member_is_isin(values, ids):
+    from checks.index_checks import sorted_member
+
+    v, s = np.array(values, dtype=np.int64), np.array(ids, dtype=np.int64)
+    assert sorted_member(v, s).tolist() == np.isin(v, s).tolist()
+
+
+def test_posting_lookup_and_row_terms_match_the_matrix():
+    from scipy import sparse
+
+    from checks.index_checks import in_posting
+    from kb_core.lexical import BM25Index
+
+    texts = ["vpn token rotation", "annual leave days leave", "vpn client", "", "expense receipts"]
+    built = BM25Index.build(texts)
+    w = built.weights
+    dense = w.toarray() != 0
+    loaded = BM25Index(sparse.csc_matrix(w), built.vocab, built.idf)  # as read from disk
+    unsorted = w.copy()
+    unsorted.has_sorted_indices = False  # the column-scan path
+    for row in range(w.shape[0]):
+        for term in range(w.shape[1]):
+            assert in_posting(w, term, row) == dense[row, term]
+            assert in_posting(unsorted, term, row) == dense[row, term]
+    assert built.row_terms().tolist() == dense.sum(axis=1).tolist()
+    assert loaded.terms_per_row is None
+    assert loaded.row_terms().tolist() == dense.sum(axis=1).tolist()
