@@ -88,16 +88,26 @@ def merge_counts(parts: list[tuple[sparse.spmatrix, list[str]]]) -> tuple[sparse
     no sort (a version of 100k chunks holds ~6.5M of them)."""
     if not parts:
         return sparse.csr_matrix((0, 0), dtype=np.float32), []
+    csrs = [(sparse.csr_matrix(counts), terms) for counts, terms in parts]
+    # 32-bit indices where they fit: the gather and the copies move half the bytes (a
+    # 1M-chunk version holds ~65M counts).
+    small = sum(c.nnz for c, _ in csrs) < 2**31 and sum(len(t) for _, t in csrs) < 2**31
+    idx = np.int32 if small else np.int64
     vocab: dict[str, int] = {}
-    data, indices, indptr, offset = [], [], [np.zeros(1, np.int64)], 0
-    for counts, terms in parts:
-        remap = np.array([vocab.setdefault(t, len(vocab)) for t in terms], dtype=np.int64)
-        csr = sparse.csr_matrix(counts)
+    data, indices, indptr, offset = [], [], [np.zeros(1, idx)], 0
+    for csr, terms in csrs:
+        first = not vocab and len(set(terms)) == len(terms)
+        remap = np.array([vocab.setdefault(t, len(vocab)) for t in terms], dtype=idx)
         data.append(csr.data.astype(np.float32, copy=False))
-        indices.append(remap[csr.indices] if csr.nnz else np.empty(0, np.int64))
-        indptr.append(csr.indptr[1:].astype(np.int64) + offset)
+        if not csr.nnz:
+            indices.append(np.empty(0, idx))
+        elif first:  # the first part's terms are the vocabulary's first: no renumbering
+            indices.append(csr.indices.astype(idx, copy=False))
+        else:
+            indices.append(remap[csr.indices])
+        indptr.append(csr.indptr[1:].astype(idx, copy=False) + idx(offset))
         offset += csr.nnz
-    n_rows = sum(int(c.shape[0]) for c, _ in parts)
+    n_rows = sum(int(c.shape[0]) for c, _ in csrs)
     tf = sparse.csr_matrix((np.concatenate(data), np.concatenate(indices),
                             np.concatenate(indptr)), shape=(n_rows, len(vocab)))
     return tf, list(vocab)

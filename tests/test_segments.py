@@ -52,6 +52,23 @@ def test_bm25_merged_counts_with_dropped_rows_equal_one_build():
         assert rm.tolist() == rs.tolist() and np.allclose(sm, ss)
 
 
+@pytest.mark.parametrize("splits", [(4,), (0, 4), (2, 2, 5), (1, 1)])
+def test_merged_counts_are_the_counts_of_one_pass(splits):
+    """Rows stacked onto one vocabulary, whatever the split (an empty part included): each
+    row holds exactly the counts term_counts gives its text."""
+    bounds = [0, *splits, len(TEXTS)]
+    parts = [term_counts(TEXTS[a:b]) for a, b in zip(bounds, bounds[1:])]
+    counts, terms = merge_counts(parts)
+    whole, whole_terms = term_counts(TEXTS)
+    assert sorted(terms) == sorted(whole_terms) and len(set(terms)) == len(terms)
+    column = {t: j for j, t in enumerate(terms)}
+    expected = np.zeros(counts.shape, dtype=np.float32)
+    dense_whole = whole.toarray()
+    for j, t in enumerate(whole_terms):
+        expected[:, column[t]] = dense_whole[:, j]
+    assert np.array_equal(counts.toarray(), expected)
+
+
 @pytest.mark.parametrize("n_segments,deleted,rows,expected", [
     (8, 0, 100, False), (9, 0, 100, True), (2, 20, 100, False), (2, 21, 100, True),
     (1, 0, 0, False)])
