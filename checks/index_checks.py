@@ -103,9 +103,10 @@ def evaluate(v: KBVersion, active_ids: np.ndarray, member_ids: np.ndarray,
                                                 **{f"missing_from_{k}": n for k, n in missing.items()}),
                             suite))
 
-    out.append(vectors_match(v, ids, cached, scope, rows))
+    sorted_ids = np.sort(ids)  # once: the sample and the probe look ids up in it
+    out.append(vectors_match(v, sorted_ids, cached, scope, rows))
     out.append(lexical_alignment(v, manifest_ids, texts, scope, rows))
-    out.append(smoke_query(v, manifest_ids, ids, texts, q, scope))
+    out.append(smoke_query(v, manifest_ids, sorted_ids, texts, q, scope))
     return out
 
 
@@ -133,10 +134,10 @@ def sorted_member(values: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
     return found
 
 
-def vectors_match(v: KBVersion, ids: np.ndarray, cached: dict[str, bytes], scope: dict,
-                  rows: int) -> CheckOutcome:
+def vectors_match(v: KBVersion, sorted_ids: np.ndarray, cached: dict[str, bytes],
+                  scope: dict, rows: int) -> CheckOutcome:
     sample = sample_chunks(v, VECTOR_SAMPLE)
-    sample = sample[sorted_member(sample["chunk_id"].to_numpy(dtype=np.int64), np.sort(ids))]
+    sample = sample[sorted_member(sample["chunk_id"].to_numpy(dtype=np.int64), sorted_ids)]
     if sample.empty:
         return CheckOutcome(VECTORS, True, f"KB version {v.number} has no indexed chunk to compare",
                             dict(scope))
@@ -198,21 +199,23 @@ def in_posting(w, term: int, row: int) -> bool:
     return i < len(col) and int(col[i]) == row
 
 
-def smoke_probe(manifest_ids: np.ndarray, ids: np.ndarray) -> int | None:
-    """The middle chunk of those both in the (id-sorted) manifest and in the index."""
+def smoke_probe(manifest_ids: np.ndarray, sorted_ids: np.ndarray) -> int | None:
+    """The middle chunk of those both in the manifest and in the index (`sorted_ids`:
+    the index's ids, ascending)."""
     ordered = np.unique(manifest_ids)
-    both = ordered[sorted_member(ordered, np.sort(ids))]
+    both = ordered[sorted_member(ordered, sorted_ids)]
     return int(both[len(both) // 2]) if len(both) else None
 
 
-def smoke_query(v: KBVersion, manifest_ids: np.ndarray, ids: np.ndarray, texts: dict[int, str],
+def smoke_query(v: KBVersion, manifest_ids: np.ndarray, sorted_ids: np.ndarray,
+                texts: dict[int, str],
                 q: QualityThresholds, scope: dict) -> CheckOutcome:
     """Query with a chunk's own text and stored vector (no model load): the hybrid search
     path over this version's FAISS and BM25 must return results."""
     if len(manifest_ids) == 0 and v.search_index.ntotal == 0:
         return CheckOutcome(SMOKE, True, f"KB version {v.number} is empty (the inbox held no "
                             "valid documents): no query to run", dict(scope))
-    probe = smoke_probe(manifest_ids, ids)
+    probe = smoke_probe(manifest_ids, sorted_ids)
     if probe is None:
         return CheckOutcome(SMOKE, False, "no chunk is in both the index and the manifest",
                             dict(scope))
@@ -267,7 +270,7 @@ def collect(store: KBStore, versions: VersionStore, embedder: Embedder,
         msg = f"KB version {number} cannot be loaded: {type(exc).__name__}: {str(exc)[:200]}"
         return number, [CheckOutcome(c, False, msg, {"kb_version": number}) for c in CHECKS]
     manifest_ids = v.manifest["chunk_id"].to_numpy(dtype=np.int64)
-    probe = smoke_probe(manifest_ids, index_ids(v.search_index))
+    probe = smoke_probe(manifest_ids, np.sort(index_ids(v.search_index)))
     wanted = sample_chunks(v, LEXICAL_SAMPLE)["chunk_id"].astype("int64").tolist()
     wanted += [probe] if probe is not None else []
     with store.connect() as con:
