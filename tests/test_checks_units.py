@@ -387,3 +387,57 @@ def test_posting_lookup_and_row_terms_match_the_matrix():
     assert built.row_terms().tolist() == dense.sum(axis=1).tolist()
     assert loaded.terms_per_row is None
     assert loaded.row_terms().tolist() == dense.sum(axis=1).tolist()
+
+
+# --- GX's unused dependencies load on first use (checks/gx_suites.deferred_imports) ---------
+
+def test_a_deferred_import_runs_the_module_only_when_first_used(tmp_path, monkeypatch):
+    import importlib
+    import sys
+
+    from checks.gx_suites import deferred_imports
+
+    (tmp_path / "kb_deferred_probe.py").write_text(
+        "import os\nos.environ['KB_DEFERRED_PROBE'] = 'ran'\nANSWER = 42\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("KB_DEFERRED_PROBE", raising=False)
+    try:
+        with deferred_imports(("kb_deferred_probe",)):
+            import kb_deferred_probe  # noqa: F401 - bound, not yet run
+        assert "KB_DEFERRED_PROBE" not in __import__("os").environ
+        assert kb_deferred_probe.ANSWER == 42  # first use runs it
+        assert __import__("os").environ["KB_DEFERRED_PROBE"] == "ran"
+        # only the named modules, and only inside the block
+        (tmp_path / "kb_deferred_other.py").write_text("X = 1\n")
+        with deferred_imports(("kb_deferred_probe",)):
+            other = importlib.import_module("kb_deferred_other")
+        assert type(other).__name__ == "module"
+    finally:
+        sys.modules.pop("kb_deferred_probe", None)
+        sys.modules.pop("kb_deferred_other", None)
+
+
+def test_gx_validates_without_loading_the_modules_only_unused_expectations_need():
+    """In a fresh process (this one may have loaded scipy.stats already): GX imported through
+    gx_context validates a suite while scipy.stats and altair stay unrun, and both still work
+    when something uses them afterwards."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pandas as pd\n"
+        "from checks.gx_suites import Expect, validate\n"
+        "r = validate('probe', pd.DataFrame({'a': [1.0, 2.0, None]}),"
+        " [Expect('not_null', 'a'), Expect('mean_between', 'a', {'min_value': 0, 'max_value': 5})])\n"
+        "assert [o.success for o in r.outcomes] == [False, True], r\n"
+        "assert 'scipy.stats._stats_py' not in sys.modules\n"
+        "assert 'altair.vegalite' not in sys.modules\n"
+        "from scipy import stats\n"
+        "assert stats.norm.cdf(0.0) == 0.5\n"
+        "import altair\n"
+        "assert hasattr(altair, 'Chart')\n"
+        "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]),
+                         timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
