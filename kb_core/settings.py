@@ -47,9 +47,17 @@ VARIABLES: tuple[Var, ...] = (
     Var("KB_EMBED_COMMIT_EVERY", int, 512, "Embeddings written to the cache per commit "
         "(a crash loses at most this many).", minimum=1),
     Var("KB_EMBED_BACKEND", str, "auto", "Embedding encoder: torch (sentence-transformers), "
-        "onnx (ONNX Runtime, same vectors, faster), onnx-int8 (quantised, own cache key) or "
-        "auto (the measured default: onnx, torch when onnxruntime is missing).",
-        choices=("auto", "torch", "onnx", "onnx-int8")),
+        "onnx (ONNX Runtime, same vectors, faster), onnx-int8 (quantised, own cache key), "
+        "bf16 (a bfloat16 TorchScript trace, same vectors within cosine 0.9999, fast only on "
+        "CPUs with AMX-BF16) or auto (the measured default: onnx, torch when onnxruntime is "
+        "missing; bf16 for large passage backlogs on AMX-BF16 CPUs, see KB_EMBED_BF16_MIN).",
+        choices=("auto", "torch", "onnx", "onnx-int8", "bf16")),
+    Var("KB_EMBED_BF16_MIN", int, 64, "With KB_EMBED_BACKEND=auto on a CPU with AMX-BF16, a "
+        "backlog of at least this many uncached chunks is encoded by the bfloat16 trace "
+        "(same vectors within cosine 0.9999, same cache key); 0: never. 64 is the "
+        "break-even measured here: loading torch and the trace costs ~1 s more than ONNX, and "
+        "bf16 encodes ~107 passages/s against ONNX's ~40.",
+        minimum=0),
     Var("KB_EMBED_TORCH_MIN", int, 0, "With KB_EMBED_BACKEND=auto, a backlog of at least "
         "this many uncached chunks is encoded by torch (same vectors, same cache key); 0: never. "
         "Off by default: on 2 cores ONNX encodes passages at 1.08x torch's rate, loads ~2 s "

@@ -6,7 +6,8 @@ Two encoders run the same folder: sentence-transformers on torch, or an ONNX Run
 of it (resources/onnx_encoder.py), chosen by `backend` / KB_EMBED_BACKEND. ONNX fp32 vectors
 equal the torch ones (cosine >= 0.9999, tests/test_embedder_backends.py), so both share one
 `model_id` and one embedding cache; the int8 export's vectors differ and get their own id
-(`<model>#onnx-int8`)."""
+(`<model>#onnx-int8`). A third, for passage backlogs on CPUs with AMX-BF16, runs a TorchScript
+trace in bfloat16 (resources/bf16_encoder.py): vectors at cosine >= 0.9999 to fp32's, one id."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from kb_core import settings
 from kb_core.paths import apply_offline_env
 
 PACKAGED_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
-BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
+BACKENDS = ("auto", "torch", "onnx", "onnx-int8", "bf16")
 # What "auto" means: the fastest backend whose retrieval quality equals torch's on scifact
 # (benchmarks/bench_encoder.py; BENCHMARKS.md section "encoder").
 AUTO_BACKEND = "onnx"
@@ -32,6 +33,9 @@ DISTINCT_VECTORS = ("onnx-int8",)
 # eager-attention export, batch sizes alternated per slice of 100) 4 gave 42.7 texts/s,
 # 8 gave 41.8, 16 gave 38.1; on 192 abstracts 32 gave 35.6 and 64 34.8.
 ONNX_BATCH = 8
+# bfloat16 trace passages per call: 400 scifact abstracts, 2 rounds, quiet, AMX-BF16: batch 8
+# gave 110 texts/s, 16 gave 107, 32 gave 107, 64 gave 93 (ONNX fp32 in the same run: 39).
+BF16_BATCH = 16
 _LOAD_LOCK = threading.Lock()
 _log = logging.getLogger("kb.embedder")
 
@@ -76,12 +80,26 @@ def _load_onnx(path: str, backend: str, cache_root: str, threads: int):
         return None
 
 
+@lru_cache(maxsize=4)
+def _load_bf16(path: str, cache_root: str, threads: int):
+    """The bfloat16 encoder, or None (after one warning line) when it cannot be had."""
+    apply_offline_env()
+    from resources.bf16_encoder import Bf16Encoder
+    from resources.onnx_encoder import OnnxUnavailable
+
+    try:
+        return Bf16Encoder(Path(path), Path(cache_root), threads=threads)
+    except OnnxUnavailable as e:
+        _log.warning("embedder: bf16 backend unavailable, using onnx instead: %s", e)
+        return None
+
+
 class Embedder(ConfigurableResource):
     """Encodes text to unit-normalised float32 vectors."""
 
     model_path: str = ""  # empty: the packaged all-MiniLM-L6-v2
     batch_size: int = 64
-    backend: str = ""  # empty: KB_EMBED_BACKEND (auto, torch, onnx, onnx-int8)
+    backend: str = ""  # empty: KB_EMBED_BACKEND (auto, torch, onnx, onnx-int8, bf16)
     threads: int = 2  # ONNX Runtime intra-op threads (torch keeps its own setting)
 
     @classmethod
@@ -102,7 +120,7 @@ class Embedder(ConfigurableResource):
 
     @property
     def requested_backend(self) -> str:
-        """torch, onnx or onnx-int8: the field, else KB_EMBED_BACKEND, with auto resolved."""
+        """torch, onnx, onnx-int8 or bf16: the field, else KB_EMBED_BACKEND, auto resolved."""
         if self.backend:
             return resolve_backend(settings.parse("Embedder.backend", self.backend, str,
                                                   choices=BACKENDS))
@@ -110,8 +128,13 @@ class Embedder(ConfigurableResource):
 
     @property
     def active_backend(self) -> str:
-        """The backend that really encodes: torch when the ONNX one could not be had."""
+        """The backend that really encodes: for bf16, onnx when the trace could not be had;
+        torch when the ONNX one could not be had."""
         wanted = self.requested_backend
+        if wanted == "bf16":
+            if self._bf16() is not None:
+                return "bf16"
+            wanted = "onnx"
         if wanted == "torch":
             return "torch"
         return wanted if self._onnx(wanted) is not None else "torch"
@@ -128,24 +151,40 @@ class Embedder(ConfigurableResource):
         return f"{base}#{active}" if active in DISTINCT_VECTORS else base
 
     def for_backlog(self, n: int) -> "Embedder":
-        """The encoder for a backlog of `n` passages. With backend auto and KB_EMBED_TORCH_MIN
-        set (default 0: off), from that many passages on it is torch: the same vectors (one
-        model id, one cache), for machines where torch encodes passages faster. (On these it
-        no longer does: BENCHMARKS.md, "Encoder backends".) Otherwise self."""
+        """The encoder for a backlog of `n` passages, all with the same vectors (one model id,
+        one cache). With backend auto: bf16 from KB_EMBED_BF16_MIN passages on where the CPU
+        has AMX-BF16 (3.2x ONNX's rate here, after ~1 s of loading torch); else torch from
+        KB_EMBED_TORCH_MIN on (default 0: off), for machines where torch encodes passages
+        faster. (BENCHMARKS.md, "Encoder backends".) Otherwise self."""
         asked = self.backend or str(settings.get("KB_EMBED_BACKEND"))
+        if asked != "auto" or AUTO_BACKEND in DISTINCT_VECTORS:
+            return self
+        from resources.bf16_encoder import cpu_has_amx_bf16
+
+        bf16_min = int(settings.get("KB_EMBED_BF16_MIN"))
         torch_min = int(settings.get("KB_EMBED_TORCH_MIN"))
-        if asked != "auto" or AUTO_BACKEND in DISTINCT_VECTORS or torch_min <= 0 or n < torch_min:
+        if bf16_min > 0 and n >= bf16_min and cpu_has_amx_bf16():
+            backend = "bf16"
+        elif torch_min > 0 and n >= torch_min:
+            backend = "torch"
+        else:
             return self
         return type(self)(model_path=self.model_path, batch_size=self.batch_size,
-                          backend="torch", threads=self.threads)
+                          backend=backend, threads=self.threads)
 
     def _onnx(self, backend: str):
         with _LOAD_LOCK:
             return _load_onnx(self.resolved_path, backend, str(model_cache_root()), self.threads)
 
+    def _bf16(self):
+        with _LOAD_LOCK:
+            return _load_bf16(self.resolved_path, str(model_cache_root()), self.threads)
+
     def model(self):
-        """The loaded encoder: a SentenceTransformer or an OnnxEncoder."""
+        """The loaded encoder: a SentenceTransformer, an OnnxEncoder or a Bf16Encoder."""
         active = self.active_backend
+        if active == "bf16":
+            return self._bf16()
         if active != "torch":
             return self._onnx(active)
         with _LOAD_LOCK:
@@ -174,7 +213,10 @@ class Embedder(ConfigurableResource):
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         m = self.model()
-        if self.active_backend != "torch":
+        active = self.active_backend
+        if active == "bf16":
+            return m.encode(texts, batch_size=min(self.batch_size, BF16_BATCH))
+        if active != "torch":
             return m.encode(texts, batch_size=min(self.batch_size, ONNX_BATCH))
         vecs = m.encode(texts, batch_size=self.batch_size, convert_to_numpy=True,
                         normalize_embeddings=True, show_progress_bar=False)

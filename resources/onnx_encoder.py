@@ -165,8 +165,9 @@ def _quantize(src: Path, dst: Path, quantization: str) -> None:
         root.removeHandler(placeholder)
 
 
-def export(layout: ModelLayout, backend: str, target: Path) -> Path:
-    """Export into a private temporary folder beside `target`, then rename it into place:
+def publish_folder(target: Path, build) -> Path:
+    """`build(tmp)` writes an export into a private temporary folder beside `target` and
+    returns its metadata (written last, as META_FILE); the folder is then renamed into place:
     a reader sees a complete folder or none, and of two concurrent exporters the loser
     discards its copy."""
     if (target / META_FILE).is_file():
@@ -174,16 +175,7 @@ def export(layout: ModelLayout, backend: str, target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        names = _export_fp32(layout, tmp / "fp32.onnx")
-        quantization = QUANTIZATIONS[backend]
-        if quantization:
-            _quantize(tmp / "fp32.onnx", tmp / MODEL_FILE, quantization)
-            (tmp / "fp32.onnx").unlink()
-        else:
-            (tmp / "fp32.onnx").rename(tmp / MODEL_FILE)
-        meta = {"source": str(layout.folder), "backend": backend, "quantization": quantization,
-                "inputs": names, "max_seq_length": layout.max_seq_length,
-                "exporter_version": EXPORTER_VERSION}
+        meta = build(tmp)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
         try:
             os.rename(tmp, target)
@@ -193,6 +185,24 @@ def export(layout: ModelLayout, backend: str, target: Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def export(layout: ModelLayout, backend: str, target: Path) -> Path:
+    """The ONNX graph of `layout` for `backend` (fp32, or quantised) in `target`."""
+
+    def build(tmp: Path) -> dict:
+        names = _export_fp32(layout, tmp / "fp32.onnx")
+        quantization = QUANTIZATIONS[backend]
+        if quantization:
+            _quantize(tmp / "fp32.onnx", tmp / MODEL_FILE, quantization)
+            (tmp / "fp32.onnx").unlink()
+        else:
+            (tmp / "fp32.onnx").rename(tmp / MODEL_FILE)
+        return {"source": str(layout.folder), "backend": backend, "quantization": quantization,
+                "inputs": names, "max_seq_length": layout.max_seq_length,
+                "exporter_version": EXPORTER_VERSION}
+
+    return publish_folder(target, build)
 
 
 class FastTokenizer:
@@ -258,8 +268,37 @@ def load_tokenizer(transformer_dir: Path, max_length: int):
     return HFTokenizer(transformer_dir, max_length)
 
 
-class OnnxEncoder:
-    """Tokenise -> ONNX Runtime -> mean pooling over the attention mask -> L2 norm."""
+class PooledEncoder:
+    """Length-sorted batches -> tokeniser -> `_hidden` (last hidden states) -> mean pooling
+    over the attention mask -> L2 norm: the sentence-transformers recipe around any runtime."""
+
+    layout: ModelLayout
+    tokenizer: object
+    dim: int
+    inputs: list[str]
+
+    def _hidden(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        raise NotImplementedError
+
+    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        # Sorted by length like sentence-transformers: less padding per batch.
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        for start in range(0, len(texts), batch_size):
+            idx = order[start:start + batch_size]
+            batch = [texts[i].lower() if self.layout.do_lower_case else texts[i] for i in idx]
+            enc = self.tokenizer(batch)
+            feeds = {n: enc[n] for n in self.inputs}
+            hidden = self._hidden(feeds)
+            mask = feeds["attention_mask"][..., None].astype(np.float32)
+            pooled = (hidden * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
+            norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+            out[idx] = pooled / np.clip(norms, 1e-12, None)
+        return out
+
+
+class OnnxEncoder(PooledEncoder):
+    """The ONNX Runtime session over the cached export."""
 
     def __init__(self, folder: Path, backend: str, cache_root: Path, threads: int = 2):
         try:
@@ -277,6 +316,7 @@ class OnnxEncoder:
             except Exception as e:  # noqa: BLE001 - any exporter failure means "use torch"
                 raise OnnxUnavailable(f"export of {folder} failed: {type(e).__name__}: {e}") from e
         self.meta = json.loads((self.target / META_FILE).read_text(encoding="utf-8"))
+        self.inputs = self.meta["inputs"]
         self.tokenizer = load_tokenizer(self.layout.transformer_dir, self.layout.max_seq_length)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
@@ -289,18 +329,5 @@ class OnnxEncoder:
                                             providers=["CPUExecutionProvider"])
         self.dim = int(self.session.get_outputs()[0].shape[-1])
 
-    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        # Sorted by length like sentence-transformers: less padding per batch.
-        order = np.argsort([-len(t) for t in texts], kind="stable")
-        for start in range(0, len(texts), batch_size):
-            idx = order[start:start + batch_size]
-            batch = [texts[i].lower() if self.layout.do_lower_case else texts[i] for i in idx]
-            enc = self.tokenizer(batch)
-            feeds = {n: enc[n] for n in self.meta["inputs"]}
-            hidden = self.session.run(None, feeds)[0]
-            mask = feeds["attention_mask"][..., None].astype(np.float32)
-            pooled = (hidden * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
-            norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-            out[idx] = pooled / np.clip(norms, 1e-12, None)
-        return out
+    def _hidden(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        return self.session.run(None, feeds)[0]

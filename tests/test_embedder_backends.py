@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from kb_core import settings
+from resources import bf16_encoder
 from resources import embedder as embedder_module
 from resources.embedder import PACKAGED_MODEL_ID, Embedder, model_cache_root
 from resources.onnx_encoder import (META_FILE, MODEL_FILE, FastTokenizer, HFTokenizer,
@@ -103,7 +104,7 @@ def test_int8_has_its_own_cache_key_and_close_vectors():
 
 @pytest.mark.parametrize("configured, expected", [
     ("", "onnx"), ("auto", "onnx"), ("torch", "torch"), ("onnx", "onnx"),
-    ("onnx-int8", "onnx-int8"), ("ONNX", "onnx")])
+    ("onnx-int8", "onnx-int8"), ("ONNX", "onnx"), ("bf16", "bf16")])
 def test_backend_setting(monkeypatch, configured, expected):
     monkeypatch.setenv("KB_EMBED_BACKEND", configured)
     assert Embedder().requested_backend == expected
@@ -125,7 +126,8 @@ def test_bad_backend_names_the_variable(monkeypatch):
 def test_a_large_backlog_under_auto_is_encoded_by_torch_when_asked(monkeypatch, configured,
                                                                    backlog, torch_min, expected):
     """Same vectors, same cache key: only how fast they come. Off by default (ONNX measured
-    faster here); an explicit backend is never overridden."""
+    faster here); an explicit backend is never overridden. (On a CPU without AMX-BF16.)"""
+    monkeypatch.setattr(bf16_encoder, "cpu_has_amx_bf16", lambda: False)
     monkeypatch.setenv("KB_EMBED_BACKEND", configured)
     if torch_min is None:
         monkeypatch.delenv("KB_EMBED_TORCH_MIN", raising=False)
@@ -136,6 +138,91 @@ def test_a_large_backlog_under_auto_is_encoded_by_torch_when_asked(monkeypatch, 
     assert chosen.requested_backend == expected
     assert chosen.model_id == embedder.model_id and type(chosen) is CountingEmbedder
     assert chosen.batch_size == 32
+
+
+@pytest.mark.parametrize("configured, amx, backlog, bf16_min, torch_min, expected", [
+    ("", True, 64, None, None, "bf16"), ("", True, 63, None, None, "onnx"),
+    ("auto", True, 10_000, "0", None, "onnx"), ("auto", True, 10_000, "0", "5", "torch"),
+    ("", False, 10_000, None, None, "onnx"), ("", False, 10_000, None, "5", "torch"),
+    ("", True, 10_000, "100", "5", "bf16"), ("", True, 50, "100", "5", "torch"),
+    ("onnx", True, 10_000, None, None, "onnx"), ("torch", True, 10_000, None, None, "torch"),
+    ("onnx-int8", True, 10_000, None, None, "onnx-int8")])
+def test_a_large_backlog_under_auto_goes_to_bf16_where_the_cpu_has_it(
+        monkeypatch, configured, amx, backlog, bf16_min, torch_min, expected):
+    monkeypatch.setattr(bf16_encoder, "cpu_has_amx_bf16", lambda: amx)
+    monkeypatch.setenv("KB_EMBED_BACKEND", configured)
+    for name, value in (("KB_EMBED_BF16_MIN", bf16_min), ("KB_EMBED_TORCH_MIN", torch_min)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    embedder = CountingEmbedder(batch_size=32)
+    chosen = embedder.for_backlog(backlog)
+    assert chosen.requested_backend == expected
+    assert chosen.model_id == embedder.model_id and type(chosen) is CountingEmbedder
+
+
+def test_cpu_flags_are_read_from_proc_cpuinfo():
+    flags = next((ln for ln in open("/proc/cpuinfo") if ln.startswith("flags")), "")
+    assert bf16_encoder.cpu_has_amx_bf16() == ("amx_bf16" in flags.split())
+
+
+def test_bf16_vectors_match_fp32_share_the_cache_key_and_do_not_depend_on_the_batch():
+    """Run on any CPU (without AMX-BF16 torch emulates bfloat16: slower, same numbers)."""
+    bf16, torch_e = Embedder(backend="bf16"), Embedder(backend="torch")
+    assert bf16.active_backend == "bf16"
+    ref, got = torch_e.encode(TEXTS), bf16.encode(TEXTS)
+    assert got.shape == ref.shape == (len(TEXTS), 384) and got.dtype == np.float32
+    cos = _cosines(got, ref)
+    assert cos.min() >= 0.9999, cos
+    assert cos.min() < 1.0 - 1e-7  # really bfloat16 arithmetic, not fp32 by accident
+    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    # each text alone (batch 1, no padding) against the padded batch of all of them
+    single = np.vstack([bf16.encode([t]) for t in TEXTS])
+    assert _cosines(single, got).min() >= 0.9999
+    assert bf16.model_id == torch_e.model_id == PACKAGED_MODEL_ID
+    assert bf16.dim == 384 and bf16.reads_cjk is False
+    # the trace is cached beside the ONNX exports, complete (metadata written last)
+    entries = list((model_cache_root() / "bf16").iterdir())
+    assert any((e / META_FILE).is_file() and (e / "model.pt").is_file() for e in entries)
+
+
+BF16_IMPORTS = """
+import sys
+from resources.embedder import Embedder
+e = Embedder(backend="bf16")
+assert e.active_backend == "bf16", e.active_backend
+v = e.encode(["annual leave policy", "a second passage"])
+print(sorted(m for m in ("torch", "transformers", "sentence_transformers") if m in sys.modules))
+"""
+
+
+def test_a_cached_bf16_trace_loads_without_transformers():
+    Embedder(backend="bf16").encode(["trace first, if this machine has no trace yet"])
+    out = subprocess.run([sys.executable, "-c", BF16_IMPORTS], capture_output=True, text=True,
+                         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "['torch']"
+
+
+def test_a_failed_bf16_trace_falls_back_to_onnx_with_one_warning(tmp_path, monkeypatch, caplog):
+    def broken(layout, out):
+        raise RuntimeError("tracer exploded")
+
+    monkeypatch.setenv("KB_MODEL_CACHE", str(tmp_path))
+    monkeypatch.setattr(bf16_encoder, "_trace", broken)
+    embedder_module._load_bf16.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger="kb.embedder"):
+            e = Embedder(backend="bf16")
+            assert e.active_backend == "onnx"
+            assert e.encode(["annual leave"]).shape == (1, 384)
+            assert e.model_id == PACKAGED_MODEL_ID
+        warned = [r.getMessage() for r in caplog.records if "bf16 backend unavailable" in r.message]
+        assert len(warned) == 1 and "tracer exploded" in warned[0], warned
+        assert not [p for p in (tmp_path / "bf16").iterdir()]  # no half-written trace left
+    finally:
+        embedder_module._load_bf16.cache_clear()
 
 
 def test_a_version_built_without_int8_reloads_without_int8(monkeypatch):
