@@ -1,6 +1,7 @@
 """Issue 13 item 4 benchmark: the embedder's encoders side by side on the same texts.
 
-For torch (sentence-transformers), ONNX fp32 and ONNX int8 (per-channel MatMul weights):
+For torch (sentence-transformers), ONNX fp32, ONNX int8 (per-channel MatMul weights) and the
+bfloat16 TorchScript trace (resources/bf16_encoder.py):
 passage throughput (texts/s, 2 threads), per-query latency p50/p95 (one short query per
 call) and dense-retrieval nDCG@10 on a scifact subset (every document relevant to a test
 query + random others), plus the cosine of each backend's vectors to torch's. The backends
@@ -25,7 +26,7 @@ import numpy as np  # noqa: E402
 from benchmarks.bench_kb import beir_subset  # noqa: E402
 from benchmarks.common import DATASETS, md_row, median, pct, write_section  # noqa: E402
 
-BACKENDS = ("torch", "onnx", "onnx-int8")
+BACKENDS = ("torch", "onnx", "onnx-int8", "bf16")
 NDCG_TOLERANCE = 0.005  # the bound a quantised backend must hold to become the default
 
 
@@ -118,6 +119,18 @@ def main() -> None:
     verdict = (f"int8 nDCG@10 differs from {ref_name} by "
                f"{ndcg.get('onnx-int8', float('nan')) - ndcg[ref_name]:+.4f} "
                f"(bound ±{NDCG_TOLERANCE}): {'holds' if int8_holds else 'fails'}.")
+    if "bf16" in ndcg:
+        from resources.bf16_encoder import cpu_has_amx_bf16
+
+        bf16_holds = abs(ndcg["bf16"] - ndcg[ref_name]) <= NDCG_TOLERANCE
+        verdict += (
+            f" bf16 nDCG@10 differs from {ref_name} by {ndcg['bf16'] - ndcg[ref_name]:+.4f}: "
+            f"{'holds' if bf16_holds else 'fails'}; its vectors share torch's cache key (cosine "
+            ">= 0.9999, tests/test_embedder_backends.py). This CPU "
+            f"{'has' if cpu_has_amx_bf16() else 'lacks'} AMX-BF16, so under `auto` a backlog of "
+            f"at least KB_EMBED_BF16_MIN uncached passages {'is' if cpu_has_amx_bf16() else 'is not'}"
+            " encoded by bf16; queries stay on ONNX (one short query gains nothing from loading "
+            "torch).")
     print(verdict)
     if args.no_write:
         return
