@@ -9,7 +9,9 @@ batches and padding, by construction), and ONNX Runtime's CPU kernels give the s
 with 1 thread per worker as with 2 in one process (measured here). A cosine bound (>= 0.99999)
 would hide a difference in the numerics; exact equality does not. (Splitting a slice into two
 encode calls also gave identical floats here, so this guards the numerics and the pairing of
-vectors with their cache keys, not the batch composition.)"""
+vectors with their cache keys, not the batch composition.) The bfloat16 encoder (used under
+`auto` for large backlogs on AMX-BF16 CPUs) is not thread-count invariant, so these tests pin
+ONNX, and one test checks the bf16 fan-out by cosine and by pairing instead."""
 
 from __future__ import annotations
 
@@ -78,6 +80,7 @@ def fanout_env(monkeypatch):
     monkeypatch.setenv("KB_EMBED_FANOUT_MIN", "100")
     monkeypatch.setenv("KB_EMBED_COMMIT_EVERY", str(COMMIT_EVERY))
     monkeypatch.delenv("KB_EMBED_BACKEND", raising=False)
+    monkeypatch.setenv("KB_EMBED_BF16_MIN", "0")  # ONNX: bit for bit across thread counts
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +88,10 @@ def reference(tmp_path_factory) -> np.ndarray:
     """The in-process vectors of corpus() (KB_EMBED_WORKERS=1), in corpus order."""
     texts = corpus()
     store = make_store(tmp_path_factory.mktemp("inproc"), texts)
-    saved = {k: os.environ.get(k) for k in ("KB_EMBED_WORKERS", "KB_EMBED_COMMIT_EVERY")}
+    saved = {k: os.environ.get(k)
+             for k in ("KB_EMBED_WORKERS", "KB_EMBED_COMMIT_EVERY", "KB_EMBED_BF16_MIN")}
     os.environ["KB_EMBED_WORKERS"], os.environ["KB_EMBED_COMMIT_EVERY"] = "1", str(COMMIT_EVERY)
+    os.environ["KB_EMBED_BF16_MIN"] = "0"
     try:
         result = run_embeddings(store)
     finally:
@@ -177,6 +182,32 @@ def test_a_killed_worker_fails_the_step_after_the_finished_parts_are_merged(
     assert meta["chunks_reused_from_cache"] == merged
     assert not list((home / embed_fanout.SHARDS_DIR).iterdir())  # the leftover is gone
     assert np.array_equal(load_vectors(store, PACKAGED_MODEL_ID, hashes, 384), reference)
+
+
+def test_bf16_workers_pair_every_vector_with_its_text(tmp_path, fanout_env, monkeypatch):
+    """bfloat16 workers (1 thread each) against the in-process bf16 encoder (2 threads): the
+    floats differ in the 4th decimal (oneDNN's blocking depends on the thread count), so the
+    check is cosine >= 0.9999 per text, and each worker vector's nearest in-process vector
+    is its own text's (a vector merged under the wrong cache key would fail that)."""
+    monkeypatch.setenv("KB_EMBED_BACKEND", "bf16")
+    texts = corpus()
+    hashes = [sha256_text(t) for t in texts]
+    monkeypatch.setenv("KB_EMBED_WORKERS", "1")
+    (tmp_path / "inproc").mkdir()
+    inproc = make_store(tmp_path / "inproc", texts)
+    assert metadata(run_embeddings(inproc))["encoder_backend"] == "bf16"
+    want = load_vectors(inproc, PACKAGED_MODEL_ID, hashes, 384)
+
+    monkeypatch.setenv("KB_EMBED_WORKERS", "2")
+    (tmp_path / "fanout").mkdir()
+    store = make_store(tmp_path / "fanout", texts)
+    result = run_embeddings(store)
+    assert result.success, [e.message for e in result.all_events if e.is_failure]
+    meta = metadata(result)
+    assert meta["embed_workers"] == 2 and meta["encoder_backend"] == "bf16"
+    got = load_vectors(store, PACKAGED_MODEL_ID, hashes, 384)
+    assert (got * want).sum(axis=1).min() >= 0.9999
+    assert np.array_equal((got @ want.T).argmax(axis=1), np.arange(len(texts)))
 
 
 def test_below_the_threshold_no_worker_process_starts(tmp_path, fanout_env, monkeypatch):
