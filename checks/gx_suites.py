@@ -3,8 +3,9 @@ structured result out (which expectation failed, observed vs expected, offending
 
 GX costs about 1.8 s to import, so it is imported on first use (`kb build` starts that on a
 thread) and one ephemeral context serves the whole process; the modules it imports only for
-expectations we never use load on first touch instead (`deferred_imports`). Expectations are declared with the small `Expect` spec below so that
-suites can be written (and tested) without importing GX."""
+expectations we never use load on first touch instead (`deferred_imports`). Expectations are
+declared with the small `Expect` spec below so that suites can be written (and tested)
+without importing GX."""
 
 from __future__ import annotations
 
@@ -36,7 +37,9 @@ _CONTEXT: dict[str, Any] = {}
 # GX 1.x imports these at module level for the KL-divergence and KS-test expectations and their
 # charts, which no suite here uses: 0.68 s of its 1.8 s import (median of 3, this machine). While
 # GX is imported they are bound as lazy modules that load on first attribute access, so
-# anything that does use them later (in this process) still gets the real module.
+# anything that does use them later (in this process) still gets the real module. (Python
+# 3.11's LazyLoader is not safe against two threads first touching one module at once; no code
+# here touches these at all.)
 GX_UNUSED_IMPORTS = ("scipy.stats", "altair")
 
 

@@ -153,7 +153,7 @@ class Embedder(ConfigurableResource):
     def for_backlog(self, n: int) -> "Embedder":
         """The encoder for a backlog of `n` passages, all with the same vectors (one model id,
         one cache). With backend auto: bf16 from KB_EMBED_BF16_MIN passages on where the CPU
-        has AMX-BF16 (3.2x ONNX's rate here, after ~1 s of loading torch); else torch from
+        has AMX-BF16 (~3x ONNX's rate here, after 1-2 s of loading torch); else torch from
         KB_EMBED_TORCH_MIN on (default 0: off), for machines where torch encodes passages
         faster. (BENCHMARKS.md, "Encoder backends".) Otherwise self."""
         asked = self.backend or str(settings.get("KB_EMBED_BACKEND"))
