@@ -100,7 +100,7 @@ class Embedder(ConfigurableResource):
     model_path: str = ""  # empty: the packaged all-MiniLM-L6-v2
     batch_size: int = 64
     backend: str = ""  # empty: KB_EMBED_BACKEND (auto, torch, onnx, onnx-int8, bf16)
-    threads: int = 2  # ONNX Runtime intra-op threads and the bf16 trace's (sentence-transformers: torch's own)
+    threads: int = 2  # ONNX Runtime's and the bf16 trace's threads (torch keeps its own)
 
     @classmethod
     def for_model_id(cls, model_id: str | None) -> "Embedder":
