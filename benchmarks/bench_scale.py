@@ -79,20 +79,42 @@ def setup_scale(chunks: int) -> dict:
     return {"chunks": int(n), "setup_s": round(time.perf_counter() - t0, 1)}
 
 
-def query_latency(home: str) -> dict:
-    """Child process: the serving version, embed + hybrid per query, one thread."""
+def evict_from_page_cache(folder: Path) -> int:
+    """Drop `folder`'s files from the page cache (clean pages; no root needed): the next
+    reader finds them cold, as after a reboot. Returns the number of files."""
+    n = 0
+    for p in folder.rglob("*"):
+        if p.is_file():
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                n += 1
+            finally:
+                os.close(fd)
+    return n
+
+
+def query_latency(home: str, cold: str = "") -> dict:
+    """Child process: the serving version, embed + hybrid per query, one thread. `cold`:
+    "new-process" evicts the version files from the page cache first (a `kb search` after a
+    reboot); "serve" evicts them too, then reads them in as `kb serve` does before a swap."""
     import faiss
     import numpy as np
 
     from kb_assets.searcher import Searcher
     from kb_core.paths import Paths
     from kb_core.serving import version_numbers
+    from resources.segments import read_into_page_cache
 
     faiss.omp_set_num_threads(1)
     paths = Paths.from_env()
     number = version_numbers(paths.versions)[-1]
+    if cold:
+        evict_from_page_cache(paths.versions)
     t0 = time.perf_counter()
     searcher = Searcher.open(paths, number)
+    if cold == "serve":
+        read_into_page_cache(searcher.version.path, searcher.version.info)
     searcher.search("warm up the model", k=5)
     load_s = time.perf_counter() - t0
     rng = np.random.default_rng(7)
@@ -275,7 +297,7 @@ def main() -> int:
     if args.child:
         os.environ["KB_HOME"] = args.home
         mode, _, n = args.child.partition(":")
-        res = setup_scale(int(n)) if mode == "setup" else query_latency(args.home)
+        res = setup_scale(int(n)) if mode == "setup" else query_latency(args.home, cold=n)
         print("RESULT " + json.dumps(res))
         return 0
     os.environ["BENCH_SEED_VECTORS"] = args.seed_vectors  # read by the setup child

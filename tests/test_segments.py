@@ -15,7 +15,7 @@ from kb_assets.segment_publish import membership_diff, needs_compaction, same_ro
 from kb_core.lexical import BM25Index, merge_counts, term_counts
 from kb_core.paths import Paths
 from resources.embedder import Embedder
-from resources.segments import SEGMENTS_DIR, materialize
+from resources.segments import SEGMENTS_DIR, materialize, read_into_page_cache
 from resources.vector_index import VersionStore, load_version_dir
 from tests.kbtest import env_vars, materialized, run_job, write
 
@@ -309,3 +309,36 @@ def test_retention_removes_old_version_files_and_keeps_shared_segments(tmp_path,
 
     with duckdb.connect(str(paths.db), read_only=True) as con:  # lineage rows stay
         assert con.execute("SELECT count(*) FROM kb_versions").fetchall()[0][0] == 3
+
+
+def test_reading_a_version_into_the_page_cache_reads_exactly_its_segments(tmp_path, monkeypatch,
+                                                                          caplog):
+    """What `kb serve` reads before it swaps a version in: every file of the segments the
+    version names, once, and nothing else (a leftover folder under segments/ is not read)."""
+    monkeypatch.setenv("KB_COMPACT_MAX_DELETED", "0.9")
+    monkeypatch.setenv("KB_HOME", str(tmp_path / "kb"))
+    paths = Paths.from_env().ensure()
+    write(paths, "a.jsonl", docs("travel", 10))
+    build(paths)
+    write(paths, "b.jsonl", docs("expense", 6))
+    build(paths)
+    leftover = paths.versions / SEGMENTS_DIR / "not-named-by-any-version"
+    leftover.mkdir()
+    (leftover / "index.faiss").write_bytes(b"x" * 4096)
+    version = VersionStore(root=str(paths.versions)).load(2)
+    assert len(version.info["segments"]) == 2
+    named = [paths.versions / SEGMENTS_DIR / seg for seg in version.info["segments"]]
+    expected = sum(f.stat().st_size for d in named for f in d.iterdir() if f.is_file())
+    assert read_into_page_cache(version.path, version.info, block=1000) == expected > 0
+    assert read_into_page_cache(None, version.info) == 0  # a version with no folder
+    assert read_into_page_cache(version.path, {"n_chunks": 3}) == 0  # a whole-copy version
+
+    from tests.serve_thread import ServerThread
+
+    with caplog.at_level("WARNING", logger="kb.serve"), ServerThread(paths) as url:
+        import httpx
+
+        assert httpx.get(f"{url}/search", params={"q": "travel approval"}).json()["version"] == 2
+    swapped = [r.getMessage() for r in caplog.records if "now serving KB version 2" in r.message]
+    assert swapped and f"{expected / 2**20:.1f} MB of segments read into the page cache" \
+        in swapped[0], swapped
