@@ -127,23 +127,27 @@ def segment_dir(version_dir: Path, seg_id: str) -> Path:
                             f"{version_dir.parent / SEGMENTS_DIR})")
 
 
-def read_into_page_cache(version_dir: Path | None, info: dict, block: int = 8 << 20) -> int:
+def read_into_page_cache(version_dir: Path | None, info: dict, block: int = 8 << 20,
+                         memory: int | None = None) -> int:
     """Read every file of the version's segments once, sequentially, so the memory-mapped
     indexes a query touches are in the page cache: what `kb serve` does before it swaps a
     new version in (the old one serves meanwhile). On a cold cache at 1M chunks an HNSW
     query otherwise faults its graph and vectors in page by page (p95 404 ms against 27 warm,
-    BENCHMARKS.md "scale-quiet"). Returns the bytes read; a version without segments: 0."""
+    BENCHMARKS.md "scale-quiet"). Returns the bytes read: 0 for a version without segments,
+    and for one larger than half this machine's memory (reading it would only evict itself)."""
     if version_dir is None or not is_segmented(info):
+        return 0
+    files = [f for seg_id in info["segments"]
+             for f in sorted(segment_dir(version_dir, seg_id).iterdir()) if f.is_file()]
+    memory = memory or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if sum(f.stat().st_size for f in files) > memory // 2:
         return 0
     buf = bytearray(block)
     total = 0
-    for seg_id in info["segments"]:
-        for f in sorted(segment_dir(version_dir, seg_id).iterdir()):
-            if not f.is_file():
-                continue
-            with open(f, "rb", buffering=0) as fh:
-                while n := fh.readinto(buf):
-                    total += n
+    for f in files:
+        with open(f, "rb", buffering=0) as fh:
+            while n := fh.readinto(buf):
+                total += n
     return total
 
 

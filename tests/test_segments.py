@@ -331,6 +331,9 @@ def test_reading_a_version_into_the_page_cache_reads_exactly_its_segments(tmp_pa
     expected = sum(f.stat().st_size for d in named for f in d.iterdir() if f.is_file())
     assert read_into_page_cache(version.path, version.info, block=1000) == expected > 0
     assert read_into_page_cache(None, version.info) == 0  # a version with no folder
+    # more than half the memory: reading it would only evict itself
+    assert read_into_page_cache(version.path, version.info, memory=2 * expected - 2) == 0
+    assert read_into_page_cache(version.path, version.info, memory=2 * expected) == expected
     assert read_into_page_cache(version.path, {"n_chunks": 3}) == 0  # a whole-copy version
 
     from tests.serve_thread import ServerThread
