@@ -224,6 +224,7 @@ def main() -> int:
     embedder.encode_query("warm up")
     root = Path(tempfile.mkdtemp(prefix="kb-freshness-"))
     pg = None
+    ok = False
     try:
         if "postgres" in instances:
             from tests.pg_server import PgServer, find_bin_dir
@@ -238,10 +239,15 @@ def main() -> int:
                 url = pg.create_database(f"fresh_{i}_{len(results)}") if kind == "postgres" \
                     else None
                 results.append(run_config(int(i), args.trials, root, embedder, pg_url=url))
+        ok = True
     finally:
         if pg is not None:
             pg.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        if ok:
+            shutil.rmtree(root, ignore_errors=True)
+        else:  # the Dagster instance and the UI log say why a drop was not served
+            print(f"bench_freshness: kept {root} (KB_HOME and ui-*.log) for inspection",
+                  file=sys.stderr)
     text = report(results, os.environ.get("KB_SENSOR_SETTLE_S", "5"))
     print("\n" + text)
     if not args.no_write:
