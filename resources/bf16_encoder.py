@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from resources.onnx_encoder import (META_FILE, OnnxUnavailable, PooledEncoder, folder_digest,
-                                    load_tokenizer, publish_folder, read_layout)
+                                    load_tokenizer, publish_folder, read_layout,
+                                    traceable_model)
 
 # Part of the cache key: bumped whenever the traced graph or how it is run changes.
 EXPORTER_VERSION = "1"
@@ -53,28 +54,15 @@ def export_key(folder: Path) -> str:
 
 def _trace(layout, out: Path) -> list[str]:
     import torch
-    from transformers import AutoModel, AutoTokenizer
 
-    from resources.onnx_encoder import _hidden_states_module
-
-    tok = AutoTokenizer.from_pretrained(str(layout.transformer_dir), local_files_only=True)
     # SDPA, not eager attention (unlike the ONNX graph): torch runs its fused kernel, 3x the
     # eager trace's rate in bfloat16 here.
-    try:
-        model = AutoModel.from_pretrained(str(layout.transformer_dir), local_files_only=True,
-                                          attn_implementation="sdpa")
-    except (TypeError, ValueError):  # an architecture without an SDPA implementation
-        model = AutoModel.from_pretrained(str(layout.transformer_dir), local_files_only=True)
-    model.eval()
-    sample = tok(["a short probe", "a second, slightly longer probe sentence"], padding=True,
-                 return_tensors="pt")
-    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in sample]
+    module, names, sample = traceable_model(layout, "sdpa")
     # As for the ONNX export: the tracer's warnings are about Python booleans in the masking
     # code, constant for an encoder; tests compare other batch sizes and lengths.
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        traced = torch.jit.trace(_hidden_states_module(model, names),
-                                 tuple(sample[n] for n in names))
+        traced = torch.jit.trace(module, tuple(sample[n] for n in names))
     torch.jit.save(traced, str(out))
     return names
 

@@ -118,24 +118,33 @@ def _hidden_states_module(model, input_names: list[str]):
     return HiddenStates()
 
 
-def _export_fp32(layout: ModelLayout, out: Path) -> list[str]:
-    import torch
+def traceable_model(layout: ModelLayout, attention: str):
+    """(the model as a module of named input tensors returning last_hidden_state, the input
+    names, a two-sentence padded sample batch) for a tracer. `attention` is transformers'
+    attn_implementation, where the architecture has it."""
     from transformers import AutoModel, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(layout.transformer_dir), local_files_only=True)
-    # Eager attention traces to plain MatMul/Softmax: 195 scifact abstracts encoded at 41.8
-    # texts/s against 28.9 for the SDPA graph, same vectors (cosine >= 0.9999998), 2 threads,
-    # 5 alternated rounds on a quiet machine. (ORT's transformer optimizer, fused Attention
-    # included, added nothing on top: 41.3.)
     try:
         model = AutoModel.from_pretrained(str(layout.transformer_dir), local_files_only=True,
-                                          attn_implementation="eager")
-    except (TypeError, ValueError):  # an architecture without an eager implementation
+                                          attn_implementation=attention)
+    except (TypeError, ValueError):  # an architecture without that implementation
         model = AutoModel.from_pretrained(str(layout.transformer_dir), local_files_only=True)
     model.eval()
     sample = tok(["a short probe", "a second, slightly longer probe sentence"], padding=True,
                  return_tensors="pt")
     names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in sample]
+    return _hidden_states_module(model, names), names, sample
+
+
+def _export_fp32(layout: ModelLayout, out: Path) -> list[str]:
+    import torch
+
+    # Eager attention traces to plain MatMul/Softmax: 195 scifact abstracts encoded at 41.8
+    # texts/s against 28.9 for the SDPA graph, same vectors (cosine >= 0.9999998), 2 threads,
+    # 5 alternated rounds on a quiet machine. (ORT's transformer optimizer, fused Attention
+    # included, added nothing on top: 41.3.)
+    module, names, sample = traceable_model(layout, "eager")
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
     axes["last_hidden_state"] = {0: "batch", 1: "sequence"}
     # The tracer warns about Python booleans in transformers' masking code: they are
@@ -143,7 +152,7 @@ def _export_fp32(layout: ModelLayout, out: Path) -> list[str]:
     # vectors on other batch sizes and lengths than the traced sample.
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(_hidden_states_module(model, names), tuple(sample[n] for n in names),
+        torch.onnx.export(module, tuple(sample[n] for n in names),
                           str(out), input_names=names, output_names=["last_hidden_state"],
                           dynamic_axes=axes, opset_version=OPSET, dynamo=False)
     return names
